@@ -1,0 +1,197 @@
+r"""Evaluates MobileNet V1 checkpoints: top-1 and top-5 on the validation split.
+
+  ./bazel-bin/mobilenet_v1_eval --dataset_dir DIR --checkpoint_dir DIR \
+      [--quantize=True] [--continuous]
+
+Counts every validation example exactly once (the final partial batch
+included), prints `Accuracy` (top-1) and `Recall_5` (top-5), and writes them
+as TensorBoard summaries to --eval_dir. One-shot over the latest checkpoint
+by default; with --continuous, evaluates each new checkpoint as training
+writes it.
+"""
+
+import os
+import time
+
+from absl import flags
+import numpy as np
+import slim_compat  # pylint: disable=unused-import
+from slim_compat import slim
+import tensorflow as tf
+
+import checkpoint_utils
+import cli
+import imagenet_input
+import mobilenet_v1
+import quantize
+
+tf1 = tf.compat.v1
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string('master', '', 'Session target; empty for this process.')
+flags.DEFINE_integer('batch_size', 250, 'Images per evaluation batch.',
+                     lower_bound=1)
+flags.DEFINE_integer('num_classes', 1001,
+                     'Classes of the logits layer, as in training.',
+                     lower_bound=2)
+flags.DEFINE_integer('image_size', 224, 'Input resolution (square).',
+                     lower_bound=32)
+flags.DEFINE_float('depth_multiplier', 1.0, 'Width multiplier, as in '
+                   'training.', lower_bound=0.01)
+flags.DEFINE_bool('quantize', False,
+                  'Evaluate the quantized graph (batch norms folded, 8-bit '
+                  'fake quantization with the trained ranges).')
+flags.DEFINE_string('checkpoint_dir', '',
+                    'Directory of checkpoints to evaluate (the latest).')
+flags.DEFINE_string('checkpoint_path', '',
+                    'A specific checkpoint to evaluate instead of the latest '
+                    'in --checkpoint_dir.')
+flags.DEFINE_string('eval_dir', '',
+                    'Where TensorBoard summaries go; default '
+                    '<checkpoint_dir>/eval.')
+flags.DEFINE_string('dataset_dir', '',
+                    'Directory with validation-*-of-* TFRecords.')
+flags.DEFINE_bool('continuous', False,
+                  'Keep evaluating each new checkpoint in --checkpoint_dir '
+                  'until --timeout_secs pass without one.')
+flags.DEFINE_integer('timeout_secs', 3600,
+                     'With --continuous: stop after this long without a new '
+                     'checkpoint.', lower_bound=1)
+flags.DEFINE_bool('skip_corrupt_records', False,
+                  'Skip (and count) undecodable records instead of stopping '
+                  'with an error.')
+
+
+def build_eval_model(images, num_classes, depth_multiplier, quantized):
+  """Builds the inference graph: the model and, if asked, its quantization.
+
+  Args:
+    images: float32 [batch, size, size, 3] in [-1, 1].
+    num_classes: classes of the logits layer.
+    depth_multiplier: width multiplier.
+    quantized: rewrite into the quantized eval graph.
+
+  Returns:
+    The logits, [batch, num_classes].
+  """
+  with slim.arg_scope(mobilenet_v1.mobilenet_v1_arg_scope(is_training=False)):
+    logits, _ = mobilenet_v1.mobilenet_v1(
+        images, num_classes=num_classes, is_training=False,
+        depth_multiplier=depth_multiplier)
+  if quantized:
+    quantize.create_eval_graph()
+  return logits
+
+
+def model_flags_hint():
+  return '--num_classes=%d --depth_multiplier=%g%s' % (
+      FLAGS.num_classes, FLAGS.depth_multiplier,
+      ' --quantize' if FLAGS.quantize else '')
+
+
+class Evaluator(object):
+  """The eval graph, built once and run over the split per checkpoint."""
+
+  def __init__(self):
+    self.graph = tf.Graph()
+    with self.graph.as_default():
+      dataset = imagenet_input.build_dataset(
+          FLAGS.dataset_dir, 'validation', FLAGS.batch_size, FLAGS.image_size,
+          is_training=False, skip_corrupt=FLAGS.skip_corrupt_records)
+      self._iterator = tf1.data.make_initializable_iterator(dataset)
+      images, labels = self._iterator.get_next()
+      logits = build_eval_model(images, FLAGS.num_classes,
+                                FLAGS.depth_multiplier, FLAGS.quantize)
+      self._global_step = tf1.train.get_or_create_global_step()
+      self._correct = {
+          'Accuracy': tf.math.in_top_k(labels, logits, 1),
+          'Recall_5': tf.math.in_top_k(labels, logits, 5),
+      }
+      self._variables = tf1.global_variables()
+      self._range_variables = set(
+          v.op.name for v in quantize.range_variables(self.graph))
+      self._saver = tf1.train.Saver(self._variables)
+    self.graph.finalize()
+
+  def evaluate(self, checkpoint):
+    """Returns ({metric: value}, examples, global step) for a checkpoint."""
+    found = checkpoint_utils.match(checkpoint, self._variables)
+    if found.missing and set(found.missing) <= self._range_variables:
+      raise cli.UserError(
+          'checkpoint %s has no quantization ranges (it is a float model); '
+          'evaluate it without --quantize, or train with --quantize=True '
+          '--fine_tune_checkpoint=%s first' % (checkpoint, checkpoint))
+    checkpoint_utils.verify_fits(checkpoint, self._variables,
+                                 model_flags_hint())
+    with tf1.Session(FLAGS.master, graph=self.graph) as session:
+      self._saver.restore(session, checkpoint)
+      session.run(self._iterator.initializer)
+      totals = {name: 0 for name in self._correct}
+      examples = 0
+      while True:
+        try:
+          batch = session.run(self._correct)
+        except tf.errors.OutOfRangeError:
+          break
+        for name, correct in batch.items():
+          totals[name] += int(np.sum(correct))
+        examples += len(batch['Accuracy'])
+      step = int(session.run(self._global_step))
+    if not examples:
+      raise cli.UserError('the validation split of %s has no examples' %
+                          FLAGS.dataset_dir)
+    return {n: t / examples for n, t in totals.items()}, examples, step
+
+
+def write_summaries(eval_dir, metrics, step):
+  # The v1 writer needs no TensorBoard package (TF 2.21 does not pull it in).
+  with tf.Graph().as_default():
+    writer = tf1.summary.FileWriter(eval_dir)
+    writer.add_summary(tf1.Summary(value=[
+        tf1.Summary.Value(tag='eval/%s' % name, simple_value=value)
+        for name, value in metrics.items()]), step)
+    writer.close()
+
+
+def _checkpoints():
+  """Yields the checkpoints to evaluate, as the flags ask."""
+  if FLAGS.checkpoint_path:
+    yield checkpoint_utils.resolve(FLAGS.checkpoint_path)
+    return
+  if not FLAGS.continuous:
+    yield checkpoint_utils.resolve(FLAGS.checkpoint_dir)
+    return
+  print('Waiting for checkpoints in %s (up to %d s between them).' %
+        (FLAGS.checkpoint_dir, FLAGS.timeout_secs), flush=True)
+  for checkpoint in tf1.train.checkpoints_iterator(
+      FLAGS.checkpoint_dir, min_interval_secs=1, timeout=FLAGS.timeout_secs):
+    yield checkpoint
+
+
+def main(argv):
+  del argv  # unused
+  if not FLAGS.dataset_dir:
+    raise cli.UserError('--dataset_dir is required: a directory of '
+                        'validation-*-of-* TFRecords')
+  if not (FLAGS.checkpoint_dir or FLAGS.checkpoint_path):
+    raise cli.UserError('give --checkpoint_dir (evaluates the latest '
+                        'checkpoint) or --checkpoint_path')
+  eval_dir = FLAGS.eval_dir or os.path.join(
+      FLAGS.checkpoint_dir or os.path.dirname(FLAGS.checkpoint_path), 'eval')
+  evaluator = Evaluator()
+  for checkpoint in _checkpoints():
+    start = time.time()
+    metrics, examples, step = evaluator.evaluate(checkpoint)
+    write_summaries(eval_dir, metrics, step)
+    skipped = imagenet_input.skipped_records.count
+    print('%s (step %d): Accuracy %.4f  Recall_5 %.4f  on %d examples '
+          '(%.1f s)%s' % (os.path.basename(checkpoint), step,
+                          metrics['Accuracy'], metrics['Recall_5'], examples,
+                          time.time() - start,
+                          ', %d corrupt records skipped' % skipped
+                          if skipped else ''), flush=True)
+
+
+if __name__ == '__main__':
+  cli.run(main)

@@ -1,0 +1,452 @@
+r"""Trains MobileNet V1 on ImageNet-format TFRecords, float or quantized.
+
+From scratch:
+
+  ./bazel-bin/mobilenet_v1_train --dataset_dir DIR --checkpoint_dir DIR
+
+Quantization-aware, from a float checkpoint:
+
+  ./bazel-bin/mobilenet_v1_train --dataset_dir DIR --checkpoint_dir DIR \
+      --quantize=True --fine_tune_checkpoint=float/checkpoint/path
+
+Killed at any moment, the same command resumes from the last checkpoint in
+--checkpoint_dir with its global step. Parameter-server training: start one
+process per task with the same --ps_hosts/--worker_hosts and its own
+--job_name/--task (see README.md).
+"""
+
+import math
+import sys
+import time
+
+from absl import flags
+import slim_compat  # pylint: disable=unused-import
+from slim_compat import slim
+import tensorflow as tf
+
+import checkpoint_utils
+import cli
+import imagenet_input
+import mobilenet_v1
+import quantize
+
+tf1 = tf.compat.v1
+
+FLAGS = flags.FLAGS
+
+# The original script's flags.
+flags.DEFINE_string('master', '',
+                    'Session target: a TensorFlow server address (grpc://...) '
+                    'to train on, or empty for this process. With '
+                    '--worker_hosts it is set for you.')
+flags.DEFINE_integer('task', 0, 'Task index of this process within its job; '
+                     'task 0 of the workers is the chief, which initializes, '
+                     'saves checkpoints and writes summaries.')
+flags.DEFINE_integer('ps_tasks', 0,
+                     'Number of parameter-server tasks; 0 trains in this '
+                     'process alone. Variables are spread over the ps tasks.')
+flags.DEFINE_integer('batch_size', 64, 'Images per training step (per worker).',
+                     lower_bound=1)
+flags.DEFINE_integer('num_classes', 1001,
+                     'Classes of the logits layer; 1001 for ImageNet (class 0 '
+                     'is background); N+1 for a dataset of N classes.')
+flags.DEFINE_integer('number_of_steps', None,
+                     'Global step at which training stops; unset trains '
+                     'until killed.', lower_bound=1)
+flags.DEFINE_integer('image_size', 224, 'Input resolution (square).',
+                     lower_bound=32)
+flags.DEFINE_float('depth_multiplier', 1.0,
+                   'Width multiplier: 1.0, 0.75, 0.5 or 0.25 for the released '
+                   'models (any positive value works).', lower_bound=0.01)
+flags.DEFINE_bool('quantize', False,
+                  'Quantization-aware training: fold batch norms and add 8-bit '
+                  'fake quantization after --quant_delay steps.')
+flags.DEFINE_string('fine_tune_checkpoint', '',
+                    'Checkpoint (or directory) to start from when '
+                    '--checkpoint_dir holds none: restores every variable it '
+                    'has (see --checkpoint_exclude_scopes) and resets the '
+                    'global step.')
+flags.DEFINE_string('checkpoint_dir', '',
+                    'Where checkpoints and TensorBoard summaries go; training '
+                    'resumes from the latest checkpoint here.')
+flags.DEFINE_string('dataset_dir', '',
+                    'Directory with train-*-of-* TFRecords (see '
+                    'build_imagenet_tfrecords).')
+flags.DEFINE_integer('log_every_n_steps', 100,
+                     'Print step, loss, learning rate, speed and ETA every N '
+                     'steps.', lower_bound=1)
+flags.DEFINE_integer('save_summaries_secs', 100,
+                     'Seconds between TensorBoard summaries.', lower_bound=1)
+flags.DEFINE_integer('save_interval_secs', 100,
+                     'Seconds between checkpoints (one is also saved at the '
+                     'end).', lower_bound=1)
+
+# What users of this field expect beyond the original flags.
+flags.DEFINE_float('learning_rate', None,
+                   'Initial learning rate; default 0.045 from scratch and '
+                   '1e-4 when fine-tuning.', lower_bound=0.0)
+flags.DEFINE_enum('optimizer', 'sgd', ['sgd', 'momentum', 'rmsprop'],
+                  'sgd (the original script), momentum (0.9), or rmsprop '
+                  '(decay 0.9, momentum 0.9, epsilon 1.0, as in the paper).')
+flags.DEFINE_float('learning_rate_decay_factor', 0.94,
+                   'Exponential learning-rate decay per decay period.',
+                   lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_float('num_epochs_per_decay', 2.5,
+                   'Epochs per learning-rate decay step (staircase).',
+                   lower_bound=0.0)
+flags.DEFINE_integer('num_train_examples', None,
+                     'Examples in the train split, for epochs and decay; '
+                     'counted from the records when unset (ImageNet\'s '
+                     '1,281,167 for its 1024 standard shards).', lower_bound=1)
+flags.DEFINE_integer('quant_delay', None,
+                     'Steps before quantization starts (with --quantize); '
+                     'default 250000 from scratch, 0 when fine-tuning.',
+                     lower_bound=0)
+flags.DEFINE_float('label_smoothing', 0.0,
+                   'Label smoothing of the cross-entropy loss.',
+                   lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_float('weight_decay', 0.00004, 'L2 weight decay of conv weights.',
+                   lower_bound=0.0)
+flags.DEFINE_float('batch_norm_decay', 0.9997,
+                   'Decay of batch norm\'s moving averages; lower it (e.g. '
+                   '0.99) for runs of a few thousand steps, or evaluation '
+                   'sees averages that have not caught up.',
+                   lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_list('checkpoint_exclude_scopes', [],
+                  'Comma-separated variable scopes not restored from '
+                  '--fine_tune_checkpoint, e.g. MobilenetV1/Logits to '
+                  'fine-tune the 1001-class release onto N classes.')
+flags.DEFINE_list('trainable_scopes', [],
+                  'Comma-separated variable scopes to train; all when empty.')
+flags.DEFINE_bool('skip_corrupt_records', False,
+                  'Skip (and count) records whose image does not decode or '
+                  'that lack keys, instead of stopping with an error.')
+flags.DEFINE_integer('max_checkpoints_to_keep', 5,
+                     'Most recent checkpoints kept in --checkpoint_dir.',
+                     lower_bound=1)
+
+# Parameter-server training on TensorFlow's own runtime.
+flags.DEFINE_list('ps_hosts', [],
+                  'host:port of each parameter server, comma-separated; the '
+                  'same list for every task. Sets --ps_tasks.')
+flags.DEFINE_list('worker_hosts', [],
+                  'host:port of each worker, comma-separated; the same list '
+                  'for every task. Worker 0 is the chief.')
+flags.DEFINE_enum('job_name', 'worker', ['ps', 'worker'],
+                  'This process\'s job in the cluster named by --ps_hosts and '
+                  '--worker_hosts.')
+
+IMAGENET_TRAIN_EXAMPLES = 1281167
+IMAGENET_TRAIN_SHARDS = 1024
+SCRATCH_LEARNING_RATE = 0.045
+FINE_TUNE_LEARNING_RATE = 1e-4
+SCRATCH_QUANT_DELAY = 250000
+
+
+def _is_fine_tuning():
+  return bool(FLAGS.fine_tune_checkpoint)
+
+
+def _num_train_examples():
+  """Returns the size of the train split (see --num_train_examples)."""
+  if FLAGS.num_train_examples:
+    return FLAGS.num_train_examples
+  files = imagenet_input.list_split_files(FLAGS.dataset_dir, 'train')
+  if len(files) == IMAGENET_TRAIN_SHARDS:
+    return IMAGENET_TRAIN_EXAMPLES
+  return imagenet_input.count_records(files)
+
+
+def build_model(images, is_training):
+  """Builds the classifier the flags describe, for training or inference.
+
+  Args:
+    images: float32 [batch, size, size, 3] in [-1, 1].
+    is_training: batch norm in training mode and dropout on.
+
+  Returns:
+    The logits, [batch, num_classes].
+  """
+  scope = mobilenet_v1.mobilenet_v1_arg_scope(
+      is_training=is_training, weight_decay=FLAGS.weight_decay,
+      batch_norm_decay=FLAGS.batch_norm_decay)
+  with slim.arg_scope(scope):
+    logits, _ = mobilenet_v1.mobilenet_v1(
+        images, num_classes=FLAGS.num_classes, is_training=is_training,
+        depth_multiplier=FLAGS.depth_multiplier)
+  return logits
+
+
+def _learning_rate(global_step, num_examples):
+  """Staircase exponential decay, every --num_epochs_per_decay epochs."""
+  initial = FLAGS.learning_rate
+  if initial is None:
+    initial = (FINE_TUNE_LEARNING_RATE if _is_fine_tuning()
+               else SCRATCH_LEARNING_RATE)
+  steps_per_decay = max(
+      1, int(num_examples / FLAGS.batch_size * FLAGS.num_epochs_per_decay))
+  return tf1.train.exponential_decay(
+      initial, global_step, steps_per_decay, FLAGS.learning_rate_decay_factor,
+      staircase=True, name='learning_rate')
+
+
+def _optimizer(learning_rate):
+  if FLAGS.optimizer == 'momentum':
+    return tf1.train.MomentumOptimizer(learning_rate, momentum=0.9)
+  if FLAGS.optimizer == 'rmsprop':
+    return tf1.train.RMSPropOptimizer(learning_rate, decay=0.9, momentum=0.9,
+                                      epsilon=1.0)
+  return tf1.train.GradientDescentOptimizer(learning_rate)
+
+
+def _in_scopes(variable, scopes):
+  return any(variable.op.name == s or variable.op.name.startswith(s + '/')
+             for s in scopes)
+
+
+def _variables_to_train():
+  variables = tf1.trainable_variables()
+  if not FLAGS.trainable_scopes:
+    return variables
+  chosen = [v for v in variables if _in_scopes(v, FLAGS.trainable_scopes)]
+  if not chosen:
+    raise cli.UserError('--trainable_scopes=%s matches no trainable variable '
+                        '(they start with MobilenetV1/)' %
+                        ','.join(FLAGS.trainable_scopes))
+  return chosen
+
+
+def _fine_tune_init_fn():
+  """Returns an init function restoring --fine_tune_checkpoint.
+
+  Restores every model variable the checkpoint has, except excluded scopes
+  and the global step; variables it lacks (quantization ranges of a float
+  checkpoint, new layers) keep their initial values.
+
+  Raises:
+    CheckpointError: the checkpoint is missing or unreadable, or has
+      variables of a different shape than the model's.
+  """
+  path = checkpoint_utils.resolve(FLAGS.fine_tune_checkpoint)
+  candidates = [v for v in tf1.global_variables()
+                if v.op.name != 'global_step' and
+                not _in_scopes(v, FLAGS.checkpoint_exclude_scopes)]
+  found = checkpoint_utils.match(path, candidates)
+  if found.mismatched:
+    scopes = sorted({'/'.join(m.split('/')[:2]) for m in found.mismatched})
+    raise checkpoint_utils.CheckpointError(
+        '--fine_tune_checkpoint has variables of other shapes: %s; leave '
+        'them out with --checkpoint_exclude_scopes=%s' %
+        ('; '.join(found.mismatched), ','.join(scopes)))
+  if not found.restorable:
+    raise checkpoint_utils.CheckpointError(
+        '--fine_tune_checkpoint=%s has none of the model\'s variables; is it '
+        'a MobileNet V1 checkpoint?' % path)
+  saver = tf1.train.Saver(found.restorable)
+  print('Fine-tuning from %s: restoring %d variables; %d start fresh.' %
+        (path, len(found.restorable),
+         len(tf1.global_variables()) - len(found.restorable)), flush=True)
+
+  def init_fn(scaffold, session):
+    del scaffold  # unused
+    saver.restore(session, path)
+
+  return init_fn
+
+
+class ProgressHook(tf1.train.SessionRunHook):
+  """Prints step, loss, learning rate, images/sec and ETA every N steps."""
+
+  def __init__(self, loss, learning_rate, global_step, batch_size,
+               every_n_steps, last_step):
+    self._fetches = {'loss': loss, 'learning_rate': learning_rate,
+                     'step': global_step}
+    self._batch_size = batch_size
+    self._every_n_steps = every_n_steps
+    self._last_step = last_step
+    self._mark = None  # (time, step) at the last report
+
+  def before_run(self, run_context):
+    return tf1.train.SessionRunArgs(self._fetches)
+
+  def after_run(self, run_context, run_values):
+    results = run_values.results
+    step = results['step'] + 1  # the step just run
+    now = time.time()
+    if self._mark is None:
+      # The first step includes graph optimization; measure from here on.
+      self._mark = (now, step)
+      return
+    if step % self._every_n_steps and step != self._last_step:
+      return
+    if not math.isfinite(results['loss']):
+      raise cli.UserError('loss became %s at step %d; lower --learning_rate' %
+                          (results['loss'], step))
+    elapsed, steps = now - self._mark[0], step - self._mark[1]
+    self._mark = (now, step)
+    line = 'step %d  loss %.4f  lr %.3g' % (step, results['loss'],
+                                            results['learning_rate'])
+    if steps > 0 and elapsed > 0:
+      rate = steps / elapsed
+      line += '  %.1f images/s' % (rate * self._batch_size)
+      if self._last_step:
+        line += '  ETA %s' % _format_duration(
+            (self._last_step - step) / rate)
+    print(line, flush=True)
+
+
+def _format_duration(seconds):
+  seconds = int(max(seconds, 0))
+  return '%d:%02d:%02d' % (seconds // 3600, seconds // 60 % 60, seconds % 60)
+
+
+def build_train_op(images, labels, global_step, num_examples, quant_delay):
+  """Builds the model, loss and optimizer step the flags describe.
+
+  Args:
+    images: float32 [batch, size, size, 3] in [-1, 1].
+    labels: int64 [batch] class ids.
+    global_step: the global step variable.
+    num_examples: size of the train split, for the learning-rate schedule.
+    quant_delay: with --quantize, steps before quantization starts.
+
+  Returns:
+    (train_op, total_loss, learning_rate); running train_op makes one step
+    and returns the total loss.
+  """
+  logits = build_model(images, is_training=True)
+  if FLAGS.quantize:
+    quantize.create_training_graph(quant_delay=quant_delay)
+  tf1.losses.softmax_cross_entropy(
+      tf.one_hot(labels, FLAGS.num_classes), logits,
+      label_smoothing=FLAGS.label_smoothing)
+  total_loss = tf1.losses.get_total_loss(name='total_loss')
+  learning_rate = _learning_rate(global_step, num_examples)
+  train_op = slim.learning.create_train_op(
+      total_loss, _optimizer(learning_rate), global_step=global_step,
+      variables_to_train=_variables_to_train())
+  tf1.summary.scalar('losses/total_loss', total_loss)
+  tf1.summary.scalar('learning_rate', learning_rate)
+  accuracy = tf.reduce_mean(tf.cast(
+      tf.equal(tf.argmax(logits, 1), labels), tf.float32))
+  tf1.summary.scalar('train_batch_accuracy', accuracy)
+  return train_op, total_loss, learning_rate
+
+
+def session_config():
+  """The session options training runs with."""
+  return tf1.ConfigProto(allow_soft_placement=True)
+
+
+def _cluster():
+  """Returns the ClusterSpec of --ps_hosts/--worker_hosts, or None."""
+  if not FLAGS.ps_hosts and not FLAGS.worker_hosts:
+    return None
+  if not FLAGS.ps_hosts or not FLAGS.worker_hosts:
+    raise cli.UserError('give both --ps_hosts and --worker_hosts (host:port '
+                        'lists) for parameter-server training')
+  jobs = {'ps': FLAGS.ps_hosts, 'worker': FLAGS.worker_hosts}
+  if FLAGS.task >= len(jobs[FLAGS.job_name]):
+    raise cli.UserError('--task=%d but --%s_hosts lists only %d hosts' %
+                        (FLAGS.task, FLAGS.job_name,
+                         len(jobs[FLAGS.job_name])))
+  return tf.train.ClusterSpec(jobs)
+
+
+def _check_flags():
+  if not FLAGS.dataset_dir:
+    raise cli.UserError('--dataset_dir is required: a directory of '
+                        'train-*-of-* TFRecords (see build_imagenet_tfrecords)')
+  if not FLAGS.checkpoint_dir:
+    raise cli.UserError('--checkpoint_dir is required: where checkpoints go '
+                        'and training resumes from')
+  if FLAGS.num_classes < 2:
+    raise cli.UserError('--num_classes must be at least 2, got %d' %
+                        FLAGS.num_classes)
+
+
+def train():
+  """Builds the training graph and runs it until --number_of_steps."""
+  _check_flags()
+  cluster = _cluster()
+  master = FLAGS.master
+  ps_tasks = FLAGS.ps_tasks
+  if cluster:
+    server = tf.distribute.Server(cluster, job_name=FLAGS.job_name,
+                                  task_index=FLAGS.task)
+    if FLAGS.job_name == 'ps':
+      print('Parameter server %d serving on %s.' %
+            (FLAGS.task, FLAGS.ps_hosts[FLAGS.task]), flush=True)
+      server.join()
+      return
+    master = server.target
+    ps_tasks = len(FLAGS.ps_hosts)
+  is_chief = FLAGS.task == 0
+
+  num_examples = _num_train_examples()
+  quant_delay = FLAGS.quant_delay
+  if quant_delay is None:
+    quant_delay = 0 if _is_fine_tuning() else SCRATCH_QUANT_DELAY
+
+  graph = tf.Graph()
+  with graph.as_default():
+    device_fn = tf1.train.replica_device_setter(
+        ps_tasks, worker_device='/job:worker/task:%d' % FLAGS.task,
+        cluster=cluster) if ps_tasks else None
+    with tf.device(device_fn):
+      global_step = tf1.train.get_or_create_global_step()
+      dataset = imagenet_input.build_dataset(
+          FLAGS.dataset_dir, 'train', FLAGS.batch_size, FLAGS.image_size,
+          is_training=True, skip_corrupt=FLAGS.skip_corrupt_records)
+      images, labels = tf1.data.make_one_shot_iterator(dataset).get_next()
+      train_op, total_loss, learning_rate = build_train_op(
+          images, labels, global_step, num_examples, quant_delay)
+
+    init_fn = None
+    resuming = tf.train.latest_checkpoint(FLAGS.checkpoint_dir)
+    if _is_fine_tuning() and not resuming:
+      init_fn = _fine_tune_init_fn()
+    if resuming:
+      print('Resuming from %s.' % resuming, flush=True)
+    scaffold = tf1.train.Scaffold(
+        init_fn=init_fn,
+        saver=tf1.train.Saver(max_to_keep=FLAGS.max_checkpoints_to_keep,
+                              sharded=bool(ps_tasks)))
+    hooks = [ProgressHook(total_loss, learning_rate, global_step,
+                          FLAGS.batch_size, FLAGS.log_every_n_steps,
+                          FLAGS.number_of_steps)]
+    if FLAGS.number_of_steps:
+      hooks.append(tf1.train.StopAtStepHook(last_step=FLAGS.number_of_steps))
+    print('Training MobileNet V1 %g@%d (%d classes%s) on %s: %d examples, '
+          'batch %d.' % (FLAGS.depth_multiplier, FLAGS.image_size,
+                         FLAGS.num_classes,
+                         ', quantized after step %d' % quant_delay
+                         if FLAGS.quantize else '',
+                         FLAGS.dataset_dir, num_examples, FLAGS.batch_size),
+          flush=True)
+    with tf1.train.MonitoredTrainingSession(
+        master=master, is_chief=is_chief, checkpoint_dir=FLAGS.checkpoint_dir,
+        scaffold=scaffold, hooks=hooks,
+        save_checkpoint_secs=FLAGS.save_interval_secs,
+        save_summaries_secs=FLAGS.save_summaries_secs,
+        log_step_count_steps=0,
+        config=session_config()) as session:
+      while not session.should_stop():
+        session.run(train_op)
+  final = tf.train.latest_checkpoint(FLAGS.checkpoint_dir)
+  if is_chief and final:
+    print('Done; checkpoint %s.' % final, flush=True)
+
+
+def main(argv):
+  del argv  # unused
+  try:
+    train()
+  except KeyboardInterrupt:
+    latest = tf.train.latest_checkpoint(FLAGS.checkpoint_dir)
+    sys.exit('mobilenet_v1_train: interrupted; rerun the same command to '
+             'resume from %s' % (latest or 'the start'))
+
+
+if __name__ == '__main__':
+  cli.run(main)
