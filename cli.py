@@ -27,9 +27,18 @@ USER_ERRORS = (UserError, checkpoint_utils.CheckpointError,
 
 
 def first_line(error):
-  """The informative first line of a (TensorFlow) error message."""
+  """The informative part of a TensorFlow error message, on one line.
+
+  Graph-mode errors wrap the message in 'Graph execution error:' and our
+  own assertions' text in 'assertion failed: [...]'; the op trace after it
+  means nothing to users.
+  """
   message = getattr(error, 'message', None) or str(error)
-  return re.split(r'\n|\s+\[\[', message.strip())[0]
+  message = message.replace('Graph execution error:', '').strip()
+  assertion = re.match(r'assertion failed: \[(.*?)\]', message)
+  if assertion:
+    return assertion.group(1)
+  return re.split(r'\n|\s+\[\[', message)[0]
 
 
 def run(main):

@@ -272,26 +272,25 @@ class ProgressHook(tf1.train.SessionRunHook):
   def after_run(self, run_context, run_values):
     results = run_values.results
     step = results['step'] + 1  # the step just run
-    now = time.time()
-    if self._mark is None:
-      # The first step includes graph optimization; measure from here on.
-      self._mark = (now, step)
-      return
-    if step % self._every_n_steps and step != self._last_step:
-      return
     if not math.isfinite(results['loss']):
       raise cli.UserError('loss became %s at step %d; lower --learning_rate' %
                           (results['loss'], step))
-    elapsed, steps = now - self._mark[0], step - self._mark[1]
-    self._mark = (now, step)
+    first = self._mark is None
+    if not first and step % self._every_n_steps and step != self._last_step:
+      return
+    now = time.time()
     line = 'step %d  loss %.4f  lr %.3g' % (step, results['loss'],
                                             results['learning_rate'])
-    if steps > 0 and elapsed > 0:
-      rate = steps / elapsed
-      line += '  %.1f images/s' % (rate * self._batch_size)
-      if self._last_step:
-        line += '  ETA %s' % _format_duration(
-            (self._last_step - step) / rate)
+    # The first step includes graph optimization: speed is measured after it.
+    if not first:
+      elapsed, steps = now - self._mark[0], step - self._mark[1]
+      if steps > 0 and elapsed > 0:
+        rate = steps / elapsed
+        line += '  %.1f images/s' % (rate * self._batch_size)
+        if self._last_step:
+          line += '  ETA %s' % _format_duration(
+              (self._last_step - step) / rate)
+    self._mark = (now, step)
     print(line, flush=True)
 
 
@@ -314,6 +313,13 @@ def build_train_op(images, labels, global_step, num_examples, quant_delay):
     (train_op, total_loss, learning_rate); running train_op makes one step
     and returns the total loss.
   """
+  # tf.one_hot would silently turn an out-of-range label into all zeros.
+  check_labels = tf.debugging.assert_less(
+      labels, tf.constant(FLAGS.num_classes, labels.dtype),
+      message='a label is >= --num_classes=%d; use the value '
+      'build_imagenet_tfrecords printed (classes + 1)' % FLAGS.num_classes)
+  with tf.control_dependencies([check_labels]):
+    labels = tf.identity(labels)
   logits = build_model(images, is_training=True)
   if FLAGS.quantize:
     quantize.create_training_graph(quant_delay=quant_delay)
@@ -333,9 +339,29 @@ def build_train_op(images, labels, global_step, num_examples, quant_delay):
   return train_op, total_loss, learning_rate
 
 
+flags.DEFINE_bool('xla', False,
+                  'Compile the training step with XLA auto-clustering '
+                  '(float32 throughout; rounding differs slightly from the '
+                  'unfused ops). See bench/train_bench.py for its speed on '
+                  'your machine.')
+flags.DEFINE_enum('mixed_precision', 'none', ['none', 'bf16'],
+                  'none: float32 math. bf16: oneDNN bfloat16 auto mixed '
+                  'precision (convolutions and their gradients in bfloat16, '
+                  'variables stay float32, so checkpoints are unchanged); '
+                  'needs a CPU with AVX512_BF16 or AMX, and costs accuracy '
+                  'of the logits at the 1e-2 level.')
+
+
 def session_config():
   """The session options training runs with."""
-  return tf1.ConfigProto(allow_soft_placement=True)
+  config = tf1.ConfigProto(allow_soft_placement=True)
+  if FLAGS.xla:
+    config.graph_options.optimizer_options.global_jit_level = (
+        tf1.OptimizerOptions.ON_1)
+  if FLAGS.mixed_precision == 'bf16':
+    rewrite = config.graph_options.rewrite_options
+    rewrite.auto_mixed_precision_onednn_bfloat16 = rewrite.ON
+  return config
 
 
 def _cluster():
@@ -393,7 +419,7 @@ def train():
     device_fn = tf1.train.replica_device_setter(
         ps_tasks, worker_device='/job:worker/task:%d' % FLAGS.task,
         cluster=cluster) if ps_tasks else None
-    with tf.device(device_fn):
+    with tf1.device(device_fn):
       global_step = tf1.train.get_or_create_global_step()
       dataset = imagenet_input.build_dataset(
           FLAGS.dataset_dir, 'train', FLAGS.batch_size, FLAGS.image_size,
@@ -424,13 +450,19 @@ def train():
                          if FLAGS.quantize else '',
                          FLAGS.dataset_dir, num_examples, FLAGS.batch_size),
           flush=True)
+    config = session_config()
+    if cluster:
+      # A worker talks to the parameter servers and itself only, so it does
+      # not wait on (or hang after) the other workers.
+      config.device_filters.extend(
+          ['/job:ps', '/job:worker/task:%d' % FLAGS.task])
     with tf1.train.MonitoredTrainingSession(
         master=master, is_chief=is_chief, checkpoint_dir=FLAGS.checkpoint_dir,
         scaffold=scaffold, hooks=hooks,
         save_checkpoint_secs=FLAGS.save_interval_secs,
         save_summaries_secs=FLAGS.save_summaries_secs,
         log_step_count_steps=0,
-        config=session_config()) as session:
+        config=config) as session:
       while not session.should_stop():
         session.run(train_op)
   final = tf.train.latest_checkpoint(FLAGS.checkpoint_dir)

@@ -1,0 +1,150 @@
+"""Tests mobilenet_v1_eval as users run it, on checkpoints with known answers.
+
+The checkpoints have zero logits weights and chosen biases, so the model
+predicts the same ranking for every image and the right Accuracy and
+Recall_5 follow from the labels alone.
+"""
+
+import glob
+import os
+import subprocess
+import sys
+
+import numpy as np
+import slim_compat  # pylint: disable=unused-import
+from slim_compat import slim
+import tensorflow as tf
+
+import mobilenet_v1
+import test_data
+
+tf1 = tf.compat.v1
+
+EVAL = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                    'mobilenet_v1_eval.py')
+NUM_CLASSES = 7
+MODEL_FLAGS = ['--depth_multiplier=0.25', '--image_size=64',
+               '--num_classes=%d' % NUM_CLASSES]
+
+
+def write_ranking_checkpoint(checkpoint_dir, ranking, step):
+  """Saves a model whose logits rank the classes in `ranking` order."""
+  biases = np.zeros(NUM_CLASSES, np.float32)
+  biases[list(ranking)] = np.arange(len(ranking), 0, -1)
+  with tf.Graph().as_default():
+    images = tf1.placeholder(tf.float32, [1, 64, 64, 3])
+    with slim.arg_scope(mobilenet_v1.mobilenet_v1_arg_scope(False)):
+      mobilenet_v1.mobilenet_v1(images, num_classes=NUM_CLASSES,
+                                depth_multiplier=0.25, is_training=False)
+    global_step = tf1.train.get_or_create_global_step()
+    variables = {v.op.name: v for v in tf1.global_variables()}
+    with tf1.Session() as session:
+      session.run(tf1.global_variables_initializer())
+      logits_scope = 'MobilenetV1/Logits/Conv2d_1c_1x1/'
+      weights = variables[logits_scope + 'weights']
+      session.run(weights.assign(tf.zeros_like(weights)))
+      session.run(variables[logits_scope + 'biases'].assign(biases))
+      session.run(global_step.assign(step))
+      return tf1.train.Saver().save(
+          session, os.path.join(checkpoint_dir, 'model.ckpt'),
+          global_step=step)
+
+
+def run_eval(*flags, timeout=300):
+  return subprocess.run([sys.executable, EVAL] + MODEL_FLAGS + list(flags),
+                        capture_output=True, text=True, timeout=timeout,
+                        check=False)
+
+
+def result_lines(stdout):
+  return [line for line in stdout.splitlines() if 'Accuracy' in line]
+
+
+class EvalTest(tf.test.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.dataset_dir = os.path.join(tf1.test.get_temp_dir(), 'data')
+    # 10 validation images, labels 1..5 twice, in file order.
+    cls.labels = test_data.write_color_dataset(
+        cls.dataset_dir, num_classes=5, train_per_class=1,
+        validation_per_class=2)['validation']
+
+  def test_counts_every_example_once_including_partial_batch(self):
+    checkpoint_dir = os.path.join(self.get_temp_dir(), 'ranking')
+    ranking = [3, 6, 0, 1, 2]
+    write_ranking_checkpoint(checkpoint_dir, ranking, step=7)
+    labels = np.array(self.labels)
+    expected_top1 = np.mean(labels == ranking[0])
+    expected_top5 = np.mean(np.isin(labels, ranking))
+    for batch_size in (4, 10, 250):  # 4+4+2; one full batch; one partial
+      with self.subTest(batch_size=batch_size):
+        result = run_eval('--dataset_dir=' + self.dataset_dir,
+                          '--checkpoint_dir=' + checkpoint_dir,
+                          '--batch_size=%d' % batch_size)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        line, = result_lines(result.stdout)
+        self.assertIn('on 10 examples', line)
+        self.assertIn('(step 7)', line)
+        self.assertIn('Accuracy %.4f' % expected_top1, line)
+        self.assertIn('Recall_5 %.4f' % expected_top5, line)
+    # The figures also went to TensorBoard, at the checkpoint's step.
+    events = glob.glob(os.path.join(checkpoint_dir, 'eval', 'events.*'))
+    self.assertTrue(events)
+    values = {}
+    for event in tf1.train.summary_iterator(events[-1]):
+      for value in event.summary.value:
+        values[value.tag] = (event.step, value.simple_value)
+    self.assertEqual(values['eval/Accuracy'][0], 7)
+    self.assertAlmostEqual(values['eval/Accuracy'][1], expected_top1, 6)
+    self.assertAlmostEqual(values['eval/Recall_5'][1], expected_top5, 6)
+
+  def test_continuous_mode_evaluates_each_new_checkpoint(self):
+    checkpoint_dir = os.path.join(self.get_temp_dir(), 'continuous')
+    write_ranking_checkpoint(checkpoint_dir, [1, 2, 3, 4, 5], step=1)
+    process = subprocess.Popen(
+        [sys.executable, EVAL] + MODEL_FLAGS +
+        ['--dataset_dir=' + self.dataset_dir,
+         '--checkpoint_dir=' + checkpoint_dir, '--continuous',
+         '--timeout_secs=15'],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in process.stdout:
+      lines.append(line)
+      if 'Accuracy' in line:
+        break
+    write_ranking_checkpoint(checkpoint_dir, [5, 6, 0, 1, 2], step=2)
+    stdout, stderr = process.communicate(timeout=120)
+    self.assertEqual(process.returncode, 0, stderr)
+    results = result_lines(''.join(lines) + stdout)
+    self.assertLen(results, 2)
+    self.assertIn('(step 1): Accuracy 0.2000  Recall_5 1.0000', results[0])
+    self.assertIn('(step 2): Accuracy 0.2000  Recall_5 0.6000', results[1])
+
+  def test_bad_input_gets_one_line_errors(self):
+    checkpoint_dir = os.path.join(self.get_temp_dir(), 'float')
+    write_ranking_checkpoint(checkpoint_dir, [1], step=1)
+    data = '--dataset_dir=' + self.dataset_dir
+    cases = [
+        ((data, '--checkpoint_dir=' + checkpoint_dir, '--quantize'),
+         'no quantization ranges'),
+        ((data, '--checkpoint_dir=' + checkpoint_dir,
+          '--depth_multiplier=0.5'), 'does not fit this model'),
+        ((data, '--checkpoint_dir=' + self.get_temp_dir() + '/none'),
+         'no checkpoint'),
+        (('--dataset_dir=' + self.get_temp_dir() + '/none',
+          '--checkpoint_dir=' + checkpoint_dir), 'does not exist'),
+        ((data,), '--checkpoint_dir'),
+    ]
+    for flags, message in cases:
+      with self.subTest(message=message):
+        result = run_eval(*flags)
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertNotIn('Traceback', result.stderr)
+        self.assertLen(result.stderr.strip().splitlines(), 1, result.stderr)
+        self.assertIn(message, result.stderr)
+
+
+if __name__ == '__main__':
+  tf.test.main()
