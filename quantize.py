@@ -60,7 +60,8 @@ optionally by a residual `Add` of a same-shaped tensor, then optionally by a
    from the last value (`LastValueQuantize`), narrow range [1, 255].
 
 3. Activation quantization: an 8-bit fake quant with moving-average ranges
-   (`MovingAvgQuantize`, EMA decay 0.999) after the Relu/Relu6, or after the
+   (`MovingAvgQuantize`, EMA decay 0.999, shortened to (1+step)/(10+step) in
+   the first steps so ranges start from the data) after the Relu/Relu6, or after the
    bias add / folded batch norm when there is no activation. A residual Add
    before the activation also gets a fake quant on its layer input; an Add of
    two quantized tensors whose output is not otherwise quantized gets one on
@@ -588,6 +589,16 @@ class _Quantizer(object):
     # Names of the replacements, to recognize inputs already quantized.
     self._replacements = set()
     self._use_quant = None
+    self._ema_decay = EMA_DECAY
+    if is_training:
+      # Like tf.train.ExponentialMovingAverage's num_updates: a short memory
+      # in the first steps, so ranges start from the data rather than from
+      # their initial values (an EMA of 0.999 from [0, 6] needs thousands of
+      # steps, which a fine-tune from a float model may not have).
+      step = tf.cast(tf1.train.get_or_create_global_step(graph), tf.float32)
+      with graph.name_scope('quant_ema_decay/'):
+        self._ema_decay = tf.minimum(EMA_DECAY, (1.0 + step) / (10.0 + step),
+                                     name='decay')
     if quant_delay > 0:
       global_step = tf1.train.get_or_create_global_step(graph)
       with graph.name_scope('quant_delay/'):
@@ -672,7 +683,7 @@ class _Quantizer(object):
                   num_bits=NUM_BITS, narrow_range=narrow_range)
     if moving_average:
       quantized = quant_ops.MovingAvgQuantize(
-          tensor, min_var, max_var, ema_decay=EMA_DECAY, **kwargs)
+          tensor, min_var, max_var, ema_decay=self._ema_decay, **kwargs)
     else:
       quantized = quant_ops.LastValueQuantize(tensor, min_var, max_var,
                                               **kwargs)

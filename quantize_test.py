@@ -424,6 +424,29 @@ class GenericPatternsTest(tf.test.TestCase):
     # which only its consumers read.
     return images, tf.identity(net, name='output')
 
+  def test_first_training_steps_take_ranges_from_the_data(self):
+    with tf.Graph().as_default():
+      images, output = self._build(is_training=True)
+      quantize.create_training_graph(quant_delay=0)
+      global_step = tf1.train.get_global_step()
+      activation = tf1.get_default_graph().get_tensor_by_name(
+          'fc/Relu:0')
+      act_max, = [v for v in quantize.range_variables()
+                  if v.op.name == 'fc/act_quant/max']
+      batch = np.random.RandomState(3).uniform(-1, 1, [4, 8, 8, 3])
+      with tf1.Session() as sess:
+        sess.run(tf1.global_variables_initializer())
+        for step in (0, 5000):
+          sess.run(global_step.assign(step))
+          sess.run(act_max.assign(6.0))
+          # The range update runs with the forward pass; read it afterwards.
+          batch_max = sess.run([activation, output],
+                               {images: batch})[0].max()
+          new_max = sess.run(act_max)
+          decay = min(0.999, (1.0 + step) / (10.0 + step))
+          self.assertAllClose(new_max, decay * 6.0 + (1 - decay) * batch_max,
+                              rtol=1e-5)
+
   def test_rewrite_names(self):
     with tf.Graph().as_default() as graph:
       self._build(is_training=False)

@@ -1,0 +1,307 @@
+r"""Input pipeline speed against the training step it has to feed.
+
+Measures, in one run and each in its own subprocess (clean TensorFlow state):
+
+  input      imagenet_input.build_dataset's training pipeline alone (read,
+             decode, random crop, flip, colour distortion, batch), drained
+             as fast as it goes, in a graph-mode session as the trainer
+             reads it.
+  synthetic  our trainer's step (build_train_op + session_config) on one
+             in-memory batch: the training rate when input costs nothing.
+  real       the same step fed by the real pipeline, as
+             mobilenet_v1_train runs it: both share the same cores.
+
+The pipeline should deliver at least --goal times the synthetic training rate
+(it runs on the same cores as training, so it needs headroom); `real` against
+`synthetic` shows what the input costs training in practice.
+
+Without --dataset_dir the bench writes a small temporary train split of
+realistic JPEGs (500x375, smooth natural-looking content, ImageNet-like file
+sizes) as slim-format TFRecords, and deletes it afterwards.
+
+  .venv/bin/python bench/input_bench.py
+  .venv/bin/python bench/input_bench.py --dataset_dir=/data/imagenet
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+
+# Our modules live in the repository root, one level up.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _ROOT)
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import slim_compat  # pylint: disable=unused-import
+import numpy as np
+import tensorflow as tf
+import imagenet_input
+# Importing the trainer defines its flags here too (--batch_size,
+# --image_size, --depth_multiplier, --dataset_dir, ...), with its meaning.
+import mobilenet_v1_train
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+tf1 = tf.compat.v1
+
+FLAGS = flags.FLAGS
+
+_TRAINER_FLAGS = ('depth_multiplier', 'image_size', 'batch_size',
+                  'num_classes', 'optimizer',
+                  'dataset_dir')
+
+flags.DEFINE_integer('input_batches', 60, 'Timed batches of the pipeline '
+                     'alone.', lower_bound=2)
+flags.DEFINE_integer('steps', 30, 'Timed training steps (synthetic and real '
+                     'input).', lower_bound=2)
+flags.DEFINE_integer('warmup', 5, 'Untimed steps or batches first (graph '
+                     'optimization, shuffle buffer filling).', lower_bound=1)
+flags.DEFINE_integer('num_images', 200, 'Images in the generated data set '
+                     '(without --dataset_dir).', lower_bound=1)
+flags.DEFINE_integer('num_shards', 4, 'TFRecord files of the generated data '
+                     'set.', lower_bound=1)
+flags.DEFINE_float('goal', 2.0, 'Wanted ratio of pipeline to synthetic '
+                   'training images/s.', lower_bound=0.0)
+flags.DEFINE_integer('peer_timeout', 600, 'Seconds before a measurement\'s '
+                     'subprocess is killed and reported as failed.',
+                     lower_bound=10)
+flags.DEFINE_string('child', '', 'Internal: run one measurement (input, '
+                    'synthetic or real) here and print its result as JSON.')
+
+_RESULT_PREFIX = 'INPUT_BENCH_RESULT '
+_GENERATED_WIDTH, _GENERATED_HEIGHT = 500, 375
+
+
+def _natural_image(rng, height, width):
+  """A smooth, textured uint8 image that compresses like a photograph.
+
+  Pure noise would make JPEGs several times larger (and slower to decode)
+  than photographs; a sum of upsampled noise octaves has their mix of broad
+  areas and fine detail.
+  """
+  image = np.zeros([height, width, 3], np.float32)
+  for cells, weight in ((4, 1.0), (16, 0.6), (64, 0.4), (250, 0.3)):
+    coarse = rng.uniform(-1, 1, [cells * height // width + 1, cells, 3])
+    image += weight * tf.image.resize(
+        coarse[np.newaxis], [height, width], method='bicubic')[0].numpy()
+  # Grain: brings the JPEG size (~75 KB at quality 90) near ImageNet's.
+  image += rng.normal(0, 0.2, image.shape)
+  image = (image - image.min()) / (image.max() - image.min() + 1e-6)
+  return (image * 255).astype(np.uint8)
+
+
+def _feature(values, kind):
+  if kind == 'bytes':
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
+  if kind == 'int64':
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+  return tf.train.Feature(float_list=tf.train.FloatList(value=values))
+
+
+def write_dataset(directory, num_images, num_shards):
+  """Writes train-*-of-* TFRecords of generated JPEGs, as the slim tools do.
+
+  Args:
+    directory: where the shards go.
+    num_images: how many images.
+    num_shards: how many files.
+
+  Returns:
+    Mean JPEG size in bytes.
+  """
+  rng = np.random.RandomState(0)
+  writers = [tf.io.TFRecordWriter(os.path.join(
+      directory, 'train-%05d-of-%05d' % (i, num_shards)))
+             for i in range(num_shards)]
+  total_bytes = 0
+  for index in range(num_images):
+    # Half landscape, half portrait, as in ImageNet.
+    height, width = _GENERATED_HEIGHT, _GENERATED_WIDTH
+    if index % 2:
+      height, width = width, height
+    encoded = tf.io.encode_jpeg(_natural_image(rng, height, width),
+                                quality=90).numpy()
+    total_bytes += len(encoded)
+    example = tf.train.Example(features=tf.train.Features(feature={
+        'image/encoded': _feature([encoded], 'bytes'),
+        'image/format': _feature([b'JPEG'], 'bytes'),
+        'image/class/label': _feature([1 + index % 1000], 'int64'),
+        'image/height': _feature([height], 'int64'),
+        'image/width': _feature([width], 'int64'),
+        'image/object/bbox/xmin': _feature([], 'float'),
+        'image/object/bbox/ymin': _feature([], 'float'),
+        'image/object/bbox/xmax': _feature([], 'float'),
+        'image/object/bbox/ymax': _feature([], 'float'),
+        'image/object/class/label': _feature([], 'int64'),
+    }))
+    writers[index % num_shards].write(example.SerializeToString())
+  for writer in writers:
+    writer.close()
+  return total_bytes / num_images
+
+
+def _load_average():
+  with open('/proc/loadavg') as loadavg:
+    return float(loadavg.read().split()[0])
+
+
+def _time_runs(session, fetch, count):
+  """Runs `fetch` --warmup times, then `count` timed times; images/s."""
+  for _ in range(FLAGS.warmup):
+    session.run(fetch)
+  start = time.perf_counter()
+  for _ in range(count):
+    session.run(fetch)
+  return FLAGS.batch_size * count / (time.perf_counter() - start)
+
+
+def _train_dataset():
+  return imagenet_input.build_dataset(
+      FLAGS.dataset_dir, 'train', FLAGS.batch_size, FLAGS.image_size,
+      is_training=True)
+
+
+def _run_input():
+  """The training pipeline alone."""
+  graph = tf.Graph()
+  with graph.as_default():
+    images, labels = tf1.data.make_one_shot_iterator(
+        _train_dataset()).get_next()
+    # Fetch a scalar that depends on the whole batch, so nothing is pruned
+    # and no 19 MB copy to numpy is timed.
+    fetch = tf.group(tf.reduce_sum(images), labels)
+    with tf1.Session(config=mobilenet_v1_train.session_config()) as session:
+      return {'images_per_sec': _time_runs(session, fetch,
+                                           FLAGS.input_batches)}
+
+
+def _run_training(real_input):
+  """Our trainer's step, fed by the real pipeline or by one fixed batch."""
+  graph = tf.Graph()
+  with graph.as_default():
+    global_step = tf1.train.get_or_create_global_step()
+    if real_input:
+      dataset = _train_dataset()
+    else:
+      rng = np.random.RandomState(0)
+      size = FLAGS.image_size
+      dataset = tf.data.Dataset.from_tensors((
+          rng.uniform(-1, 1, [FLAGS.batch_size, size, size, 3]).astype(
+              np.float32),
+          rng.randint(1, FLAGS.num_classes, [FLAGS.batch_size]).astype(
+              np.int64))).repeat().prefetch(2)
+    images, labels = tf1.data.make_one_shot_iterator(dataset).get_next()
+    train_op, _, _ = mobilenet_v1_train.build_train_op(
+        images, labels, global_step,
+        mobilenet_v1_train.IMAGENET_TRAIN_EXAMPLES, quant_delay=0)
+    with tf1.Session(config=mobilenet_v1_train.session_config()) as session:
+      session.run(tf1.global_variables_initializer())
+      return {'images_per_sec': _time_runs(session, train_op, FLAGS.steps)}
+
+
+def _spawn(name):
+  """Runs one measurement in a fresh interpreter; (result or None, error)."""
+  argv = [sys.executable, os.path.abspath(__file__), '--child=%s' % name]
+  for flag in _TRAINER_FLAGS + ('input_batches', 'steps', 'warmup'):
+    argv.append('--%s=%s' % (flag, getattr(FLAGS, flag)))
+  env = dict(os.environ)
+  env.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  try:
+    done = subprocess.run(argv, cwd=_ROOT, env=env, capture_output=True,
+                          text=True, timeout=FLAGS.peer_timeout, check=False)
+  except subprocess.TimeoutExpired:
+    return None, 'timed out after %ds' % FLAGS.peer_timeout
+  for line in done.stdout.splitlines():
+    if line.startswith(_RESULT_PREFIX):
+      return json.loads(line[len(_RESULT_PREFIX):]), ''
+  tail = (done.stderr.strip().splitlines() or ['no output'])[-1]
+  return None, 'exit %d: %s' % (done.returncode, tail[:200])
+
+
+def _measure_all():
+  """Runs the three measurements and prints the table."""
+  results = {}
+  loads = []
+  for name in ('input', 'synthetic', 'real'):
+    loads.append(_load_average())
+    result, error = _spawn(name)
+    loads.append(_load_average())
+    if result:
+      results[name] = result['images_per_sec']
+      print('  %-10s %7.1f images/s' % (name, results[name]), flush=True)
+    else:
+      print('  %-10s failed: %s' % (name, error), flush=True)
+
+  print()
+  rows = (
+      ('input', 'input pipeline alone (train preprocessing)'),
+      ('synthetic', 'trainer step, synthetic in-memory batch'),
+      ('real', 'trainer step fed by the input pipeline'),
+  )
+  synthetic = results.get('synthetic')
+  header = '%-10s %-44s %9s %14s' % ('run', 'what', 'images/s',
+                                     'vs synthetic')
+  print(header)
+  print('-' * len(header))
+  for name, what in rows:
+    if name not in results:
+      print('%-10s %-44s %9s' % (name, what, 'failed'))
+      continue
+    ratio = '%.2fx' % (results[name] / synthetic) if synthetic else '-'
+    print('%-10s %-44s %9.1f %14s' % (name, what, results[name], ratio))
+  print()
+  if 'input' in results and synthetic:
+    ratio = results['input'] / synthetic
+    print('input / training: %.2fx (goal %.1fx): %s.' %
+          (ratio, FLAGS.goal, 'met' if ratio >= FLAGS.goal else 'NOT met'))
+  if 'real' in results and synthetic:
+    loss = 1 - results['real'] / synthetic
+    print('Feeding real input costs training %.0f%% of its synthetic rate%s.' %
+          (100 * loss, '; the input pipeline is a bottleneck'
+           if loss > 0.1 else ''))
+  if max(loads) > 1.5:
+    print('Note: other processes were running (load average up to %.1f on '
+          '%d cores); rates are lower than on an idle machine.' %
+          (max(loads), os.cpu_count()))
+
+
+def main(argv):
+  del argv  # unused
+  if FLAGS.child:
+    if FLAGS.child == 'input':
+      result = _run_input()
+    else:
+      result = _run_training(real_input=FLAGS.child == 'real')
+    print(_RESULT_PREFIX + json.dumps(result), flush=True)
+    return
+
+  print('MobileNet V1 %g@%d, batch %d, %d cores; load average %.2f at start.' %
+        (FLAGS.depth_multiplier, FLAGS.image_size, FLAGS.batch_size,
+         os.cpu_count(), _load_average()), flush=True)
+  generated = None
+  if not FLAGS.dataset_dir:
+    generated = tempfile.mkdtemp(prefix='input_bench_')
+    start = time.perf_counter()
+    mean_bytes = write_dataset(generated, FLAGS.num_images, FLAGS.num_shards)
+    print('Wrote %d generated %dx%d JPEGs (mean %.0f KB) in %d shards to %s '
+          '(%.0fs).' % (FLAGS.num_images, _GENERATED_WIDTH, _GENERATED_HEIGHT,
+                        mean_bytes / 1024, FLAGS.num_shards, generated,
+                        time.perf_counter() - start), flush=True)
+    FLAGS.dataset_dir = generated
+  try:
+    _measure_all()
+  finally:
+    if generated:
+      shutil.rmtree(generated, ignore_errors=True)
+
+
+if __name__ == '__main__':
+  # The team's yardstick is batch 32; the trainer's own default is 64.
+  FLAGS.set_default('batch_size', 32)
+  app.run(main)
