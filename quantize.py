@@ -275,6 +275,7 @@ def _rewrite(input_graph, is_training, quant_delay):
         layer_op, output = folded
       quantizer.quantize_layer(layer_op, output, context)
     quantizer.quantize_residual_adds()
+    quantizer.quantize_average_pools()
 
 
 def _check_no_gradients(graph):
@@ -660,6 +661,35 @@ class _Quantizer(object):
         continue
       self._insert(output, op.name + '/' + ADD_QUANT, moving_average=True,
                    narrow_range=False, init_range=_INIT_RANGE)
+
+  def quantize_average_pools(self):
+    """Rounds each average pool of a quantized tensor to its input's grid.
+
+    A quantized average pool (TFLite's uint8 AVERAGE_POOL_2D) must output on
+    its input's scale and zero point, so the mean of values on that grid is
+    rounded back to it. A fake quant with the input's own range, and no
+    range variables of its own, makes the TF graph compute the same thing.
+    """
+    for op in self._graph.get_operations():
+      if op.type != 'AvgPool' or op.inputs[0].name not in self._replacements:
+        continue
+      fake_quant = op.inputs[0].op
+      if fake_quant.type == 'SelectV2':  # the quant_delay switch
+        fake_quant = fake_quant.inputs[1].op
+      if fake_quant.type not in _FAKE_QUANT_TYPES:
+        continue
+      output = op.outputs[0]
+      consumers = output.consumers()
+      with self._graph.name_scope(op.name + '/' + ACT_QUANT + '/'):
+        quantized = tf.quantization.fake_quant_with_min_max_vars(
+            output, fake_quant.inputs[1], fake_quant.inputs[2],
+            num_bits=NUM_BITS, narrow_range=False)
+        if self._use_quant is not None:
+          quantized = tf.where(self._use_quant, quantized, output,
+                               name='delayed_quant')
+      _reroute(output, quantized, consumers)
+      self._quantized[output.name] = quantized
+      self._replacements.add(quantized.name)
 
   def _insert(self, tensor, scope, moving_average, narrow_range, init_range,
               consumers=None):

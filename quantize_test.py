@@ -159,7 +159,15 @@ class MobilenetQuantizeTest(tf.test.TestCase):
       self.assertEqual([c.type for c in consumers], [_FAKE_QUANT], op.name)
       self.assertFalse(consumers[0].get_attr('narrow_range'), op.name)
     self.assertEmpty([op.name for op in path if 'BatchNorm' in op.type])
-    self.assertEqual(_count_fake_quants(graph), 56)
+    # The average pool is rounded to its input's grid, as TFLite's uint8
+    # pool does, with the input's range variables (no new ones).
+    pool, = [op for op in path if op.type == 'AvgPool']
+    pool_quant, = pool.outputs[0].consumers()
+    self.assertEqual(pool_quant.type, _FAKE_QUANT)
+    self.assertEqual([t.name for t in pool_quant.inputs[1:]],
+                     [t.name for t in pool.inputs[0].op.inputs[1:]])
+    # 28 weights, 27 Relu6 outputs, the logits and the pool.
+    self.assertEqual(_count_fake_quants(graph), 57)
 
     names = {v.op.name for v in quantize.range_variables(graph)}
     self.assertLen(names, 112)

@@ -2,7 +2,8 @@
 # Quick start command 1: installs what is missing, then runs the main job on
 # sample data made from scikit-learn's handwritten digits: build TFRecords,
 # train a float MobileNet V1 0.25@64 from scratch, evaluate it, fine-tune it
-# quantization-aware, evaluate that, and export both release bundles.
+# quantization-aware, evaluate that, export both release bundles and
+# evaluate the TFLite models themselves.
 # Safe to re-run: finished steps are skipped or resumed.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -17,7 +18,8 @@ TRAIN=(--batch_size=32 --optimizer=momentum --batch_norm_decay=0.99
 step() { printf '\n== %s\n' "$*"; }
 
 bazel build -c opt --noshow_progress //:build_imagenet_tfrecords \
-  //:mobilenet_v1_train //:mobilenet_v1_eval
+  //:mobilenet_v1_train //:mobilenet_v1_eval //:mobilenet_v1_export \
+  //:mobilenet_v1_tflite_eval
 
 step "Sample data: handwritten digits as RGB JPEG TFRecords in $DATA"
 ./bazel-bin/build_imagenet_tfrecords --sample_digits --output_dir="$DATA"
@@ -42,6 +44,25 @@ step "Quantized evaluation"
   --checkpoint_dir="$WORK/quant" "${MODEL[@]}" --quantize=True \
   | tee "$WORK/quant_eval.txt"
 
+step "Release bundles in $WORK/bundle"
+./bazel-bin/mobilenet_v1_export --checkpoint_dir="$WORK/float" \
+  --output_dir="$WORK/bundle" "${MODEL[@]}"
+./bazel-bin/mobilenet_v1_export --checkpoint_dir="$WORK/quant" \
+  --output_dir="$WORK/bundle" "${MODEL[@]}" --quantize=True
+
+step "TFLite models on the validation split"
+for name in mobilenet_v1_0.25_64 mobilenet_v1_0.25_64_quant; do
+  ./bazel-bin/mobilenet_v1_tflite_eval --dataset_dir="$DATA" \
+    --tflite_path="$WORK/bundle/$name.tflite" | tee "$WORK/${name}_tflite_eval.txt"
+done
+
+figures() { grep -o 'Accuracy.*Recall_5 [0-9.]*' "$1"; }
+size() { stat -c %s "$WORK/bundle/$1.tflite"; }
 step "Summary (validation split, $(grep -o 'on [0-9]* examples' "$WORK/float_eval.txt"))"
-printf '  float    : %s\n' "$(grep -o 'Accuracy.*Recall_5 [0-9.]*' "$WORK/float_eval.txt")"
-printf '  quantized: %s\n' "$(grep -o 'Accuracy.*Recall_5 [0-9.]*' "$WORK/quant_eval.txt")"
+printf '  float     TF    : %s\n' "$(figures "$WORK/float_eval.txt")"
+printf '  float     TFLite: %s  (%s bytes)\n' \
+  "$(figures "$WORK/mobilenet_v1_0.25_64_tflite_eval.txt")" "$(size mobilenet_v1_0.25_64)"
+printf '  quantized TF    : %s\n' "$(figures "$WORK/quant_eval.txt")"
+printf '  quantized TFLite: %s  (%s bytes, uint8)\n' \
+  "$(figures "$WORK/mobilenet_v1_0.25_64_quant_tflite_eval.txt")" \
+  "$(size mobilenet_v1_0.25_64_quant)"

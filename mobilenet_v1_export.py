@@ -1,0 +1,425 @@
+r"""Exports a MobileNet V1 checkpoint as the released tarballs bundled it.
+
+  ./bazel-bin/mobilenet_v1_export --checkpoint_dir DIR --output_dir OUT \
+      [--depth_multiplier=1.0 --image_size=224 --num_classes=1001] \
+      [--quantize=True] [--post_training=dynamic,float16,int8 --dataset_dir D]
+
+writes into --output_dir, with NAME as in the seed's table
+(`mobilenet_v1_1.0_224`, `mobilenet_v1_0.25_128_quant`, ...):
+
+  NAME.ckpt.*          the model's variables (quantization ranges included)
+                       and the global step, without optimizer slots. The step
+                       is kept so that mobilenet_v1_eval reads the checkpoint
+                       as it is; fine-tuning from it resets the step anyway.
+  NAME_eval.pbtxt      the inference graph (the quantized eval graph with
+                       --quantize) as a text GraphDef, variables unfrozen.
+  NAME_frozen.pb       the same graph with variables folded into constants,
+                       cut down to what the output needs: no variables, no
+                       assign or initializer ops.
+  NAME_info.txt        input and output names, shapes and types, and the
+                       TFLite model's quantization parameters.
+  NAME.tflite          float32 for a float model; fully uint8 (input and
+                       output too) for a --quantize model.
+
+Both graphs take `input`, float32 [1, size, size, 3] with pixels mapped to
+[-1, 1] (pixel / 127.5 - 1), and produce `MobilenetV1/Predictions/Reshape_1`,
+the softmax [1, num_classes]: the names and the batch of 1 of the released
+frozen graphs, which is what TFLite runs on a device.
+
+--post_training (float models only) also writes post-training quantized
+variants of the float TFLite model: NAME_ptq_dynamic.tflite (8-bit weights,
+float activations), NAME_ptq_float16.tflite (float16 weights) and
+NAME_ptq_int8.tflite (fully integer, int8 input and output, calibrated on
+--calibration_examples images of --dataset_dir's --calibration_split with the
+evaluation preprocessing).
+
+The model flags (--checkpoint_dir, --checkpoint_path, --num_classes,
+--image_size, --depth_multiplier, --quantize, --dataset_dir) are
+mobilenet_v1_eval's: export builds the same graph that evaluation measures.
+"""
+
+import os
+
+from absl import flags
+from absl import logging
+import numpy as np
+import slim_compat  # pylint: disable=unused-import
+import tensorflow as tf
+
+from ai_edge_litert.interpreter import Interpreter
+import checkpoint_utils
+import cli
+import imagenet_input
+import mobilenet_v1_eval
+import quantize
+
+tf1 = tf.compat.v1
+
+FLAGS = flags.FLAGS
+
+# The eval binary's model and data flags, listed in this program's --help.
+for _name in ('checkpoint_dir', 'checkpoint_path', 'num_classes',
+              'image_size', 'depth_multiplier', 'quantize', 'dataset_dir'):
+  flags.declare_key_flag(_name)
+
+flags.DEFINE_string('output_dir', '',
+                    'Directory to write the bundle into (created if needed; '
+                    'files of the same name are overwritten).')
+flags.DEFINE_string('model_name', '',
+                    'Base name of the files; default mobilenet_v1_<depth '
+                    'multiplier>_<image size>[_quant], as the released '
+                    'models are named.')
+flags.DEFINE_list('post_training', [],
+                  'Comma-separated post-training quantized variants of a '
+                  'float model to write as well: dynamic (8-bit weights), '
+                  'float16 (16-bit weights), int8 (fully integer; needs '
+                  '--dataset_dir for calibration).')
+flags.DEFINE_integer('calibration_examples', 200,
+                     'Images the int8 post-training quantization measures '
+                     'activation ranges on.', lower_bound=1)
+flags.DEFINE_string('calibration_split', imagenet_input.TRAIN_SPLIT,
+                    'Split of --dataset_dir the int8 calibration images come '
+                    'from.')
+
+INPUT_NAME = 'input'
+OUTPUT_NAME = 'MobilenetV1/Predictions/Reshape_1'
+# The float input is pixel / 127.5 - 1: TFLite's (pixel - mean) / std.
+INPUT_MEAN = 127.5
+INPUT_STD = 127.5
+POST_TRAINING_KINDS = ('dynamic', 'float16', 'int8')
+
+
+def model_name(depth_multiplier, image_size, quantized):
+  """The released models' name: mobilenet_v1_1.0_224, ..._0.25_128_quant.
+
+  Args:
+    depth_multiplier: width multiplier; printed as Python prints floats, so
+      1 -> 1.0 and 0.50 -> 0.5, as the released file names have it.
+    image_size: input resolution.
+    quantized: whether the model is quantized.
+
+  Returns:
+    The name, without extension.
+  """
+  return 'mobilenet_v1_%s_%d%s' % (float(depth_multiplier), image_size,
+                                   '_quant' if quantized else '')
+
+
+def build_inference_graph(depth_multiplier, image_size, num_classes,
+                          quantized):
+  """Builds the exported graph: `input` placeholder to softmax predictions.
+
+  Args:
+    depth_multiplier: width multiplier.
+    image_size: input resolution.
+    num_classes: classes of the logits layer.
+    quantized: build the quantized eval graph (folded batch norms, fake
+      quantization reading the range variables).
+
+  Returns:
+    (graph, input tensor, output tensor).
+  """
+  graph = tf.Graph()
+  with graph.as_default():
+    images = tf1.placeholder(tf.float32, [1, image_size, image_size, 3],
+                             name=INPUT_NAME)
+    mobilenet_v1_eval.build_eval_model(images, num_classes, depth_multiplier,
+                                       quantized)
+    tf1.train.get_or_create_global_step()
+  return graph, images, graph.get_tensor_by_name(OUTPUT_NAME + ':0')
+
+
+def freeze(session, graph):
+  """Folds the variables of `graph` into constants, keeping what feeds the output.
+
+  Args:
+    session: a session of `graph` with its variables restored.
+    graph: the graph build_inference_graph built.
+
+  Returns:
+    The frozen GraphDef.
+  """
+  return tf1.graph_util.convert_variables_to_constants(
+      session, graph.as_graph_def(), [OUTPUT_NAME])
+
+
+def _converter(frozen_graph_def):
+  """A TFLite converter of a frozen graph, from `input` to the softmax.
+
+  The converter is run on a session of the imported frozen GraphDef, so the
+  TFLite model is converted from exactly what NAME_frozen.pb holds.
+  """
+  graph = tf.Graph()
+  with graph.as_default():
+    tf.graph_util.import_graph_def(frozen_graph_def, name='')
+  with tf1.Session(graph=graph) as session:
+    return tf1.lite.TFLiteConverter.from_session(
+        session, [graph.get_tensor_by_name(INPUT_NAME + ':0')],
+        [graph.get_tensor_by_name(OUTPUT_NAME + ':0')])
+
+
+def _run_converter(converter):
+  """converter.convert() without the converter's progress chatter.
+
+  The converter logs its steps through absl and its quantizer prints to the
+  process's stderr; failures still raise with their message.
+  """
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.WARNING)
+  try:
+    with slim_compat.native_stderr_silenced():
+      return converter.convert()
+  finally:
+    logging.set_verbosity(verbosity)
+
+
+def convert(frozen_graph_def, quantized):
+  """Converts a frozen graph to TFLite.
+
+  Args:
+    frozen_graph_def: what `freeze` returned.
+    quantized: the graph has fake quantization: convert it to a fully uint8
+      model (uint8 input in pixel values, uint8 output).
+
+  Returns:
+    The TFLite flatbuffer, bytes.
+  """
+  converter = _converter(frozen_graph_def)
+  if quantized:
+    converter.inference_type = tf.uint8
+    converter.quantized_input_stats = {INPUT_NAME: (INPUT_MEAN, INPUT_STD)}
+  return _run_converter(converter)
+
+
+def convert_post_training(frozen_graph_def, kind, representative_images=None):
+  """Converts a float frozen graph with post-training quantization.
+
+  Args:
+    frozen_graph_def: a float model's frozen graph.
+    kind: 'dynamic' (8-bit weights, activations float), 'float16' (16-bit
+      weights) or 'int8' (integer weights, activations, input and output).
+    representative_images: for 'int8', a callable returning an iterable of
+      float32 [1, size, size, 3] images in [-1, 1] to calibrate ranges on.
+
+  Returns:
+    The TFLite flatbuffer, bytes.
+
+  Raises:
+    ValueError: `kind` is unknown, or 'int8' lacks representative images.
+  """
+  if kind not in POST_TRAINING_KINDS:
+    raise ValueError('unknown post-training kind %r; one of %s' %
+                     (kind, ', '.join(POST_TRAINING_KINDS)))
+  converter = _converter(frozen_graph_def)
+  converter.optimizations = [tf.lite.Optimize.DEFAULT]
+  if kind == 'float16':
+    converter.target_spec.supported_types = [tf.float16]
+  elif kind == 'int8':
+    if representative_images is None:
+      raise ValueError('int8 post-training quantization needs '
+                       'representative_images')
+    converter.representative_dataset = lambda: (
+        [image] for image in representative_images())
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+  return _run_converter(converter)
+
+
+def tflite_io(model_content):
+  """The input and output details of a TFLite model (the first of each).
+
+  Args:
+    model_content: a TFLite flatbuffer.
+
+  Returns:
+    (input details, output details) as the interpreter gives them: dicts
+    with 'name', 'shape', 'dtype' and 'quantization' (scale, zero point).
+  """
+  interpreter = Interpreter(model_content=model_content)
+  return interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+
+
+def _describe_tensor(details):
+  """'uint8 [1, 224, 224, 3] scale=... zero_point=...' for info lines."""
+  text = '%s %s' % (np.dtype(details['dtype']).name,
+                    [int(d) for d in details['shape']])
+  scale, zero_point = details['quantization']
+  if scale:
+    text += ' scale=%.9g zero_point=%d' % (scale, zero_point)
+  return text
+
+
+def info_lines(name, input_tensor, output_tensor, tflite_models):
+  """The lines of NAME_info.txt, each 'Key: value'.
+
+  The first three lines are those of the released info files.
+
+  Args:
+    name: the model name.
+    input_tensor: the graphs' input tensor.
+    output_tensor: the graphs' output tensor.
+    tflite_models: [(file name, flatbuffer)], NAME.tflite first.
+
+  Returns:
+    A list of strings.
+  """
+  lines = [
+      'Model: %s' % name,
+      'Input: %s' % input_tensor.op.name,
+      'Output: %s' % output_tensor.op.name,
+      'Input shape: %s' % input_tensor.shape.as_list(),
+      'Input dtype: %s' % input_tensor.dtype.name,
+      'Input values: (pixel - mean) / std, in [-1, 1]',
+      'Input mean: %g' % INPUT_MEAN,
+      'Input std: %g' % INPUT_STD,
+      'Output shape: %s' % output_tensor.shape.as_list(),
+      'Output dtype: %s' % output_tensor.dtype.name,
+      'Output values: softmax probabilities of the classes',
+  ]
+  for index, (file_name, content) in enumerate(tflite_models):
+    input_details, output_details = tflite_io(content)
+    prefix = 'TFLite' if index == 0 else 'TFLite %s' % file_name
+    if index == 0:
+      lines.append('TFLite model: %s' % file_name)
+    lines.append('%s input: %s' % (prefix, _describe_tensor(input_details)))
+    lines.append('%s output: %s' % (prefix, _describe_tensor(output_details)))
+  return lines
+
+
+def _representative_images(dataset_dir, split, image_size, count):
+  """Returns a callable yielding `count` preprocessed images for calibration.
+
+  The images go through the evaluation preprocessing, as at inference time.
+  """
+  def images():
+    dataset = imagenet_input.build_dataset(
+        dataset_dir, split, 1, image_size, is_training=False)
+    for image, _ in dataset.take(count):
+      yield image.numpy()
+  return images
+
+
+def _restore(session, saver, checkpoint, graph, variables):
+  """Restores `variables` from `checkpoint`, explaining what does not fit.
+
+  Raises:
+    cli.UserError: --quantize on a checkpoint without quantization ranges.
+    CheckpointError: the checkpoint lacks variables or has other shapes.
+  """
+  found = checkpoint_utils.match(checkpoint, variables)
+  range_names = set(v.op.name for v in quantize.range_variables(graph))
+  if found.missing and set(found.missing) <= range_names:
+    raise cli.UserError(
+        'checkpoint %s has no quantization ranges (it is a float model); '
+        'export it without --quantize, or train with --quantize=True '
+        '--fine_tune_checkpoint=%s first' % (checkpoint, checkpoint))
+  checkpoint_utils.verify_fits(checkpoint, variables,
+                               mobilenet_v1_eval.model_flags_hint())
+  saver.restore(session, checkpoint)
+
+
+def _check_flags():
+  """Raises cli.UserError for flags that cannot work together."""
+  if not (FLAGS.checkpoint_dir or FLAGS.checkpoint_path):
+    raise cli.UserError('give --checkpoint_dir (exports the latest '
+                        'checkpoint) or --checkpoint_path')
+  if not FLAGS.output_dir:
+    raise cli.UserError('--output_dir is required: where the bundle goes')
+  unknown = [k for k in FLAGS.post_training if k not in POST_TRAINING_KINDS]
+  if unknown:
+    raise cli.UserError('--post_training: unknown %s; choose from %s' %
+                        (', '.join(unknown), ','.join(POST_TRAINING_KINDS)))
+  if FLAGS.post_training and FLAGS.quantize:
+    raise cli.UserError('--post_training quantizes float models; a --quantize '
+                        'model is already quantized (its NAME.tflite is uint8)')
+  if 'int8' in FLAGS.post_training and not FLAGS.dataset_dir:
+    raise cli.UserError('--post_training=int8 calibrates on images: give '
+                        '--dataset_dir')
+
+
+def _make_output_dir(path):
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise cli.UserError('cannot create --output_dir %s: %s' %
+                        (path, e.strerror or e)) from e
+  if not os.access(path, os.W_OK):
+    raise cli.UserError('--output_dir %s is not writable' % path)
+
+
+def _write(path, content):
+  mode = 'w' if isinstance(content, str) else 'wb'
+  try:
+    with open(path, mode) as f:
+      f.write(content)
+  except OSError as e:
+    raise cli.UserError('cannot write %s: %s' % (path, e.strerror or e)) from e
+
+
+def export():
+  """Writes the bundle the flags describe.
+
+  Returns:
+    (the checkpoint exported, the paths written).
+  """
+  _check_flags()
+  checkpoint = checkpoint_utils.resolve(FLAGS.checkpoint_path or
+                                        FLAGS.checkpoint_dir)
+  # Data problems should stop the export before any file is written.
+  if 'int8' in FLAGS.post_training:
+    imagenet_input.list_split_files(FLAGS.dataset_dir,
+                                    FLAGS.calibration_split)
+  _make_output_dir(FLAGS.output_dir)
+  name = FLAGS.model_name or model_name(FLAGS.depth_multiplier,
+                                        FLAGS.image_size, FLAGS.quantize)
+  prefix = os.path.join(FLAGS.output_dir, name)
+
+  graph, images, predictions = build_inference_graph(
+      FLAGS.depth_multiplier, FLAGS.image_size, FLAGS.num_classes,
+      FLAGS.quantize)
+  # Taken before the Saver adds its save/restore ops, which inference does
+  # not need.
+  eval_graph_def = graph.as_graph_def()
+  with graph.as_default():
+    variables = tf1.global_variables()
+    saver = tf1.train.Saver(variables)
+  with tf1.Session(graph=graph) as session:
+    _restore(session, saver, checkpoint, graph, variables)
+    frozen = freeze(session, graph)
+    # write_state=False: the bundle has no `checkpoint` index file that would
+    # make --output_dir look like a training directory.
+    saver.save(session, prefix + '.ckpt', write_state=False)
+
+  written = tf.io.gfile.glob(prefix + '.ckpt.*')
+  outputs = [
+      (prefix + '_eval.pbtxt', str(eval_graph_def)),
+      (prefix + '_frozen.pb', frozen.SerializeToString()),
+      (prefix + '.tflite', convert(frozen, FLAGS.quantize)),
+  ]
+  representative = _representative_images(
+      FLAGS.dataset_dir, FLAGS.calibration_split, FLAGS.image_size,
+      FLAGS.calibration_examples)
+  for kind in FLAGS.post_training:
+    outputs.append(('%s_ptq_%s.tflite' % (prefix, kind),
+                    convert_post_training(frozen, kind, representative)))
+  tflite_models = [(os.path.basename(path), content)
+                   for path, content in outputs if path.endswith('.tflite')]
+  outputs.append((prefix + '_info.txt', '\n'.join(
+      info_lines(name, images, predictions, tflite_models)) + '\n'))
+  for path, content in outputs:
+    _write(path, content)
+  return checkpoint, sorted(written) + [path for path, _ in outputs]
+
+
+def main(argv):
+  del argv  # unused
+  checkpoint, paths = export()
+  print('Exported %s to %s:' % (checkpoint, FLAGS.output_dir))
+  for path in paths:
+    print('  %-48s %10d bytes' % (os.path.basename(path),
+                                  os.path.getsize(path)))
+
+
+if __name__ == '__main__':
+  cli.run(main)
