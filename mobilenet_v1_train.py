@@ -417,6 +417,12 @@ def train():
     if _is_fine_tuning() and not resuming:
       init_fn = _fine_tune_init_fn()
     if resuming:
+      done_steps = tf.train.load_checkpoint(resuming).get_tensor('global_step')
+      if FLAGS.number_of_steps and done_steps >= FLAGS.number_of_steps:
+        # MonitoredTrainingSession would still run one more step.
+        print('Already trained to step %d (--number_of_steps=%d): %s.' %
+              (done_steps, FLAGS.number_of_steps, resuming), flush=True)
+        return
       print('Resuming from %s.' % resuming, flush=True)
     scaffold = tf1.train.Scaffold(
         init_fn=init_fn,

@@ -89,6 +89,13 @@ class TrainTest(tf.test.TestCase):
     self.assertGreater(change, 0)
     self.assertLess(change, 0.1 * np.abs(weights).max())
 
+    # Re-running a finished command changes nothing.
+    again = run(train_command(self.dataset_dir, checkpoint_dir,
+                              '--number_of_steps=%d' % (killed_at + 5)))
+    self.assertEqual(again.returncode, 0, again.stderr)
+    self.assertIn('Already trained to step %d' % (killed_at + 5), again.stdout)
+    self.assertEqual(checkpoint_step(checkpoint_dir), killed_at + 5)
+
   def test_fine_tune_onto_new_classes_excluding_logits(self):
     source_dir = os.path.join(self.get_temp_dir(), 'source')
     result = run(train_command(self.dataset_dir, source_dir,
