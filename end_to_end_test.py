@@ -123,12 +123,15 @@ class EndToEndTest(tf.test.TestCase):
       run('mobilenet_v1_export', '--checkpoint_dir=' + checkpoint_dir,
           '--output_dir=' + bundle, *MODEL, *quantized)
     float_name, quant_name = 'mobilenet_v1_0.25_64', 'mobilenet_v1_0.25_64_quant'
-    for name, tf_top1 in ((float_name, float_top1), (quant_name, quant_top1)):
+    # 359 validation images: one image is 0.0028. The float TFLite model
+    # computes what TF does (to 1e-4); the uint8 one may differ on the few
+    # images it disagrees on (see the agreement check below).
+    for name, tf_top1, delta in ((float_name, float_top1, 0.003),
+                                 (quant_name, quant_top1, 0.03)):
       tflite_top1, _ = accuracy(run(
           'mobilenet_v1_tflite_eval', '--dataset_dir=' + data,
           '--tflite_path=' + os.path.join(bundle, name + '.tflite')))
-      # 359 validation images: one image is 0.0028.
-      self.assertAlmostEqual(tflite_top1, tf_top1, delta=0.006)
+      self.assertAlmostEqual(tflite_top1, tf_top1, delta=delta, msg=name)
     self.assertLessEqual(
         os.path.getsize(os.path.join(bundle, quant_name + '.tflite')),
         0.3 * os.path.getsize(os.path.join(bundle, float_name + '.tflite')))
