@@ -23,10 +23,8 @@ sizes) as slim-format TFRecords, and deletes it afterwards.
   .venv/bin/python bench/input_bench.py --dataset_dir=/data/imagenet
 """
 
-import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +37,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _ROOT)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+import peer_process
 import slim_compat  # pylint: disable=unused-import
 import numpy as np
 import tensorflow as tf
@@ -74,7 +73,6 @@ flags.DEFINE_integer('peer_timeout', 600, 'Seconds before a measurement\'s '
 flags.DEFINE_string('child', '', 'Internal: run one measurement (input, '
                     'synthetic or real) here and print its result as JSON.')
 
-_RESULT_PREFIX = 'INPUT_BENCH_RESULT '
 _GENERATED_WIDTH, _GENERATED_HEIGHT = 500, 375
 
 
@@ -146,10 +144,6 @@ def write_dataset(directory, num_images, num_shards):
   return total_bytes / num_images
 
 
-def _load_average():
-  with open('/proc/loadavg') as loadavg:
-    return float(loadavg.read().split()[0])
-
 
 def _time_runs(session, fetch, count):
   """Runs `fetch` --warmup times, then `count` timed times; images/s."""
@@ -207,21 +201,12 @@ def _run_training(real_input):
 
 def _spawn(name):
   """Runs one measurement in a fresh interpreter; (result or None, error)."""
-  argv = [sys.executable, os.path.abspath(__file__), '--child=%s' % name]
+  argv = ['--child=%s' % name]
   for flag in _TRAINER_FLAGS + ('input_batches', 'steps', 'warmup'):
     argv.append('--%s=%s' % (flag, getattr(FLAGS, flag)))
   env = dict(os.environ)
   env.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  try:
-    done = subprocess.run(argv, cwd=_ROOT, env=env, capture_output=True,
-                          text=True, timeout=FLAGS.peer_timeout, check=False)
-  except subprocess.TimeoutExpired:
-    return None, 'timed out after %ds' % FLAGS.peer_timeout
-  for line in done.stdout.splitlines():
-    if line.startswith(_RESULT_PREFIX):
-      return json.loads(line[len(_RESULT_PREFIX):]), ''
-  tail = (done.stderr.strip().splitlines() or ['no output'])[-1]
-  return None, 'exit %d: %s' % (done.returncode, tail[:200])
+  return peer_process.run(__file__, argv, env, _ROOT, FLAGS.peer_timeout)
 
 
 def _measure_all():
@@ -229,9 +214,9 @@ def _measure_all():
   results = {}
   loads = []
   for name in ('input', 'synthetic', 'real'):
-    loads.append(_load_average())
+    loads.append(peer_process.load_average())
     result, error = _spawn(name)
-    loads.append(_load_average())
+    loads.append(peer_process.load_average())
     if result:
       results[name] = result['images_per_sec']
       print('  %-10s %7.1f images/s' % (name, results[name]), flush=True)
@@ -278,12 +263,12 @@ def main(argv):
       result = _run_input()
     else:
       result = _run_training(real_input=FLAGS.child == 'real')
-    print(_RESULT_PREFIX + json.dumps(result), flush=True)
+    peer_process.report(result)
     return
 
   print('MobileNet V1 %g@%d, batch %d, %d cores; load average %.2f at start.' %
         (FLAGS.depth_multiplier, FLAGS.image_size, FLAGS.batch_size,
-         os.cpu_count(), _load_average()), flush=True)
+         os.cpu_count(), peer_process.load_average()), flush=True)
   generated = None
   if not FLAGS.dataset_dir:
     generated = tempfile.mkdtemp(prefix='input_bench_')

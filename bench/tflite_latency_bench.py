@@ -42,6 +42,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _ROOT)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+import peer_process
 import slim_compat  # pylint: disable=unused-import
 import tensorflow as tf
 # Importing the exporter defines the model flags here too: --depth_multiplier,
@@ -156,10 +157,6 @@ def _latency(path):
           in _LATENCY_RE.findall(result.stdout)}
 
 
-def _load_average():
-  with open('/proc/loadavg') as loadavg:
-    return loadavg.read().split()[0]
-
 
 def _print_table(sizes, latencies):
   """The table, with speed ratios, and the goals' verdicts."""
@@ -184,7 +181,7 @@ def _print_table(sizes, latencies):
           for c in threads)
     print(line)
   print('(ms per image; ratios are speed-ups from medians, 1 thread / %d '
-        'threads; load average %s)' % (threads[-1], _load_average()))
+        'threads; load average %s)' % (threads[-1], peer_process.load_average()))
   for count in threads:
     speedup = (latencies['ours_float'][count][0] /
                latencies['ours_uint8'][count][0])

@@ -28,9 +28,7 @@ average seen around each peer, and per-step medians next to means, because a
 busy neighbour shows up as a gap between the two.
 """
 
-import json
 import os
-import subprocess
 import sys
 import time
 
@@ -42,6 +40,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _ROOT)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+import peer_process
 import slim_compat  # pylint: disable=unused-import
 import mobilenet_v1_table
 # Importing the trainer defines its flags here too: --depth_multiplier,
@@ -74,12 +73,7 @@ flags.DEFINE_integer('peer_timeout', 600, 'Seconds before a peer\'s '
 flags.DEFINE_string('child', '', 'Internal: run one peer (or "matmul") in '
                     'this process and print its result as JSON.')
 
-_RESULT_PREFIX = 'TRAIN_BENCH_RESULT '
 
-
-def _load_average():
-  with open('/proc/loadavg') as loadavg:
-    return float(loadavg.read().split()[0])
 
 
 def _synthetic_batch():
@@ -256,7 +250,7 @@ def _run_child(name):
 
 def _spawn(name):
   """Runs one peer in a fresh interpreter; returns (result or None, error)."""
-  argv = [sys.executable, os.path.abspath(__file__), '--child=%s' % name]
+  argv = ['--child=%s' % name]
   for flag in _TRAINER_FLAGS + ('steps', 'warmup', 'matmul_size'):
     argv.append('--%s=%s' % (flag, getattr(FLAGS, flag)))
   env = dict(os.environ)
@@ -270,16 +264,7 @@ def _spawn(name):
     # it); without it the peer would be plain slim.
     env['TF_XLA_FLAGS'] = (env.get('TF_XLA_FLAGS', '') +
                            ' --tf_xla_cpu_global_jit').strip()
-  try:
-    done = subprocess.run(argv, cwd=_ROOT, env=env, capture_output=True,
-                          text=True, timeout=FLAGS.peer_timeout, check=False)
-  except subprocess.TimeoutExpired:
-    return None, 'timed out after %ds' % FLAGS.peer_timeout
-  for line in done.stdout.splitlines():
-    if line.startswith(_RESULT_PREFIX):
-      return json.loads(line[len(_RESULT_PREFIX):]), ''
-  tail = (done.stderr.strip().splitlines() or ['no output'])[-1]
-  return None, 'exit %d: %s' % (done.returncode, tail[:200])
+  return peer_process.run(__file__, argv, env, _ROOT, FLAGS.peer_timeout)
 
 
 def _training_gflop_per_image():
@@ -293,7 +278,7 @@ def main(argv):
   del argv  # unused
   if FLAGS.child:
     result = _run_child(FLAGS.child)
-    print(_RESULT_PREFIX + json.dumps(result), flush=True)
+    peer_process.report(result)
     return
 
   macs, gflop_per_image = _training_gflop_per_image()
@@ -303,7 +288,7 @@ def main(argv):
          FLAGS.batch_size, macs / 1e6, gflop_per_image, FLAGS.warmup,
          FLAGS.steps))
   print('CPU: %d cores visible; load average %.2f at start.' %
-        (os.cpu_count(), _load_average()), flush=True)
+        (os.cpu_count(), peer_process.load_average()), flush=True)
 
   ceiling = None
   if FLAGS.matmul_size:
@@ -318,11 +303,11 @@ def main(argv):
 
   results = []
   for name in FLAGS.peers:
-    load_before = _load_average()
+    load_before = peer_process.load_average()
     start = time.perf_counter()
     result, error = _spawn(name)
     wall = time.perf_counter() - start
-    load = max(load_before, _load_average())
+    load = max(load_before, peer_process.load_average())
     results.append((name, result, error, wall, load))
     if result:
       print('  %-14s %7.1f images/s  (%.0fs, load %.1f)' %
