@@ -16,14 +16,12 @@ import time
 from absl import flags
 import numpy as np
 import slim_compat  # pylint: disable=unused-import
-from slim_compat import slim
 import tensorflow as tf
 
 import checkpoint_utils
 import cli
 import imagenet_input
-import mobilenet_v1
-import quantize
+import inference_model
 
 tf1 = tf.compat.v1
 
@@ -63,33 +61,6 @@ flags.DEFINE_bool('skip_corrupt_records', False,
                   'with an error.')
 
 
-def build_eval_model(images, num_classes, depth_multiplier, quantized):
-  """Builds the inference graph: the model and, if asked, its quantization.
-
-  Args:
-    images: float32 [batch, size, size, 3] in [-1, 1].
-    num_classes: classes of the logits layer.
-    depth_multiplier: width multiplier.
-    quantized: rewrite into the quantized eval graph.
-
-  Returns:
-    The logits, [batch, num_classes].
-  """
-  with slim.arg_scope(mobilenet_v1.mobilenet_v1_arg_scope(is_training=False)):
-    logits, _ = mobilenet_v1.mobilenet_v1(
-        images, num_classes=num_classes, is_training=False,
-        depth_multiplier=depth_multiplier)
-  if quantized:
-    quantize.create_eval_graph()
-  return logits
-
-
-def model_flags_hint():
-  return '--num_classes=%d --depth_multiplier=%g%s' % (
-      FLAGS.num_classes, FLAGS.depth_multiplier,
-      ' --quantize' if FLAGS.quantize else '')
-
-
 class Evaluator(object):
   """The eval graph, built once and run over the split per checkpoint."""
 
@@ -101,29 +72,22 @@ class Evaluator(object):
           is_training=False, skip_corrupt=FLAGS.skip_corrupt_records)
       self._iterator = tf1.data.make_initializable_iterator(dataset)
       images, labels = self._iterator.get_next()
-      logits = build_eval_model(images, FLAGS.num_classes,
-                                FLAGS.depth_multiplier, FLAGS.quantize)
+      logits = inference_model.build(images, FLAGS.num_classes,
+                                     FLAGS.depth_multiplier, FLAGS.quantize)
       self._global_step = tf1.train.get_or_create_global_step()
       self._correct = {
           'Accuracy': tf.math.in_top_k(labels, logits, 1),
           'Recall_5': tf.math.in_top_k(labels, logits, 5),
       }
       self._variables = tf1.global_variables()
-      self._range_variables = set(
-          v.op.name for v in quantize.range_variables(self.graph))
       self._saver = tf1.train.Saver(self._variables)
     self.graph.finalize()
 
   def evaluate(self, checkpoint):
     """Returns ({metric: value}, examples, global step) for a checkpoint."""
-    found = checkpoint_utils.match(checkpoint, self._variables)
-    if found.missing and set(found.missing) <= self._range_variables:
-      raise cli.UserError(
-          'checkpoint %s has no quantization ranges (it is a float model); '
-          'evaluate it without --quantize, or train with --quantize=True '
-          '--fine_tune_checkpoint=%s first' % (checkpoint, checkpoint))
-    checkpoint_utils.verify_fits(checkpoint, self._variables,
-                                 model_flags_hint())
+    inference_model.verify_checkpoint(
+        checkpoint, self.graph, self._variables, FLAGS.num_classes,
+        FLAGS.depth_multiplier, FLAGS.quantize)
     with tf1.Session(FLAGS.master, graph=self.graph) as session:
       self._saver.restore(session, checkpoint)
       session.run(self._iterator.initializer)

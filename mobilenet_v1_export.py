@@ -33,9 +33,8 @@ NAME_ptq_int8.tflite (fully integer, int8 input and output, calibrated on
 --calibration_examples images of --dataset_dir's --calibration_split with the
 evaluation preprocessing).
 
-The model flags (--checkpoint_dir, --checkpoint_path, --num_classes,
---image_size, --depth_multiplier, --quantize, --dataset_dir) are
-mobilenet_v1_eval's: export builds the same graph that evaluation measures.
+Export builds the same graph that mobilenet_v1_eval measures
+(inference_model.py), from the same model flags.
 """
 
 import os
@@ -50,17 +49,30 @@ from ai_edge_litert.interpreter import Interpreter
 import checkpoint_utils
 import cli
 import imagenet_input
-import mobilenet_v1_eval
-import quantize
+import inference_model
 
 tf1 = tf.compat.v1
 
 FLAGS = flags.FLAGS
 
-# The eval binary's model and data flags, listed in this program's --help.
-for _name in ('checkpoint_dir', 'checkpoint_path', 'num_classes',
-              'image_size', 'depth_multiplier', 'quantize', 'dataset_dir'):
-  flags.declare_key_flag(_name)
+flags.DEFINE_string('checkpoint_dir', '',
+                    'Directory of training checkpoints; the latest is '
+                    'exported.')
+flags.DEFINE_string('checkpoint_path', '',
+                    'A specific checkpoint to export instead of the latest '
+                    'in --checkpoint_dir.')
+flags.DEFINE_integer('num_classes', 1001,
+                     'Classes of the logits layer, as in training.',
+                     lower_bound=2)
+flags.DEFINE_integer('image_size', 224, 'Input resolution (square).',
+                     lower_bound=32)
+flags.DEFINE_float('depth_multiplier', 1.0, 'Width multiplier, as in '
+                   'training.', lower_bound=0.01)
+flags.DEFINE_bool('quantize', False,
+                  'The checkpoint was trained with --quantize: export the '
+                  'quantized eval graph and a fully uint8 TFLite model.')
+flags.DEFINE_string('dataset_dir', '',
+                    'TFRecords to calibrate --post_training=int8 on.')
 
 flags.DEFINE_string('output_dir', '',
                     'Directory to write the bundle into (created if needed; '
@@ -123,8 +135,7 @@ def build_inference_graph(depth_multiplier, image_size, num_classes,
   with graph.as_default():
     images = tf1.placeholder(tf.float32, [1, image_size, image_size, 3],
                              name=INPUT_NAME)
-    mobilenet_v1_eval.build_eval_model(images, num_classes, depth_multiplier,
-                                       quantized)
+    inference_model.build(images, num_classes, depth_multiplier, quantized)
     tf1.train.get_or_create_global_step()
   return graph, images, graph.get_tensor_by_name(OUTPUT_NAME + ':0')
 
@@ -300,25 +311,6 @@ def _representative_images(dataset_dir, split, image_size, count):
   return images
 
 
-def _restore(session, saver, checkpoint, graph, variables):
-  """Restores `variables` from `checkpoint`, explaining what does not fit.
-
-  Raises:
-    cli.UserError: --quantize on a checkpoint without quantization ranges.
-    CheckpointError: the checkpoint lacks variables or has other shapes.
-  """
-  found = checkpoint_utils.match(checkpoint, variables)
-  range_names = set(v.op.name for v in quantize.range_variables(graph))
-  if found.missing and set(found.missing) <= range_names:
-    raise cli.UserError(
-        'checkpoint %s has no quantization ranges (it is a float model); '
-        'export it without --quantize, or train with --quantize=True '
-        '--fine_tune_checkpoint=%s first' % (checkpoint, checkpoint))
-  checkpoint_utils.verify_fits(checkpoint, variables,
-                               mobilenet_v1_eval.model_flags_hint())
-  saver.restore(session, checkpoint)
-
-
 def _check_flags():
   """Raises cli.UserError for flags that cannot work together."""
   if not (FLAGS.checkpoint_dir or FLAGS.checkpoint_path):
@@ -385,7 +377,10 @@ def export():
     variables = tf1.global_variables()
     saver = tf1.train.Saver(variables)
   with tf1.Session(graph=graph) as session:
-    _restore(session, saver, checkpoint, graph, variables)
+    inference_model.verify_checkpoint(
+        checkpoint, graph, variables, FLAGS.num_classes,
+        FLAGS.depth_multiplier, FLAGS.quantize)
+    saver.restore(session, checkpoint)
     frozen = freeze(session, graph)
     # write_state=False: the bundle has no `checkpoint` index file that would
     # make --output_dir look like a training directory.

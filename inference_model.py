@@ -1,0 +1,61 @@
+"""The inference graph that evaluation and export share, and its checkpoint.
+
+Evaluation measures exactly the graph that export freezes and converts: the
+model in inference mode and, for quantized models, the quantization eval
+rewrite (folded batch norms, fake quantization reading the trained ranges).
+"""
+
+from slim_compat import slim
+
+import checkpoint_utils
+import mobilenet_v1
+import quantize
+
+
+def build(images, num_classes, depth_multiplier, quantized):
+  """Builds the inference graph in the default graph.
+
+  Args:
+    images: float32 [batch, size, size, 3] in [-1, 1].
+    num_classes: classes of the logits layer.
+    depth_multiplier: width multiplier.
+    quantized: rewrite into the quantized eval graph.
+
+  Returns:
+    The logits, [batch, num_classes].
+  """
+  with slim.arg_scope(mobilenet_v1.mobilenet_v1_arg_scope(is_training=False)):
+    logits, _ = mobilenet_v1.mobilenet_v1(
+        images, num_classes=num_classes, is_training=False,
+        depth_multiplier=depth_multiplier)
+  if quantized:
+    quantize.create_eval_graph()
+  return logits
+
+
+def verify_checkpoint(checkpoint, graph, variables, num_classes,
+                      depth_multiplier, quantized):
+  """Checks that `checkpoint` holds every variable of the built graph.
+
+  Args:
+    checkpoint: a checkpoint prefix.
+    graph: the graph `build` made.
+    variables: the variables that will be restored.
+    num_classes: as given to `build`, for the message.
+    depth_multiplier: as given to `build`, for the message.
+    quantized: as given to `build`.
+
+  Raises:
+    checkpoint_utils.CheckpointError: a float checkpoint for a quantized
+      graph, or variables missing or of other shapes, with the fix.
+  """
+  found = checkpoint_utils.match(checkpoint, variables)
+  range_names = {v.op.name for v in quantize.range_variables(graph)}
+  if quantized and found.missing and set(found.missing) <= range_names:
+    raise checkpoint_utils.CheckpointError(
+        'checkpoint %s has no quantization ranges (it is a float model); '
+        'drop --quantize, or train with --quantize=True '
+        '--fine_tune_checkpoint=%s first' % (checkpoint, checkpoint))
+  checkpoint_utils.verify_fits(
+      checkpoint, variables, '--num_classes=%d --depth_multiplier=%g%s' % (
+          num_classes, depth_multiplier, ' --quantize' if quantized else ''))
