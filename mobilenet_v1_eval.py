@@ -30,21 +30,9 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string('master', '', 'Session target; empty for this process.')
 flags.DEFINE_integer('batch_size', 250, 'Images per evaluation batch.',
                      lower_bound=1)
-flags.DEFINE_integer('num_classes', 1001,
-                     'Classes of the logits layer, as in training.',
-                     lower_bound=2)
-flags.DEFINE_integer('image_size', 224, 'Input resolution (square).',
-                     lower_bound=32)
-flags.DEFINE_float('depth_multiplier', 1.0, 'Width multiplier, as in '
-                   'training.', lower_bound=0.01)
-flags.DEFINE_bool('quantize', False,
-                  'Evaluate the quantized graph (batch norms folded, 8-bit '
-                  'fake quantization with the trained ranges).')
-flags.DEFINE_string('checkpoint_dir', '',
-                    'Directory of checkpoints to evaluate (the latest).')
-flags.DEFINE_string('checkpoint_path', '',
-                    'A specific checkpoint to evaluate instead of the latest '
-                    'in --checkpoint_dir.')
+inference_model.define_flags(
+    'Evaluate the quantized graph (batch norms folded, 8-bit '
+    'fake quantization with the trained ranges).')
 flags.DEFINE_string('eval_dir', '',
                     'Where TensorBoard summaries go; default '
                     '<checkpoint_dir>/eval.')

@@ -55,22 +55,9 @@ tf1 = tf.compat.v1
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string('checkpoint_dir', '',
-                    'Directory of training checkpoints; the latest is '
-                    'exported.')
-flags.DEFINE_string('checkpoint_path', '',
-                    'A specific checkpoint to export instead of the latest '
-                    'in --checkpoint_dir.')
-flags.DEFINE_integer('num_classes', 1001,
-                     'Classes of the logits layer, as in training.',
-                     lower_bound=2)
-flags.DEFINE_integer('image_size', 224, 'Input resolution (square).',
-                     lower_bound=32)
-flags.DEFINE_float('depth_multiplier', 1.0, 'Width multiplier, as in '
-                   'training.', lower_bound=0.01)
-flags.DEFINE_bool('quantize', False,
-                  'The checkpoint was trained with --quantize: export the '
-                  'quantized eval graph and a fully uint8 TFLite model.')
+inference_model.define_flags(
+    'The checkpoint was trained with --quantize: export the '
+    'quantized eval graph and a fully uint8 TFLite model.')
 flags.DEFINE_string('dataset_dir', '',
                     'TFRecords to calibrate --post_training=int8 on.')
 

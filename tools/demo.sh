@@ -37,7 +37,7 @@ step "Quantization-aware fine-tuning from the float checkpoint (300 steps)"
 ./bazel-bin/mobilenet_v1_train --dataset_dir="$DATA" \
   --checkpoint_dir="$WORK/quant" "${MODEL[@]}" "${TRAIN[@]}" \
   --quantize=True --fine_tune_checkpoint="$WORK/float" \
-  --learning_rate=0.005 --number_of_steps=300
+  --learning_rate=0.001 --number_of_steps=300
 
 step "Quantized evaluation"
 ./bazel-bin/mobilenet_v1_eval --dataset_dir="$DATA" \
