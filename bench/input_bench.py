@@ -201,12 +201,9 @@ def _run_training(real_input):
 
 def _spawn(name):
   """Runs one measurement in a fresh interpreter; (result or None, error)."""
-  argv = ['--child=%s' % name]
-  for flag in _TRAINER_FLAGS + ('input_batches', 'steps', 'warmup'):
-    argv.append('--%s=%s' % (flag, getattr(FLAGS, flag)))
-  env = dict(os.environ)
-  env.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  return peer_process.run(__file__, argv, env, _ROOT, FLAGS.peer_timeout)
+  return peer_process.run(
+      __file__, name, _TRAINER_FLAGS + ('input_batches', 'steps', 'warmup'),
+      _ROOT, FLAGS.peer_timeout)
 
 
 def _measure_all():

@@ -10,6 +10,8 @@ import os
 import subprocess
 import sys
 
+from absl import flags
+
 _RESULT_PREFIX = 'BENCH_RESULT '
 
 
@@ -18,22 +20,33 @@ def report(result):
   print(_RESULT_PREFIX + json.dumps(result), flush=True)
 
 
-def run(script, child_flags, env, cwd, timeout):
-  """In the parent: runs `script --child_flags...`, returns its result.
+def run(script, child, flag_names, cwd, timeout, env_updates=None):
+  """In the parent: runs `script --child=<child>`, returns its result.
 
   Args:
     script: the bench script to run again, as a child.
-    child_flags: its command-line flags.
-    env: its environment.
-    cwd: its working directory.
+    child: the value of the child's --child flag (which peer to run).
+    flag_names: the parent's absl flags to pass on with their values.
+    cwd: the child's working directory.
     timeout: seconds before it is killed.
+    env_updates: environment variables to set for the child; None as a
+      value removes the variable.
 
   Returns:
     (the child's result or None, '' or what went wrong in one line).
   """
+  argv = [sys.executable, os.path.abspath(script), '--child=%s' % child]
+  argv += ['--%s=%s' % (name, getattr(flags.FLAGS, name))
+           for name in flag_names]
+  env = dict(os.environ)
+  env.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  for name, value in (env_updates or {}).items():
+    if value is None:
+      env.pop(name, None)
+    else:
+      env[name] = value
   try:
-    done = subprocess.run([sys.executable, os.path.abspath(script)] +
-                          child_flags, cwd=cwd, env=env, capture_output=True,
+    done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout, check=False)
   except subprocess.TimeoutExpired:
     return None, 'timed out after %ds' % timeout

@@ -250,21 +250,20 @@ def _run_child(name):
 
 def _spawn(name):
   """Runs one peer in a fresh interpreter; returns (result or None, error)."""
-  argv = ['--child=%s' % name]
-  for flag in _TRAINER_FLAGS + ('steps', 'warmup', 'matmul_size'):
-    argv.append('--%s=%s' % (flag, getattr(FLAGS, flag)))
-  env = dict(os.environ)
-  env.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  # Keras 3 must not be swapped for tf_keras by a leftover setting.
-  env.pop('TF_USE_LEGACY_KERAS', None)
-  env.setdefault('KERAS_BACKEND', 'tensorflow')
+  env_updates = {
+      # Keras 3 must not be swapped for tf_keras by a leftover setting.
+      'TF_USE_LEGACY_KERAS': None,
+      'KERAS_BACKEND': os.environ.get('KERAS_BACKEND', 'tensorflow'),
+  }
   if name == 'slim_xla':
     # On CPU, global_jit_level clusters nothing unless this flag is set
     # before TensorFlow starts (the XLA CPU device only auto-clusters with
     # it); without it the peer would be plain slim.
-    env['TF_XLA_FLAGS'] = (env.get('TF_XLA_FLAGS', '') +
-                           ' --tf_xla_cpu_global_jit').strip()
-  return peer_process.run(__file__, argv, env, _ROOT, FLAGS.peer_timeout)
+    env_updates['TF_XLA_FLAGS'] = (os.environ.get('TF_XLA_FLAGS', '') +
+                                   ' --tf_xla_cpu_global_jit').strip()
+  return peer_process.run(
+      __file__, name, _TRAINER_FLAGS + ('steps', 'warmup', 'matmul_size'),
+      _ROOT, FLAGS.peer_timeout, env_updates)
 
 
 def _training_gflop_per_image():
