@@ -148,15 +148,13 @@ class EndToEndTest(tf.test.TestCase):
           '%.4f of images; logits within 2 steps: %.4f, max %.1f steps' % (
               float_top1, quant_top1, agreement, np.mean(steps <= 2),
               steps.max()))
-    # Layer by layer the integer model rounds like the fake-quant graph, but
-    # a one-step difference here and there (ties, float accumulation) grows
-    # through 28 layers to about half a step on the logits, which flips the
-    # few images whose top two classes are that close: measured 98.3% to
-    # 100% agreement, 99.5% of logits within 2 steps, at most 4.
-    self.assertGreaterEqual(agreement, 0.97)
-    self.assertGreaterEqual(np.mean(steps <= 2), 0.99)
-    self.assertLessEqual(steps.max(), 6)
-
+    # The eval graph rounds the input, biases and pool means as the integer
+    # model does; what is left is float32 accumulation landing on the other
+    # side of a rounding boundary now and then (about 1e-5 of a layer's
+    # values), which the layers after it carry on: measured 100% agreement,
+    # logits at most 2 steps apart.
+    self.assertGreaterEqual(agreement, 0.99)
+    self.assertLessEqual(steps.max(), 2.0 + 1e-3)
 
 if __name__ == '__main__':
   tf.test.main()

@@ -47,6 +47,8 @@ def build(images, num_classes, depth_multiplier, quantized):
   Returns:
     The logits, [batch, num_classes].
   """
+  if quantized:
+    images = quantize.quantize_input(images)
   with slim.arg_scope(mobilenet_v1.mobilenet_v1_arg_scope(is_training=False)):
     logits, _ = mobilenet_v1.mobilenet_v1(
         images, num_classes=num_classes, is_training=False,

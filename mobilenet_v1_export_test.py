@@ -102,9 +102,10 @@ def run_checkpoint(checkpoint, images, quantized):
   """
   with tf.Graph().as_default() as graph:
     images_in = tf1.placeholder(tf.float32, [1, IMAGE_SIZE, IMAGE_SIZE, 3])
+    model_input = quantize.quantize_input(images_in) if quantized else images_in
     with slim.arg_scope(mobilenet_v1.mobilenet_v1_arg_scope(False)):
       _, end_points = mobilenet_v1.mobilenet_v1(
-          images_in, num_classes=NUM_CLASSES, depth_multiplier=0.25,
+          model_input, num_classes=NUM_CLASSES, depth_multiplier=0.25,
           is_training=False)
     if quantized:
       quantize.create_eval_graph()

@@ -92,6 +92,7 @@ and at [-6, 6] elsewhere; weight ranges are set by the first training step.
 import collections
 import re
 
+import numpy as np
 import slim_compat  # pylint: disable=unused-import
 import tensorflow as tf
 
@@ -198,6 +199,28 @@ def create_eval_graph(input_graph=None):
   _rewrite(input_graph, is_training=False, quant_delay=0)
 
 
+def quantize_input(images, input_range=(-1.0, 1.0)):
+  """Fake-quantizes a model input to the uint8 grid TFLite will feed it.
+
+  The converter quantizes the model input from its mean and std statistics:
+  for images in [-1, 1], mean = std = 127.5, which TFLite stores as zero
+  point 128 and scale 1 / 127.5, the grid a fake quant over [-1, 1] nudges
+  to. Applied before the model is built and rewritten, it lets the eval
+  graph see the input values the uint8 model sees, and round the first
+  layer's bias like every other layer's (see `create_eval_graph`).
+
+  Args:
+    images: the float model input.
+    input_range: (min, max) of the input values.
+
+  Returns:
+    `images` rounded to the 8-bit grid over `input_range`.
+  """
+  return tf.quantization.fake_quant_with_min_max_args(
+      images, min=input_range[0], max=input_range[1], num_bits=NUM_BITS,
+      narrow_range=False, name='input_quant')
+
+
 def fold_batch_norms(input_graph=None):
   """Folds every batch norm that follows a layer into the layer, in place.
 
@@ -248,8 +271,10 @@ def range_variables(graph=None):
 def _rewrite(input_graph, is_training, quant_delay):
   """Folds batch norms and inserts fake quantization; see the docstring."""
   graph = input_graph or tf1.get_default_graph()
+  # A fixed-range fake quant (quantize_input's) is an input, not a rewrite.
   existing = [op.name for op in graph.get_operations()
-              if op.type in _FAKE_QUANT_TYPES]
+              if op.type in _FAKE_QUANT_TYPES and
+              op.type != 'FakeQuantWithMinMaxArgs']
   if existing:
     raise ValueError(
         'The graph is already quantized (it has fake quantization ops such '
@@ -276,6 +301,8 @@ def _rewrite(input_graph, is_training, quant_delay):
       quantizer.quantize_layer(layer_op, output, context)
     quantizer.quantize_residual_adds()
     quantizer.quantize_average_pools()
+    if not is_training:
+      quantizer.round_biases()
 
 
 def _check_no_gradients(graph):
@@ -332,6 +359,13 @@ def _skip_identities(tensor):
   while identity is not None:
     tensor = identity.outputs[0]
     identity = _sole_consumer(tensor, ['Identity'])
+  return tensor
+
+
+def _skip_identities_back(tensor):
+  """Follows Identity ops (e.g. inference-mode dropout) back to a source."""
+  while tensor.op.type == 'Identity':
+    tensor = tensor.op.inputs[0]
   return tensor
 
 
@@ -513,6 +547,22 @@ def _moving_variance(batch_variance):
                    batch_variance.name)
 
 
+def _fake_quant_scale(fake_quant):
+  """The quantization step of a FakeQuantWithMinMax{Args,Vars} op.
+
+  Multiplies by 1 / levels rather than dividing by levels: grappler turns a
+  division by a constant into that multiplication in a graph of variables
+  but not in a frozen one, and the last-bit difference would tip rounding
+  in the layers that use the step.
+  """
+  levels = 2**fake_quant.get_attr('num_bits') - 1
+  if fake_quant.get_attr('narrow_range'):
+    levels -= 1
+  if fake_quant.type == 'FakeQuantWithMinMaxArgs':
+    return (fake_quant.get_attr('max') - fake_quant.get_attr('min')) / levels
+  return (fake_quant.inputs[2] - fake_quant.inputs[1]) * (1.0 / levels)
+
+
 def _fold_batch_norm(layer_op, context):
   """Folds the batch norm after `layer_op` into a new layer op.
 
@@ -589,6 +639,8 @@ class _Quantizer(object):
     self._quantized = {}
     # Names of the replacements, to recognize inputs already quantized.
     self._replacements = set()
+    # (layer op, its bias add, layer scope) of each layer with a bias.
+    self._biases = []
     self._use_quant = None
     self._ema_decay = EMA_DECAY
     if is_training:
@@ -622,10 +674,17 @@ class _Quantizer(object):
                  init_range=_INIT_RANGE, consumers=[layer_op])
 
     output = _skip_identities(output)
-    bias_add = _sole_consumer(output, ['BiasAdd'] + list(_ADD_TYPES))
-    if bias_add is not None and (bias_add.type == 'BiasAdd' or any(
-        t.shape.rank == 1 for t in bias_add.inputs)):
-      output = _skip_identities(bias_add.outputs[0])
+    if output.op.type == 'BiasAdd':  # a folded batch norm's offset
+      bias_add = output.op
+    else:
+      bias_add = _sole_consumer(output, ['BiasAdd'] + list(_ADD_TYPES))
+      if bias_add is not None and (bias_add.type == 'BiasAdd' or any(
+          t.shape.rank == 1 for t in bias_add.inputs)):
+        output = _skip_identities(bias_add.outputs[0])
+      else:
+        bias_add = None
+    if bias_add is not None:
+      self._biases.append((layer_op, bias_add, context))
 
     bypass = _sole_consumer(output, _ADD_TYPES)
     if bypass is not None and all(
@@ -642,6 +701,32 @@ class _Quantizer(object):
       init_range = _INIT_RELU_RANGE
     self._insert(output, context + '/' + ACT_QUANT, moving_average=True,
                  narrow_range=False, init_range=init_range)
+
+  def round_biases(self):
+    """Rounds each layer's bias to the int32 grid TFLite stores it on.
+
+    A uint8 TFLite layer adds its bias as int32 in units of input scale
+    times weight scale. Left in float, the bias differs from that by up to
+    half a unit, enough to tip an activation near a rounding boundary to
+    the next uint8 step; the flips then spread through the layers that
+    follow. With the bias rounded the same way the eval graph computes what
+    the integer model does. A layer whose input is not quantized (a model
+    input without `quantize_input`) keeps its float bias. Run after every
+    fake quant is in place.
+    """
+    for layer_op, bias_add, context in self._biases:
+      input_quant = _skip_identities_back(layer_op.inputs[0]).op
+      weights_quant = layer_op.inputs[1].op
+      if (input_quant.type not in _FAKE_QUANT_TYPES or
+          weights_quant.type not in _FAKE_QUANT_TYPES):
+        continue
+      index, bias = [(i, t) for i, t in enumerate(bias_add.inputs)
+                     if t.shape.rank == 1][-1]
+      with self._graph.name_scope(context + '/bias_quant/'):
+        scale = tf.multiply(_fake_quant_scale(input_quant),
+                            _fake_quant_scale(weights_quant), name='scale')
+        rounded = tf.multiply(tf.round(bias / scale), scale, name='rounded')
+      bias_add._update_input(index, rounded)  # pylint: disable=protected-access
 
   def quantize_residual_adds(self):
     """Quantizes the output of each Add of two quantized tensors.
@@ -669,6 +754,12 @@ class _Quantizer(object):
     its input's scale and zero point, so the mean of values on that grid is
     rounded back to it. A fake quant with the input's own range, and no
     range variables of its own, makes the TF graph compute the same thing.
+
+    TFLite rounds the mean of n grid values half up, in integers. Over an
+    even window the mean often lies exactly half way between two steps,
+    and in float it may come out a hair below and round down. A quarter of
+    1/n of a step (the smallest distance of any other mean from a half) is
+    added first, so that halves round up and nothing else moves.
     """
     for op in self._graph.get_operations():
       if op.type != 'AvgPool' or op.inputs[0].name not in self._replacements:
@@ -680,9 +771,12 @@ class _Quantizer(object):
         continue
       output = op.outputs[0]
       consumers = output.consumers()
+      window = np.prod(op.get_attr('ksize'))
       with self._graph.name_scope(op.name + '/' + ACT_QUANT + '/'):
+        half_up = tf.add(output, _fake_quant_scale(fake_quant) / (4 * window),
+                         name='half_up')
         quantized = tf.quantization.fake_quant_with_min_max_vars(
-            output, fake_quant.inputs[1], fake_quant.inputs[2],
+            half_up, fake_quant.inputs[1], fake_quant.inputs[2],
             num_bits=NUM_BITS, narrow_range=False)
         if self._use_quant is not None:
           quantized = tf.where(self._use_quant, quantized, output,
