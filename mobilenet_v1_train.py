@@ -320,6 +320,8 @@ def build_train_op(images, labels, global_step, num_examples, quant_delay):
       'build_imagenet_tfrecords printed (classes + 1)' % FLAGS.num_classes)
   with tf.control_dependencies([check_labels]):
     labels = tf.identity(labels)
+  if FLAGS.quantize:
+    images = quantize.quantize_input(images)
   logits = build_model(images, is_training=True)
   if FLAGS.quantize:
     quantize.create_training_graph(quant_delay=quant_delay)

@@ -35,6 +35,13 @@ optionally by a residual `Add` of a same-shaped tensor, then optionally by a
    BN(conv(x, W)) equals conv(x, W * m) + b. The batch norm is replaced by
    that expression; its output's consumers are rerouted to it.
 
+   A channel whose moving variance is below the noise that rounding the
+   layer's (quantized) input adds to it carries no signal in the quantized
+   model; folding would scale its weights by gamma / sigma with a tiny
+   sigma, and one such channel can blow up the layer's per-tensor weight
+   range. It is folded as the constant it outputs: zero weights, offset
+   beta (fused batch norms, whose beta is at hand).
+
    Each batch norm is folded according to its own mode, whichever rewrite
    runs:
 
@@ -152,9 +159,12 @@ _INIT_RELU_RANGE = (0.0, 6.0)
 #   epsilon: the batch norm's epsilon (a Python float or a scalar tensor).
 #   moving_variance: the moving variance's value for a training batch norm,
 #     None for an inference one.
+#   inference_variance: the moving variance, in either mode.
+#   beta: the batch norm's offset parameter, or None where the match does not
+#     expose it (unfused batch norms).
 _BatchNorm = collections.namedtuple('_BatchNorm', [
     'output', 'multiplier', 'offset', 'reciprocal_sigma', 'epsilon',
-    'moving_variance'
+    'moving_variance', 'inference_variance', 'beta'
 ])
 
 
@@ -293,7 +303,8 @@ def _rewrite(input_graph, is_training, quant_delay):
   with graph.as_default():
     quantizer = _Quantizer(graph, is_training, quant_delay)
     for layer_op, context in layers:
-      folded = _fold_batch_norm(layer_op, context)
+      folded = _fold_batch_norm(layer_op, context,
+                                quantizer.input_scale(layer_op))
       if folded is None:
         output = _skip_batch_to_space(layer_op.outputs[0])
       else:
@@ -443,6 +454,7 @@ def _match_fused_batch_norm(bn_op):
   if not bn_op.get_attr('is_training'):
     mean, variance = bn_op.inputs[3], bn_op.inputs[4]
     moving_variance = None
+    inference_variance = variance
   else:
     if bn_op.get_attr('exponential_avg_factor') != 1.0:
       raise ValueError(
@@ -457,11 +469,12 @@ def _match_fused_batch_norm(bn_op):
         'NC') else list(range(rank - 1))
     mean, variance = tf.nn.moments(bn_op.inputs[0], axes, name='batch_moments')
     moving_variance = _moving_variance(bn_op.outputs[2])
+    inference_variance = moving_variance
   reciprocal_sigma = tf.math.rsqrt(variance + epsilon)
   multiplier = tf.multiply(gamma, reciprocal_sigma, name='multiplier')
   offset = tf.subtract(beta, mean * multiplier, name='offset')
   return _BatchNorm(bn_op.outputs[0], multiplier, offset, reciprocal_sigma,
-                    epsilon, moving_variance)
+                    epsilon, moving_variance, inference_variance, beta)
 
 
 def _match_unfused_batch_norm(tensor, mul_op):
@@ -509,7 +522,9 @@ def _match_unfused_batch_norm(tensor, mul_op):
   moving_variance = (None if _reads_variable(variance) else
                      _moving_variance(variance))
   return _BatchNorm(add_op.outputs[0], multiplier, offset[0],
-                    rsqrt_op.outputs[0], epsilon, moving_variance)
+                    rsqrt_op.outputs[0], epsilon, moving_variance,
+                    moving_variance if moving_variance is not None else
+                    variance, None)
 
 
 def _moving_variance(batch_variance):
@@ -563,7 +578,7 @@ def _fake_quant_scale(fake_quant):
   return (fake_quant.inputs[2] - fake_quant.inputs[1]) * (1.0 / levels)
 
 
-def _fold_batch_norm(layer_op, context):
+def _fold_batch_norm(layer_op, context, input_scale=None):
   """Folds the batch norm after `layer_op` into a new layer op.
 
   See the module docstring for the formulas. The new ops live in the
@@ -572,6 +587,9 @@ def _fold_batch_norm(layer_op, context):
   Args:
     layer_op: a Conv2D, DepthwiseConv2dNative or MatMul op.
     context: the layer's name scope.
+    input_scale: the quantization step of the layer's input, or None. When
+      given, channels drowned by the input's quantization noise are folded
+      to the constant they output (see `_signal_mask`).
 
   Returns:
     (new layer op, folded output tensor), or None if no batch norm follows
@@ -602,6 +620,11 @@ def _fold_batch_norm(layer_op, context):
                               name='scale_reshape')
     elif layer_op.type == 'MatMul' and layer_op.get_attr('transpose_b'):
       multiplier = tf.reshape(multiplier, [-1, 1], name='scale_reshape')
+    offset = batch_norm.offset
+    if input_scale is not None and batch_norm.beta is not None:
+      mask = _signal_mask(layer_op, batch_norm, input_scale)
+      multiplier = multiplier * tf.reshape(mask, multiplier.shape)
+      offset = tf.where(mask > 0, offset, batch_norm.beta, name='offset_fold')
     folded_weights = tf.multiply(weights, multiplier, name='mul_fold')
     new_layer_op = _clone_op(layer_op, [layer_op.inputs[0], folded_weights])
     output = new_layer_op.outputs[0]
@@ -614,11 +637,47 @@ def _fold_batch_norm(layer_op, context):
       output = tf.multiply(
           output, _per_channel(output_scale, data_format, output.shape.rank),
           name='post_conv_mul')
-    output = tf.nn.bias_add(output, batch_norm.offset, data_format=data_format,
+    output = tf.nn.bias_add(output, offset, data_format=data_format,
                             name='add_fold')
   _reroute(batch_norm.output, output, batch_norm.output.consumers())
   graph.add_to_collection(FOLDED_LAYERS, new_layer_op)
   return new_layer_op, output
+
+
+def _signal_mask(layer_op, batch_norm, input_scale):
+  """1 for each output channel that carries signal, 0 for the drowned ones.
+
+  A channel whose output (before batch norm) varies less than the noise the
+  input's 8-bit rounding puts into it carries no information in the
+  quantized model. Its batch norm still scales it up by gamma / sigma: with
+  a near-constant input (a channel of the layer before that is dead or
+  saturated, variance ~1e-5 where others have ~1) the folded weights become
+  hundreds of times the layer's others, and one per-tensor weight range then
+  rounds every other channel's weights to zero. Such a channel outputs the
+  constant beta instead (what its batch norm outputs for a constant input),
+  with zero weights.
+
+  The noise of rounding the input to steps of s, through weights w, has
+  variance s^2 / 12 * sum(w^2); it is compared with the channel's moving
+  variance, so training and eval graphs mask the same channels.
+
+  Args:
+    layer_op: the unfolded layer op.
+    batch_norm: the _BatchNorm after it.
+    input_scale: the quantization step of the layer's input.
+
+  Returns:
+    A float32 vector of 0s and 1s, one per output channel.
+  """
+  weights = layer_op.inputs[1]
+  if layer_op.type == 'MatMul' and layer_op.get_attr('transpose_b'):
+    weights = tf.transpose(weights)
+  # Depthwise [h, w, in, k] has in * k output channels, in that order.
+  weights = tf.reshape(weights, [-1, batch_norm.beta.shape[0]])
+  noise_variance = tf.square(input_scale) / 12.0 * tf.reduce_sum(
+      tf.square(weights), axis=0)
+  signal = tf.greater(batch_norm.inference_variance, noise_variance)
+  return tf.stop_gradient(tf.cast(signal, tf.float32), name='signal_mask')
 
 
 class _Quantizer(object):
@@ -658,6 +717,19 @@ class _Quantizer(object):
         self._use_quant = tf.greater_equal(
             global_step, tf.cast(quant_delay, global_step.dtype.base_dtype),
             name='use_quant')
+
+  def input_scale(self, layer_op):
+    """The quantization step of a layer's input, or None if not quantized.
+
+    Layers are rewritten in graph order, so a layer's input from an earlier
+    layer is quantized by now.
+    """
+    fake_quant = _skip_identities_back(layer_op.inputs[0]).op
+    if fake_quant.type == 'SelectV2':  # the quant_delay switch
+      fake_quant = fake_quant.inputs[1].op
+    if fake_quant.type not in _FAKE_QUANT_TYPES:
+      return None
+    return _fake_quant_scale(fake_quant)
 
   def quantize_layer(self, layer_op, output, context):
     """Quantizes a layer's weights and its output activation.

@@ -251,6 +251,46 @@ class MobilenetQuantizeTest(tf.test.TestCase):
     self.assertNotAllClose(float_logits, delayed_logits, rtol=1e-3,
                            atol=1e-3 * scale)
 
+  def test_channels_drowned_by_input_rounding_fold_to_beta(self):
+    # Channel 3 of Conv2d_1_depthwise reads a near-constant input: its
+    # moving variance is tiny and (no weight decay on depthwise weights)
+    # its weights large, so its folded weights would be ~1000x the others.
+    layer = 'MobilenetV1/Conv2d_1_depthwise/'
+    scope = 'MobilenetV1/MobilenetV1/Conv2d_1_depthwise/'
+    dead = 3
+    images = _images()
+    for is_training in (False, True):
+      with self.subTest(is_training=is_training):
+        with tf.Graph().as_default() as graph:
+          images_in, _ = _build_mobilenet(is_training, quantized_input=True)
+          if is_training:
+            quantize.create_training_graph()
+          else:
+            quantize.create_eval_graph()
+          values = _model_values(graph)
+          values[layer + 'BatchNorm/moving_variance'][dead] = 1e-7
+          values[layer + 'depthwise_weights'][:, :, dead, 0] *= 20
+          with self.session(graph=graph) as sess:
+            _load(sess, values)
+            folded, layer_output = sess.run(
+                [scope + 'mul_fold:0', scope + 'add_fold:0'],
+                {images_in: images})
+        folded = folded[:, :, :, 0]
+        self.assertAllEqual(folded[:, :, dead], np.zeros([3, 3]))
+        # The eval graph rounds the bias to its int32 grid, a few 1e-4 apart.
+        beta = values[layer + 'BatchNorm/beta'][dead]
+        self.assertAllClose(layer_output[..., dead],
+                            np.full(layer_output.shape[:-1], beta), atol=1e-3)
+        self.assertEqual(np.ptp(layer_output[..., dead]), 0)
+        # Every other channel keeps its batch norm folded in.
+        gamma = values[layer + 'BatchNorm/gamma']
+        variance = values[layer + 'BatchNorm/moving_variance']
+        expected = (values[layer + 'depthwise_weights'][:, :, :, 0] * gamma /
+                    np.sqrt(variance + 1e-3))
+        live = np.arange(folded.shape[-1]) != dead
+        self.assertAllClose(folded[:, :, live], expected[:, :, live],
+                            rtol=1e-5, atol=1e-6)
+
   def test_ranges_train_save_and_restore_into_eval_graph(self):
     checkpoint = os.path.join(self.get_temp_dir(), 'model.ckpt')
     trained = _train_and_save(self, checkpoint, steps=3)
