@@ -50,6 +50,7 @@ import checkpoint_utils
 import cli
 import imagenet_input
 import inference_model
+import quantize
 
 tf1 = tf.compat.v1
 
@@ -182,6 +183,8 @@ def convert(frozen_graph_def, quantized):
   Returns:
     The TFLite flatbuffer, bytes.
   """
+  if quantized:
+    frozen_graph_def = quantize.without_pool_tie_breaks(frozen_graph_def)
   converter = _converter(frozen_graph_def)
   if quantized:
     converter.inference_type = tf.uint8

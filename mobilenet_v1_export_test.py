@@ -17,6 +17,7 @@ import slim_compat  # pylint: disable=unused-import
 from slim_compat import slim
 import tensorflow as tf
 
+from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter
 import imagenet_input
 import mobilenet_v1
@@ -149,6 +150,22 @@ def run_tflite(path, images):
 def tensor_dtypes(path):
   interpreter = Interpreter(model_path=path)
   return {np.dtype(t['dtype']).name for t in interpreter.get_tensor_details()}
+
+
+def operator_names(path):
+  """The builtin operators a .tflite file's graph runs, as a set of names."""
+  with open(path, 'rb') as f:
+    model = schema.Model.GetRootAs(f.read(), 0)
+  names = {value: name for name, value in vars(schema.BuiltinOperator).items()
+           if not name.startswith('_')}
+  codes = [model.OperatorCodes(i) for i in range(model.OperatorCodesLength())]
+  graph = model.Subgraphs(0)
+  used = set()
+  for i in range(graph.OperatorsLength()):
+    code = codes[graph.Operators(i).OpcodeIndex()]
+    # Older writers fill only the deprecated (int8) field of small codes.
+    used.add(names[max(code.BuiltinCode(), code.DeprecatedBuiltinCode())])
+  return used
 
 
 def read_info(path):
@@ -314,6 +331,11 @@ class ExportTest(tf.test.TestCase):
   def test_uint8_tflite_is_integer_small_and_agrees_with_fake_quant(self):
     path = self.path(True, '.tflite')
     self.assertContainsSubset(tensor_dtypes(path), {'uint8', 'int32'})
+    # Nothing but the network's own layers: no quantize/dequantize steps, and
+    # no op left over from how the eval graph emulates integer rounding.
+    self.assertEqual(operator_names(path), {
+        'CONV_2D', 'DEPTHWISE_CONV_2D', 'AVERAGE_POOL_2D', 'RESHAPE',
+        'SOFTMAX'})
     self.assertLessEqual(os.path.getsize(path),
                          0.3 * os.path.getsize(self.path(False, '.tflite')))
     tflite_outputs, seen, output_scale = run_tflite(path, self.images)

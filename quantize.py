@@ -115,6 +115,9 @@ ACT_QUANT = 'act_quant'
 CONV_QUANT = 'conv_quant'
 ADD_QUANT = 'add_quant'
 
+# Name of the add that makes average-pool halves round up.
+_HALF_UP = 'half_up'
+
 # Graph collection of the layer ops that folding created.
 FOLDED_LAYERS = 'quantize_folded_layers'
 
@@ -229,6 +232,35 @@ def quantize_input(images, input_range=(-1.0, 1.0)):
   return tf.quantization.fake_quant_with_min_max_args(
       images, min=input_range[0], max=input_range[1], num_bits=NUM_BITS,
       narrow_range=False, name='input_quant')
+
+
+def without_pool_tie_breaks(graph_def):
+  """A copy of a frozen eval GraphDef for the TFLite converter.
+
+  The eval graph adds a fraction of a step to each quantized average pool's
+  mean so that float TF rounds halves up, as TFLite's integer pool does by
+  itself (see `create_eval_graph`). The converter would keep that add as an
+  ADD op of its own; this copy reads the pool directly.
+
+  Args:
+    graph_def: a GraphDef of a graph rewritten by `create_eval_graph`.
+
+  Returns:
+    The GraphDef without the tie-break adds (a copy).
+  """
+  suffix = '/%s/%s' % (ACT_QUANT, _HALF_UP)
+  pools = {node.name: node.input[0] for node in graph_def.node
+           if node.name.endswith(suffix)}
+  stripped = tf1.GraphDef()
+  stripped.CopyFrom(graph_def)
+  del stripped.node[:]
+  for node in graph_def.node:
+    if node.name in pools:
+      continue
+    copy = stripped.node.add()
+    copy.CopyFrom(node)
+    copy.input[:] = [pools.get(name, name) for name in node.input]
+  return stripped
 
 
 def fold_batch_norms(input_graph=None):
@@ -846,7 +878,7 @@ class _Quantizer(object):
       window = np.prod(op.get_attr('ksize'))
       with self._graph.name_scope(op.name + '/' + ACT_QUANT + '/'):
         half_up = tf.add(output, _fake_quant_scale(fake_quant) / (4 * window),
-                         name='half_up')
+                         name=_HALF_UP)
         quantized = tf.quantization.fake_quant_with_min_max_vars(
             half_up, fake_quant.inputs[1], fake_quant.inputs[2],
             num_bits=NUM_BITS, narrow_range=False)
