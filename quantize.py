@@ -336,7 +336,7 @@ def _rewrite(input_graph, is_training, quant_delay):
     quantizer = _Quantizer(graph, is_training, quant_delay)
     for layer_op, context in layers:
       folded = _fold_batch_norm(layer_op, context,
-                                quantizer.input_scale(layer_op))
+                                _input_scale(layer_op))
       if folded is None:
         output = _skip_batch_to_space(layer_op.outputs[0])
       else:
@@ -405,11 +405,28 @@ def _skip_identities(tensor):
   return tensor
 
 
-def _skip_identities_back(tensor):
-  """Follows Identity ops (e.g. inference-mode dropout) back to a source."""
+def _fake_quant_of(tensor):
+  """The fake quant op that produces `tensor`, or None.
+
+  Looks back through Identity ops (e.g. inference-mode dropout) and through
+  the quant_delay switch to its quantized branch.
+  """
   while tensor.op.type == 'Identity':
     tensor = tensor.op.inputs[0]
-  return tensor
+  op = tensor.op
+  if op.type == 'SelectV2':  # the quant_delay switch
+    op = op.inputs[1].op
+  return op if op.type in _FAKE_QUANT_TYPES else None
+
+
+def _input_scale(layer_op):
+  """The quantization step of a layer's input, or None if not quantized.
+
+  Layers are rewritten in graph order, so a layer's input from an earlier
+  layer is quantized by the time the layer is folded.
+  """
+  fake_quant = _fake_quant_of(layer_op.inputs[0])
+  return None if fake_quant is None else _fake_quant_scale(fake_quant)
 
 
 def _skip_batch_to_space(tensor):
@@ -750,19 +767,6 @@ class _Quantizer(object):
             global_step, tf.cast(quant_delay, global_step.dtype.base_dtype),
             name='use_quant')
 
-  def input_scale(self, layer_op):
-    """The quantization step of a layer's input, or None if not quantized.
-
-    Layers are rewritten in graph order, so a layer's input from an earlier
-    layer is quantized by now.
-    """
-    fake_quant = _skip_identities_back(layer_op.inputs[0]).op
-    if fake_quant.type == 'SelectV2':  # the quant_delay switch
-      fake_quant = fake_quant.inputs[1].op
-    if fake_quant.type not in _FAKE_QUANT_TYPES:
-      return None
-    return _fake_quant_scale(fake_quant)
-
   def quantize_layer(self, layer_op, output, context):
     """Quantizes a layer's weights and its output activation.
 
@@ -819,10 +823,9 @@ class _Quantizer(object):
     fake quant is in place.
     """
     for layer_op, bias_add, context in self._biases:
-      input_quant = _skip_identities_back(layer_op.inputs[0]).op
-      weights_quant = layer_op.inputs[1].op
-      if (input_quant.type not in _FAKE_QUANT_TYPES or
-          weights_quant.type not in _FAKE_QUANT_TYPES):
+      input_quant = _fake_quant_of(layer_op.inputs[0])
+      weights_quant = _fake_quant_of(layer_op.inputs[1])
+      if input_quant is None or weights_quant is None:
         continue
       index, bias = [(i, t) for i, t in enumerate(bias_add.inputs)
                      if t.shape.rank == 1][-1]
@@ -868,10 +871,8 @@ class _Quantizer(object):
     for op in self._graph.get_operations():
       if op.type != 'AvgPool' or op.inputs[0].name not in self._replacements:
         continue
-      fake_quant = op.inputs[0].op
-      if fake_quant.type == 'SelectV2':  # the quant_delay switch
-        fake_quant = fake_quant.inputs[1].op
-      if fake_quant.type not in _FAKE_QUANT_TYPES:
+      fake_quant = _fake_quant_of(op.inputs[0])
+      if fake_quant is None:
         continue
       output = op.outputs[0]
       consumers = output.consumers()
