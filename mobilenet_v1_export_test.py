@@ -224,18 +224,15 @@ class ExportTest(tf.test.TestCase):
     write_block_split(cls.dataset_dir, 'validation', [1, 2, 3] * 40, seed=1)
     cls.float_dir = os.path.join(root, 'float')
     cls.quant_dir = os.path.join(root, 'quant')
-    # The quantized model trains quantization-aware from scratch: a short
-    # quantization-aware fine-tune of the float model does not recover its
-    # accuracy on these images.
-    finish([
-        python(TRAIN, '--dataset_dir=' + cls.dataset_dir,
-               '--checkpoint_dir=' + cls.float_dir, '--number_of_steps=250',
-               *(MODEL_FLAGS + TRAIN_FLAGS)),
-        python(TRAIN, '--dataset_dir=' + cls.dataset_dir,
-               '--checkpoint_dir=' + cls.quant_dir, '--number_of_steps=300',
-               '--quantize', '--quant_delay=0',
-               *(MODEL_FLAGS + TRAIN_FLAGS + ['--learning_rate=0.02'])),
-    ])
+    # The quantized model is fine-tuned quantization-aware from the float
+    # one, as the seed does it.
+    finish([python(TRAIN, '--dataset_dir=' + cls.dataset_dir,
+                   '--checkpoint_dir=' + cls.float_dir, '--number_of_steps=250',
+                   *(MODEL_FLAGS + TRAIN_FLAGS))])
+    finish([python(TRAIN, '--dataset_dir=' + cls.dataset_dir,
+                   '--checkpoint_dir=' + cls.quant_dir, '--number_of_steps=150',
+                   '--quantize', '--fine_tune_checkpoint=' + cls.float_dir,
+                   *(MODEL_FLAGS + TRAIN_FLAGS + ['--learning_rate=0.005']))])
     cls.float_out = os.path.join(root, 'float_export')
     cls.quant_out = os.path.join(root, 'quant_export')
     cls.export_stdout = finish([
