@@ -64,7 +64,13 @@ optionally by a residual `Add` of a same-shaped tensor, then optionally by a
      included. Batch norm never switches to moving statistics in training.
 
 2. Weight quantization: an 8-bit fake quant of the (folded) weights, range
-   from the last value (`LastValueQuantize`), narrow range [1, 255].
+   from the last value (`LastValueQuantize`), narrow range [1, 255]. By
+   default the training rewrite makes the range symmetric about zero,
+   [-max|W|, max|W|], so the uint8 weights have zero point 128 and the model
+   converts exactly to int8 (whose convolutions need zero-point-0 weights,
+   and which XNNPACK runs much faster than uint8). contrib.quantize's
+   default, the weights' own [min, max], is `symmetric_weights=False`. The
+   eval rewrite reads whatever range training saved.
 
 3. Activation quantization: an 8-bit fake quant with moving-average ranges
    (`MovingAvgQuantize`, EMA decay 0.999, shortened to (1+step)/(10+step) in
@@ -171,7 +177,8 @@ _BatchNorm = collections.namedtuple('_BatchNorm', [
 ])
 
 
-def create_training_graph(input_graph=None, quant_delay=0):
+def create_training_graph(input_graph=None, quant_delay=0,
+                          symmetric_weights=True):
   """Rewrites a float training graph in place for quantization-aware training.
 
   Folds batch norms with batch statistics and the correction described in the
@@ -183,6 +190,9 @@ def create_training_graph(input_graph=None, quant_delay=0):
     quant_delay: global step from which weights and activations are
       quantized; before it they pass through unchanged. 0 quantizes from the
       start. A positive delay uses (and creates if needed) the global step.
+    symmetric_weights: quantize weights over a range symmetric about zero
+      (uint8 zero point 128, exactly convertible to int8); False takes the
+      weights' own min and max, as contrib.quantize did by default.
 
   Raises:
     ValueError: if `quant_delay` is negative, the graph is already quantized
@@ -191,7 +201,8 @@ def create_training_graph(input_graph=None, quant_delay=0):
   if quant_delay is None or quant_delay < 0:
     raise ValueError('quant_delay must be a non-negative step, got %r.' %
                      (quant_delay,))
-  _rewrite(input_graph, is_training=True, quant_delay=quant_delay)
+  _rewrite(input_graph, is_training=True, quant_delay=quant_delay,
+           symmetric_weights=symmetric_weights)
 
 
 def create_eval_graph(input_graph=None):
@@ -209,7 +220,8 @@ def create_eval_graph(input_graph=None):
     ValueError: if the graph is already quantized or folded, already has
       gradients, or has no layer to quantize.
   """
-  _rewrite(input_graph, is_training=False, quant_delay=0)
+  _rewrite(input_graph, is_training=False, quant_delay=0,
+           symmetric_weights=False)
 
 
 def quantize_input(images, input_range=(-1.0, 1.0)):
@@ -310,7 +322,56 @@ def range_variables(graph=None):
           if _RANGE_VARIABLE_RE.search(v.op.name)]
 
 
-def _rewrite(input_graph, is_training, quant_delay):
+def calibrate_ranges(session, feeds, symmetric_weights=True, graph=None):
+  """Sets an eval graph's range variables from its weights and sample inputs.
+
+  What training would set them to, without training: the weight ranges are
+  the (folded) weights' min and max, made symmetric about zero as
+  `create_training_graph` does by default, and then the activation ranges
+  are the min and max of what reaches each activation's fake quant over
+  `feeds`, with the weights quantized. Accuracy is that of post-training
+  quantization; benchmarks and tests use it to give a freshly initialized
+  model the ranges, and so the requantization scales, of a real one.
+
+  Args:
+    session: a session of the eval graph, its other variables initialized or
+      restored.
+    feeds: feed dicts, one per sample batch.
+    symmetric_weights: make weight ranges symmetric about zero.
+    graph: the eval graph; `session.graph` when None.
+  """
+  graph = graph or session.graph
+  by_scope = collections.OrderedDict()
+  for variable in range_variables(graph):  # in creation order: topological
+    scope, _, bound = variable.op.name.rpartition('/')
+    by_scope.setdefault(scope, {})[bound] = variable
+  fake_quants = {op.name.rpartition('/')[0]: op for op in graph.get_operations()
+                 if op.type == 'FakeQuantWithMinMaxVars'}
+
+  def calibrate(scopes, symmetric):
+    values = [session.run([fake_quants[s].inputs[0] for s in scopes], feed)
+              for feed in feeds]
+    for index, scope in enumerate(scopes):
+      # TFLite needs 0 inside every range, and a range that is not empty.
+      low = min(0.0, min(float(v[index].min()) for v in values))
+      high = max(1e-3, max(float(v[index].max()) for v in values))
+      if symmetric:
+        high = max(high, -low)
+        low = -high
+      by_scope[scope]['min'].load(low, session)
+      by_scope[scope]['max'].load(high, session)
+
+  weights = [s for s in by_scope if s.endswith('/' + WEIGHTS_QUANT)]
+  calibrate(weights, symmetric_weights)
+  # One activation at a time, so that each is measured downstream of ranges
+  # already calibrated: through initial ones, small activations would all
+  # round to zero.
+  for scope in by_scope:
+    if scope not in weights:
+      calibrate([scope], symmetric=False)
+
+
+def _rewrite(input_graph, is_training, quant_delay, symmetric_weights):
   """Folds batch norms and inserts fake quantization; see the docstring."""
   graph = input_graph or tf1.get_default_graph()
   # A fixed-range fake quant (quantize_input's) is an input, not a rewrite.
@@ -333,7 +394,7 @@ def _rewrite(input_graph, is_training, quant_delay):
     raise ValueError('The graph has no layer to quantize (Conv2D, '
                      'DepthwiseConv2dNative or MatMul of a variable).')
   with graph.as_default():
-    quantizer = _Quantizer(graph, is_training, quant_delay)
+    quantizer = _Quantizer(graph, is_training, quant_delay, symmetric_weights)
     for layer_op, context in layers:
       folded = _fold_batch_norm(layer_op, context,
                                 _input_scale(layer_op))
@@ -732,7 +793,7 @@ def _signal_mask(layer_op, batch_norm, input_scale):
 class _Quantizer(object):
   """Inserts fake quantization ops into one graph."""
 
-  def __init__(self, graph, is_training, quant_delay):
+  def __init__(self, graph, is_training, quant_delay, symmetric_weights):
     """Creates a quantizer.
 
     Args:
@@ -740,8 +801,10 @@ class _Quantizer(object):
       is_training: update ranges from the data (training) or only read them
         (eval).
       quant_delay: global step before which quantization is bypassed.
+      symmetric_weights: training sets weight ranges symmetric about zero.
     """
     self._graph = graph
+    self._symmetric_weights = symmetric_weights
     self._is_training = is_training
     # Name of each tensor quantized so far -> its quantized replacement.
     self._quantized = {}
@@ -914,8 +977,9 @@ class _Quantizer(object):
       quantized = quant_ops.MovingAvgQuantize(
           tensor, min_var, max_var, ema_decay=self._ema_decay, **kwargs)
     else:
-      quantized = quant_ops.LastValueQuantize(tensor, min_var, max_var,
-                                              **kwargs)
+      quantized = quant_ops.LastValueQuantize(
+          tensor, min_var, max_var, symmetric=self._symmetric_weights,
+          **kwargs)
     if self._use_quant is not None:
       with self._graph.name_scope(scope + '/'):
         quantized = tf.where(self._use_quant, quantized, tensor,

@@ -530,6 +530,30 @@ class GenericPatternsTest(tf.test.TestCase):
           self.assertAllClose(new_max, decay * 6.0 + (1 - decay) * batch_max,
                               rtol=1e-5)
 
+  def test_training_sets_weight_ranges_symmetric_or_own(self):
+    for symmetric in (True, False):
+      with tf.Graph().as_default():
+        images, output = self._build(is_training=True)
+        quantize.create_training_graph(symmetric_weights=symmetric)
+        weights, = [v for v in tf1.global_variables()
+                    if v.op.name == 'fc/weights']
+        ranges = {v.op.name: v for v in quantize.range_variables()}
+        with tf1.Session() as sess:
+          sess.run(tf1.global_variables_initializer())
+          # Lopsided weights; fc's are not folded, so the range is theirs.
+          weights.load(np.random.RandomState(0).uniform(
+              -0.1, 0.3, weights.shape), sess)
+          values = sess.run(weights)
+          sess.run(output, {images: np.zeros([4, 8, 8, 3])})
+          low, high = sess.run([ranges['fc/weights_quant/min'],
+                                ranges['fc/weights_quant/max']])
+      with self.subTest(symmetric=symmetric):
+        if symmetric:
+          bound = np.abs(values).max()
+          self.assertEqual((low, high), (-bound, bound))
+        else:
+          self.assertEqual((low, high), (values.min(), values.max()))
+
   def test_rewrite_names(self):
     with tf.Graph().as_default() as graph:
       self._build(is_training=False)
