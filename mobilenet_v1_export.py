@@ -20,6 +20,13 @@ writes into --output_dir, with NAME as in the seed's table
                        TFLite model's quantization parameters.
   NAME.tflite          float32 for a float model; fully uint8 (input and
                        output too) for a --quantize model.
+  NAME_int8.tflite     --quantize models trained with symmetric weight ranges
+                       (mobilenet_v1_train's default): the uint8 model made
+                       int8 inside (tflite_int8), with the same uint8 input
+                       and output. It computes the same numbers, and
+                       TFLite's default CPU delegate (XNNPACK) runs int8, not
+                       uint8: about 3x faster than float where uint8 is
+                       slower than float.
 
 Both graphs take `input`, float32 [1, size, size, 3] with pixels mapped to
 [-1, 1] (pixel / 127.5 - 1), and produce `MobilenetV1/Predictions/Reshape_1`,
@@ -51,6 +58,7 @@ import cli
 import imagenet_input
 import inference_model
 import quantize
+import tflite_int8
 
 tf1 = tf.compat.v1
 
@@ -382,6 +390,12 @@ def export():
       (prefix + '_frozen.pb', frozen.SerializeToString()),
       (prefix + '.tflite', convert(frozen, FLAGS.quantize)),
   ]
+  if FLAGS.quantize:
+    try:
+      outputs.append((prefix + '_int8.tflite',
+                      tflite_int8.from_uint8(outputs[-1][1])))
+    except ValueError as e:
+      print('No %s_int8.tflite: %s.' % (name, e))
   representative = _representative_images(
       FLAGS.dataset_dir, FLAGS.calibration_split, FLAGS.image_size,
       FLAGS.calibration_examples)

@@ -259,7 +259,7 @@ class ExportTest(tf.test.TestCase):
         [FLOAT_NAME + '_ptq_%s.tflite' % k
          for k in ('dynamic', 'float16', 'int8')])
     self.assertCountEqual(os.listdir(self.quant_out),
-                          [QUANT_NAME + s for s in bundle])
+                          [QUANT_NAME + s for s in bundle + ['_int8.tflite']])
     # The summary lists every file with its size.
     for stdout, directory in zip(self.export_stdout,
                                  (self.float_out, self.quant_out)):
@@ -346,6 +346,25 @@ class ExportTest(tf.test.TestCase):
     self.assertGreater(np.mean(np.argmax(tf_outputs, 1) == self.labels), 0.6)
     self.assertGreater(np.mean(np.argmax(tflite_outputs, 1) == self.labels),
                        0.6)
+
+  def test_int8_twin_is_int8_inside_and_predicts_what_uint8_does(self):
+    path = self.path(True, '_int8.tflite')
+    self.assertContainsSubset(tensor_dtypes(path), {'uint8', 'int8', 'int32'})
+    self.assertEqual(operator_names(path), {
+        'QUANTIZE', 'CONV_2D', 'DEPTHWISE_CONV_2D', 'AVERAGE_POOL_2D',
+        'RESHAPE', 'SOFTMAX'})
+    self.assertLessEqual(os.path.getsize(path),
+                         0.3 * os.path.getsize(self.path(False, '.tflite')))
+    uint8_outputs, _, _ = run_tflite(self.path(True, '.tflite'), self.images)
+    int8_outputs, _, output_scale = run_tflite(path, self.images)
+    self.assertEqual(output_scale, 1 / 256)
+    self.assertGreaterEqual(np.mean(np.argmax(int8_outputs, 1) ==
+                                    np.argmax(uint8_outputs, 1)), 0.99)
+    info = read_info(self.path(True, '_info.txt'))
+    self.assertEqual(info['TFLite %s_int8.tflite input' % QUANT_NAME],
+                     info['TFLite input'])
+    self.assertEqual(info['TFLite %s_int8.tflite output' % QUANT_NAME],
+                     info['TFLite output'])
 
   def test_post_training_models(self):
     tf_outputs = run_frozen(self.path(False, '_frozen.pb'), self.images)

@@ -1,29 +1,30 @@
 r"""Single-image TFLite latency of our exported models against Keras's, in one run.
 
-Four models of the same architecture (MobileNet V1, --depth_multiplier at
+Five models of the same architecture (MobileNet V1, --depth_multiplier at
 --image_size, default 1.0@224, --num_classes outputs):
 
   ours_float   mobilenet_v1_export's float conversion of our graph.
   ours_uint8   mobilenet_v1_export's uint8 conversion of our quantized eval
                graph (the QAT path: folded batch norms, fake quantization).
+  ours_int8    the same model made int8 inside by tflite_int8 (uint8 input
+               and output, as mobilenet_v1_export writes NAME_int8.tflite).
   keras_float  tf_keras.applications.MobileNet(weights=None), converted with
                TF2's converter.
   keras_int8   the same, post-training full-integer int8 (int8 input and
                output), calibrated on random images.
 
 Accuracy does not matter for latency, so the weights are freshly initialized.
-Our uint8 model gets its ranges from a brief calibration on random images
-(weight ranges from the folded weights, then activation ranges from what
-flows through), so that its requantization scales are those of a real
-model. Each model is timed by mobilenet_v1_tflite_eval --latency_runs in its
+Our uint8 model gets its ranges from quantize.calibrate_ranges on random
+images (symmetric weight ranges, as quantization-aware training sets them by
+default), so that its requantization scales are those of a real model. Each model is timed by mobilenet_v1_tflite_eval --latency_runs in its
 own subprocess (one thread, then every core), so the figures are those that
 binary reports.
 
   .venv/bin/python bench/tflite_latency_bench.py
   .venv/bin/python bench/tflite_latency_bench.py --runs=200 --image_size=128
 
-Goals reported against: uint8 at least 1.5x faster than float, and ours no
-slower than Keras's model at the same precision. The machine may be shared:
+Goals reported against: our quantized models at least 1.5x faster than
+float, and ours no slower than Keras's model at the same precision. The machine may be shared:
 the load average is printed next to the table.
 """
 
@@ -49,6 +50,7 @@ import tensorflow as tf
 # --image_size and --num_classes mean what they mean when exporting.
 import mobilenet_v1_export
 import quantize
+import tflite_int8
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 tf1 = tf.compat.v1
@@ -69,7 +71,11 @@ flags.DEFINE_string('work_dir', '', 'Where the .tflite files go; a temporary '
                     'directory (removed afterwards) when empty.')
 
 TFLITE_EVAL = os.path.join(_ROOT, 'mobilenet_v1_tflite_eval.py')
-MODELS = ('ours_float', 'ours_uint8', 'keras_float', 'keras_int8')
+MODELS = ('ours_float', 'ours_uint8', 'ours_int8', 'keras_float', 'keras_int8')
+QUANTIZED = ('ours_uint8', 'ours_int8')
+# Each of ours against Keras's model of the same precision.
+PEERS = {'ours_float': 'keras_float', 'ours_uint8': 'keras_int8',
+         'ours_int8': 'keras_int8'}
 _LATENCY_RE = re.compile(r'latency with (\d+) threads?: median ([0-9.]+) ms  '
                          r'p90 ([0-9.]+) ms')
 
@@ -80,30 +86,6 @@ def _random_images(count):
   return [rng.uniform(-1, 1, shape).astype(np.float32) for _ in range(count)]
 
 
-def _calibrate(session, graph, images_in):
-  """Sets our quantized graph's ranges from its weights and random images.
-
-  Weights first (last-value ranges are the weights' min and max), then the
-  activations, measured with the weights already quantized.
-  """
-  by_scope = {}
-  for variable in quantize.range_variables(graph):
-    scope, _, bound = variable.op.name.rpartition('/')
-    by_scope.setdefault(scope, {})[bound] = variable
-  fake_quants = {op.name.rpartition('/')[0]: op for op in graph.get_operations()
-                 if op.type == 'FakeQuantWithMinMaxVars'}
-  for kind in (quantize.WEIGHTS_QUANT, quantize.ACT_QUANT):
-    scopes = [s for s in by_scope if s.endswith('/' + kind)]
-    values = [session.run([fake_quants[s].inputs[0] for s in scopes],
-                          {images_in: image})
-              for image in _random_images(FLAGS.calibration_images)]
-    for index, scope in enumerate(scopes):
-      low = min(0.0, min(float(v[index].min()) for v in values))
-      high = max(1e-3, max(float(v[index].max()) for v in values))
-      by_scope[scope]['min'].load(low, session)
-      by_scope[scope]['max'].load(high, session)
-
-
 def _ours(quantized):
   """Our exported TFLite model, float or uint8, from fresh variables."""
   graph, images_in, _ = mobilenet_v1_export.build_inference_graph(
@@ -112,7 +94,9 @@ def _ours(quantized):
     session.run(tf1.variables_initializer(
         graph.get_collection(tf1.GraphKeys.GLOBAL_VARIABLES)))
     if quantized:
-      _calibrate(session, graph, images_in)
+      quantize.calibrate_ranges(session, [
+          {images_in: image}
+          for image in _random_images(FLAGS.calibration_images)])
     frozen = mobilenet_v1_export.freeze(session, graph)
   return mobilenet_v1_export.convert(frozen, quantized)
 
@@ -166,7 +150,6 @@ def _print_table(sizes, latencies):
     header += '  %2dT median   p90' % count
   header += '  vs ours_float  vs keras same precision'
   print(header)
-  peer = {'ours_float': 'keras_float', 'ours_uint8': 'keras_int8'}
   for model in MODELS:
     line = '%-12s %9.2f' % (model, sizes[model] / 1e6)
     for count in threads:
@@ -175,19 +158,20 @@ def _print_table(sizes, latencies):
     line += '  ' + '/'.join(
         '%.2fx' % (latencies['ours_float'][c][0] / latencies[model][c][0])
         for c in threads).ljust(13)
-    if model in peer:
+    if model in PEERS:
       line += '  ' + '/'.join(
-          '%.2fx' % (latencies[peer[model]][c][0] / latencies[model][c][0])
+          '%.2fx' % (latencies[PEERS[model]][c][0] / latencies[model][c][0])
           for c in threads)
     print(line)
   print('(ms per image; ratios are speed-ups from medians, 1 thread / %d '
         'threads; load average %s)' % (threads[-1], peer_process.load_average()))
   for count in threads:
-    speedup = (latencies['ours_float'][count][0] /
-               latencies['ours_uint8'][count][0])
-    print('goal uint8 >= 1.5x float, %d thread(s): %.2fx  %s' % (
-        count, speedup, 'met' if speedup >= 1.5 else 'NOT met'))
-    for ours, keras in peer.items():
+    for quantized in QUANTIZED:
+      speedup = (latencies['ours_float'][count][0] /
+                 latencies[quantized][count][0])
+      print('goal %s >= 1.5x ours_float, %d thread(s): %.2fx  %s' % (
+          quantized, count, speedup, 'met' if speedup >= 1.5 else 'NOT met'))
+    for ours, keras in PEERS.items():
       ratio = latencies[keras][count][0] / latencies[ours][count][0]
       print('goal %s no slower than %s, %d thread(s): %.2fx  %s' % (
           ours, keras, count, ratio, 'met' if ratio >= 1.0 else 'NOT met'))
@@ -197,23 +181,24 @@ def _bench(work_dir):
   builders = {
       'ours_float': lambda: _ours(False),
       'ours_uint8': lambda: _ours(True),
+      'ours_int8': lambda: tflite_int8.from_uint8(contents['ours_uint8']),
       'keras_float': lambda: _keras(False),
       'keras_int8': lambda: _keras(True),
   }
-  sizes, latencies = {}, {}
+  contents, latencies = {}, {}
   for model in MODELS:
     path = os.path.join(work_dir, model + '.tflite')
-    content = builders[model]()
+    contents[model] = builders[model]()
     with open(path, 'wb') as f:
-      f.write(content)
-    sizes[model] = len(content)
-    print('timing %s (%d bytes)...' % (model, sizes[model]), flush=True)
+      f.write(contents[model])
+    print('timing %s (%d bytes)...' % (model, len(contents[model])),
+          flush=True)
     latencies[model] = _latency(path)
   print()
   print('MobileNet V1 %s@%d, %d classes, batch 1, %d runs after %d warm-up' %
         (float(FLAGS.depth_multiplier), FLAGS.image_size, FLAGS.num_classes,
          FLAGS.runs, FLAGS.warmup_runs))
-  _print_table(sizes, latencies)
+  _print_table({m: len(c) for m, c in contents.items()}, latencies)
 
 
 def main(argv):
