@@ -28,6 +28,7 @@ float, and ours no slower than Keras's model at the same precision. The machine 
 the load average is printed next to the table.
 """
 
+import collections
 import os
 import re
 import subprocess
@@ -64,6 +65,9 @@ flags.DEFINE_integer('runs', 100, 'Timed invocations per model and thread '
                      'setting.', lower_bound=2)
 flags.DEFINE_integer('warmup_runs', 10, 'Untimed invocations first.',
                      lower_bound=0)
+flags.DEFINE_integer('rounds', 3, 'Rounds over all models, taken in turn; '
+                     'each model\'s fastest round is reported.',
+                     lower_bound=1)
 flags.DEFINE_integer('calibration_images', 8,
                      'Random images the ranges of our uint8 model and '
                      'Keras\'s int8 model are calibrated on.', lower_bound=1)
@@ -185,19 +189,28 @@ def _bench(work_dir):
       'keras_float': lambda: _keras(False),
       'keras_int8': lambda: _keras(True),
   }
-  contents, latencies = {}, {}
+  contents, paths = {}, {}
   for model in MODELS:
-    path = os.path.join(work_dir, model + '.tflite')
+    paths[model] = os.path.join(work_dir, model + '.tflite')
     contents[model] = builders[model]()
-    with open(path, 'wb') as f:
+    with open(paths[model], 'wb') as f:
       f.write(contents[model])
-    print('timing %s (%d bytes)...' % (model, len(contents[model])),
-          flush=True)
-    latencies[model] = _latency(path)
+  # Round robin, so that a change in the machine's load between models
+  # shows up in every model's rounds rather than in one model's figures;
+  # each model keeps its fastest round.
+  rounds = collections.defaultdict(list)
+  for round_index in range(FLAGS.rounds):
+    print('round %d of %d...' % (round_index + 1, FLAGS.rounds), flush=True)
+    for model in MODELS:
+      rounds[model].append(_latency(paths[model]))
+  latencies = {model: {threads: min(r[threads] for r in results)
+                       for threads in results[0]}
+               for model, results in rounds.items()}
   print()
-  print('MobileNet V1 %s@%d, %d classes, batch 1, %d runs after %d warm-up' %
-        (float(FLAGS.depth_multiplier), FLAGS.image_size, FLAGS.num_classes,
-         FLAGS.runs, FLAGS.warmup_runs))
+  print('MobileNet V1 %s@%d, %d classes, batch 1, best of %d rounds of %d '
+        'runs after %d warm-up' % (
+            float(FLAGS.depth_multiplier), FLAGS.image_size, FLAGS.num_classes,
+            FLAGS.rounds, FLAGS.runs, FLAGS.warmup_runs))
   _print_table({m: len(c) for m, c in contents.items()}, latencies)
 
 
