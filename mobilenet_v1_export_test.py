@@ -415,6 +415,13 @@ class ExportTest(tf.test.TestCase):
     self.assertLen(lines, len({1, len(os.sched_getaffinity(0))}))
     for _, median, p90 in lines:
       self.assertBetween(float(median), 0, float(p90))
+    # A uint8 model's latency comes with a pointer to its faster twin.
+    self.assertIn('NAME_int8.tflite', stdout)
+    twin_stdout, = finish([python(TFLITE_EVAL, '--latency_runs=2',
+                                  '--warmup_runs=0', '--tflite_path=' +
+                                  self.path(True, '_int8.tflite'))])
+    self.assertRegex(twin_stdout, r'latency with 1 thread: median')
+    self.assertNotIn('NAME_int8.tflite', twin_stdout)
 
   def test_bad_input_gets_one_line_errors(self):
     temp = self.get_temp_dir()

@@ -103,6 +103,12 @@ def load_interpreter(model, num_threads):
                         OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES), False
 
 
+def _is_uint8(interpreter):
+  """Whether a model computes in uint8 (the TF1 converter's quantized form)."""
+  dtypes = {d['dtype'] for d in interpreter.get_tensor_details()}
+  return np.uint8 in dtypes and np.int8 not in dtypes
+
+
 def quantize_input(images, details):
   """Maps float images in [-1, 1] to what the model's input expects.
 
@@ -219,6 +225,10 @@ def main(argv):
   if not xnnpack:
     print('%s: XNNPACK cannot prepare this model; running it on TFLite\'s '
           'built-in kernels.' % name, flush=True)
+  if FLAGS.latency_runs and _is_uint8(interpreter):
+    print('%s: uint8 runs on TFLite\'s own kernels (XNNPACK runs int8, not '
+          'uint8); mobilenet_v1_export also writes its int8 twin, '
+          'NAME_int8.tflite, which XNNPACK runs.' % name, flush=True)
   if FLAGS.dataset_dir:
     start = time.time()
     metrics, examples = evaluate(interpreter, FLAGS.dataset_dir, FLAGS.split)
