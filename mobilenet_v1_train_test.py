@@ -7,10 +7,12 @@ import subprocess
 import sys
 import time
 
+from absl.testing import flagsaver
 import numpy as np
 import slim_compat  # pylint: disable=unused-import
 import tensorflow as tf
 
+import mobilenet_v1_train
 import test_data
 
 TRAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)),
@@ -207,6 +209,15 @@ class TrainTest(tf.test.TestCase):
         self.assertLen(result.stderr.strip().splitlines(), 1, result.stderr)
         self.assertIn(message, result.stderr)
         self.assertStartsWith(result.stderr, 'mobilenet_v1_train: error:')
+
+
+class SessionConfigTest(tf.test.TestCase):
+
+  def test_bfloat16_convolutions_sets_onednn_math_mode(self):
+    for value, mode in ((True, 'BF16'), (False, 'STRICT')):
+      with flagsaver.flagsaver(bfloat16_convolutions=value):
+        mobilenet_v1_train.session_config()
+      self.assertEqual(os.environ['ONEDNN_DEFAULT_FPMATH_MODE'], mode)
 
 
 if __name__ == '__main__':
