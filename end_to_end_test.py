@@ -175,11 +175,11 @@ class EndToEndTest(tf.test.TestCase):
 
     # The int8 twin (uint8 input and output, int8 inside, which XNNPACK
     # runs) predicts what the uint8 model does. Its kernels round some
-    # values a step the other way (see tflite_int8's docstring); at 64
-    # pixels the average pool takes means of 4 values, and the int8 pool
-    # rounds those half way between two steps down where the uint8 one
-    # rounds them up. Measured: 99.4% agreement, 91% of outputs equal, the
-    # rest at most 5 steps (of 1/256) apart.
+    # values a step the other way (see tflite_int8's docstring: XNNPACK
+    # requantizes in float32, and at 64 pixels the global pool averages 4
+    # values, so its means often lie half way between two steps). Measured:
+    # 99.4-100% agreement, 90-92% of outputs equal, the rest at most 5 steps
+    # (of 1/256) apart.
     uint8_images = validation_images(data, 1 / 127.5, 128)
     uint8_outputs, int8_outputs = [
         tflite_outputs(os.path.join(bundle, quant_name + suffix),

@@ -351,7 +351,7 @@ class ExportTest(tf.test.TestCase):
     path = self.path(True, '_int8.tflite')
     self.assertContainsSubset(tensor_dtypes(path), {'uint8', 'int8', 'int32'})
     self.assertEqual(operator_names(path), {
-        'QUANTIZE', 'CONV_2D', 'DEPTHWISE_CONV_2D', 'AVERAGE_POOL_2D',
+        'QUANTIZE', 'CONV_2D', 'DEPTHWISE_CONV_2D', 'MEAN',
         'RESHAPE', 'SOFTMAX'})
     self.assertLessEqual(os.path.getsize(path),
                          0.3 * os.path.getsize(self.path(False, '.tflite')))

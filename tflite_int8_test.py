@@ -128,7 +128,9 @@ class FromUint8Test(tf.test.TestCase):
     cls.int8 = tflite_int8.from_uint8(cls.uint8)
     cls.exact_uint8 = uint8_model(symmetric_weights=True,
                                   power_of_two_scales=True)
-    cls.exact_int8 = tflite_int8.from_uint8(cls.exact_uint8)
+    # TFLite's own int8 MEAN kernel rounds differently from the pool.
+    cls.exact_int8 = tflite_int8.from_uint8(cls.exact_uint8,
+                                            global_pool_as_mean=False)
     rng = np.random.RandomState(1)
     cls.images = [rng.randint(0, 256, [1, IMAGE_SIZE, IMAGE_SIZE, 3])
                   .astype(np.uint8) for _ in range(12)]
@@ -185,6 +187,20 @@ class FromUint8Test(tf.test.TestCase):
     self.assertAllEqual(np.argmax(int8_outputs, 1),
                         np.argmax(uint8_outputs, 1))
 
+  def test_global_pool_as_mean_changes_nothing_under_xnnpack(self):
+    outputs = [
+        np.concatenate([run['output'] for run in run_all_tensors(
+            tflite_int8.from_uint8(self.exact_uint8, global_pool_as_mean=mean),
+            self.images, delegate=True)])
+        for mean in (False, True)]
+    self.assertAllEqual(outputs[0], outputs[1])
+    # Each the uint8 model's outputs, up to XNNPACK's float requantization.
+    uint8_outputs = np.concatenate([
+        run['output'] for run in
+        run_all_tensors(self.exact_uint8, self.images, delegate=False)])
+    self.assertLessEqual(
+        np.max(np.abs(uint8_outputs.astype(int) - outputs[1])), 2)
+
   def test_interface_types_and_operators(self):
     uint8_io = [Interpreter(model_content=self.uint8).get_input_details()[0],
                 Interpreter(model_content=self.uint8).get_output_details()[0]]
@@ -210,7 +226,7 @@ class FromUint8Test(tf.test.TestCase):
     self.assertEqual(operators.count(_OP.QUANTIZE), 2)
     self.assertEqual(set(operators), {
         _OP.QUANTIZE, _OP.CONV_2D, _OP.DEPTHWISE_CONV_2D,
-        _OP.AVERAGE_POOL_2D, _OP.RESHAPE, _OP.SOFTMAX})
+        _OP.MEAN, _OP.RESHAPE, _OP.SOFTMAX})
     for op in graph.operators:
       if codes[op.opcodeIndex] in (_OP.CONV_2D, _OP.DEPTHWISE_CONV_2D):
         weights = graph.tensors[op.inputs[1]]

@@ -1,6 +1,6 @@
 r"""Single-image TFLite latency of our exported models against Keras's, in one run.
 
-Five models of the same architecture (MobileNet V1, --depth_multiplier at
+Six models of the same architecture (MobileNet V1, --depth_multiplier at
 --image_size, default 1.0@224, --num_classes outputs):
 
   ours_float   mobilenet_v1_export's float conversion of our graph.
@@ -12,6 +12,9 @@ Five models of the same architecture (MobileNet V1, --depth_multiplier at
                TF2's converter.
   keras_int8   the same, post-training full-integer int8 (int8 input and
                output), calibrated on random images.
+  keras_int8_u8io  the same with uint8 input and output (QUANTIZE ops at both
+               ends, as TFLite's converter adds them): the interface our
+               quantized models have, so the peer they are compared with.
 
 Accuracy does not matter for latency, so the weights are freshly initialized.
 Our uint8 model gets its ranges from quantize.calibrate_ranges on random
@@ -75,11 +78,12 @@ flags.DEFINE_string('work_dir', '', 'Where the .tflite files go; a temporary '
                     'directory (removed afterwards) when empty.')
 
 TFLITE_EVAL = os.path.join(_ROOT, 'mobilenet_v1_tflite_eval.py')
-MODELS = ('ours_float', 'ours_uint8', 'ours_int8', 'keras_float', 'keras_int8')
+MODELS = ('ours_float', 'ours_uint8', 'ours_int8', 'keras_float', 'keras_int8',
+          'keras_int8_u8io')
 QUANTIZED = ('ours_uint8', 'ours_int8')
 # Each of ours against Keras's model of the same precision.
-PEERS = {'ours_float': 'keras_float', 'ours_uint8': 'keras_int8',
-         'ours_int8': 'keras_int8'}
+PEERS = {'ours_float': 'keras_float', 'ours_uint8': 'keras_int8_u8io',
+         'ours_int8': 'keras_int8_u8io'}
 _LATENCY_RE = re.compile(r'latency with (\d+) threads?: median ([0-9.]+) ms  '
                          r'p90 ([0-9.]+) ms')
 
@@ -105,8 +109,16 @@ def _ours(quantized):
   return mobilenet_v1_export.convert(frozen, quantized)
 
 
-def _keras(int8):
-  """tf_keras's MobileNet converted to TFLite, float or post-training int8."""
+def _keras(int8, io_type=tf.int8):
+  """tf_keras's MobileNet converted to TFLite, float or post-training int8.
+
+  Args:
+    int8: post-training full-integer quantization rather than float.
+    io_type: with `int8`, the type of the input and output.
+
+  Returns:
+    The TFLite flatbuffer.
+  """
   import tf_keras  # pylint: disable=g-import-not-at-top
   size = FLAGS.image_size
   model = tf_keras.applications.MobileNet(
@@ -123,8 +135,8 @@ def _keras(int8):
     converter.representative_dataset = lambda: (
         [image] for image in _random_images(FLAGS.calibration_images))
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
+    converter.inference_input_type = io_type
+    converter.inference_output_type = io_type
   with slim_compat.native_stderr_silenced():
     return converter.convert()
 
@@ -149,13 +161,13 @@ def _latency(path):
 def _print_table(sizes, latencies):
   """The table, with speed ratios, and the goals' verdicts."""
   threads = sorted(latencies[MODELS[0]])
-  header = '%-12s %9s' % ('model', 'size MB')
+  header = '%-16s %9s' % ('model', 'size MB')
   for count in threads:
     header += '  %2dT median   p90' % count
   header += '  vs ours_float  vs keras same precision'
   print(header)
   for model in MODELS:
-    line = '%-12s %9.2f' % (model, sizes[model] / 1e6)
+    line = '%-16s %9.2f' % (model, sizes[model] / 1e6)
     for count in threads:
       line += '  %9.2f %6.2f' % latencies[model][count]
     # Speed-up: how many times faster, from the medians (one thread, then all).
@@ -188,6 +200,7 @@ def _bench(work_dir):
       'ours_int8': lambda: tflite_int8.from_uint8(contents['ours_uint8']),
       'keras_float': lambda: _keras(False),
       'keras_int8': lambda: _keras(True),
+      'keras_int8_u8io': lambda: _keras(True, tf.uint8),
   }
   contents, paths = {}, {}
   for model in MODELS:
