@@ -112,6 +112,7 @@ def from_uint8(model_content, global_pool_as_mean=True):
     operator_code.version = INT8_OPERATOR_VERSIONS[code]
   if global_pool_as_mean:
     _global_pools_to_means(model, subgraph, codes)
+    _drop_unused_operator_codes(model, subgraph)
   _add_uint8_interface(model, subgraph)
   _set_min_runtime_version(model)
   return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
@@ -197,6 +198,15 @@ def _global_pools_to_means(model, subgraph, codes):
     operator.builtinOptionsType = schema.BuiltinOptions.ReducerOptions
     operator.builtinOptions = schema.ReducerOptionsT()
     operator.builtinOptions.keepDims = True
+
+
+def _drop_unused_operator_codes(model, subgraph):
+  """Removes operator codes no operator uses (the runtime resolves them all)."""
+  used = sorted({operator.opcodeIndex for operator in subgraph.operators})
+  new_index = {old: new for new, old in enumerate(used)}
+  model.operatorCodes = [model.operatorCodes[i] for i in used]
+  for operator in subgraph.operators:
+    operator.opcodeIndex = new_index[operator.opcodeIndex]
 
 
 def _add_uint8_interface(model, subgraph):

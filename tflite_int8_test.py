@@ -221,6 +221,8 @@ class FromUint8Test(tf.test.TestCase):
                   (schema.TensorType.INT8, schema.TensorType.INT32))
       self.assertIn(tensor.type, np.atleast_1d(expected), tensor.name)
     operators = [codes[op.opcodeIndex] for op in graph.operators]
+    # Every operator code is used: the runtime needs a kernel for each.
+    self.assertCountEqual(set(operators), codes)
     self.assertEqual(operators[0], _OP.QUANTIZE)
     self.assertEqual(operators[-1], _OP.QUANTIZE)
     self.assertEqual(operators.count(_OP.QUANTIZE), 2)
