@@ -16,6 +16,7 @@ import slim_compat  # pylint: disable=unused-import
 import tensorflow as tf
 
 import imagenet_input
+import mobilenet_v1_tflite_eval
 
 tf1 = tf.compat.v1
 
@@ -35,36 +36,37 @@ def run(program, *flags):
   return result.stdout
 
 
-def validation_images(dataset_dir, scale, zero_point):
-  """The validation images after eval preprocessing, quantized to uint8."""
-  images = np.concatenate([batch.numpy() for batch, _ in
-                           imagenet_input.build_dataset(
-                               dataset_dir, 'validation', 100, 64,
-                               is_training=False)])
-  return np.clip(np.round(images / scale + zero_point), 0,
-                 255).astype(np.uint8)
+def validation_images(dataset_dir):
+  """The validation images after eval preprocessing, float32 in [-1, 1]."""
+  return np.concatenate([batch.numpy() for batch, _ in
+                         imagenet_input.build_dataset(
+                             dataset_dir, 'validation', 100, 64,
+                             is_training=False)])
 
 
 def tflite_outputs(path, images):
-  """A TFLite model's raw outputs, run as users run it (default delegate)."""
+  """A TFLite model's raw outputs, run as users run it (default delegate).
+
+  The images are quantized with the model's own input parameters.
+  """
   model = litert.Interpreter(model_path=path)
   model.allocate_tensors()
-  input_index = model.get_input_details()[0]['index']
+  model_input = model.get_input_details()[0]
   output_index = model.get_output_details()[0]['index']
   outputs = []
-  for image in images:
-    model.set_tensor(input_index, image[None])
+  for image in mobilenet_v1_tflite_eval.quantize_input(images, model_input):
+    model.set_tensor(model_input['index'], image[None])
     model.invoke()
     outputs.append(model.get_tensor(output_index)[0].copy())
   return np.array(outputs)
 
 
-def tflite_and_fake_quant_logits(bundle, name, dataset_dir):
+def tflite_and_fake_quant_logits(bundle, name, images):
   """Quantized logits of the uint8 TFLite model and of the TF graph.
 
-  Each validation image goes through eval preprocessing and the model's own
-  input quantization; the TF fake-quant graph (the frozen eval graph) gets
-  the float values that the uint8 input stands for.
+  The images (after eval preprocessing) go through the model's own input
+  quantization; the TF fake-quant graph (the frozen eval graph) gets the
+  float values that the uint8 input stands for.
 
   Returns:
     (TFLite logits, TF logits, the logits' quantization step), [N, classes].
@@ -80,7 +82,7 @@ def tflite_and_fake_quant_logits(bundle, name, dataset_dir):
              if t['name'].startswith('MobilenetV1/Logits/SpatialSqueeze') and
              t['dtype'] == np.uint8]
   logits_scale, logits_zero_point = logits['quantization']
-  uint8_images = validation_images(dataset_dir, scale, zero_point)
+  uint8_images = mobilenet_v1_tflite_eval.quantize_input(images, model_input)
   tflite_logits = []
   for image in uint8_images:
     model.set_tensor(model_input['index'], image[None])
@@ -157,8 +159,9 @@ class EndToEndTest(tf.test.TestCase):
         0.3 * os.path.getsize(os.path.join(bundle, float_name + '.tflite')))
 
     # The uint8 model follows the fake-quant graph it was converted from.
+    images = validation_images(data)
     tflite_logits, tf_logits, step = tflite_and_fake_quant_logits(
-        bundle, quant_name, data)
+        bundle, quant_name, images)
     agreement = np.mean(tflite_logits.argmax(1) == tf_logits.argmax(1))
     steps = np.abs(tflite_logits - tf_logits) / step
     print('float top-1 %.4f, quantized %.4f; uint8 TFLite top-1 agrees on '
@@ -180,10 +183,9 @@ class EndToEndTest(tf.test.TestCase):
     # values, so its means often lie half way between two steps). Measured:
     # 99.4-100% agreement, 90-92% of outputs equal, the rest at most 5 steps
     # (of 1/256) apart.
-    uint8_images = validation_images(data, 1 / 127.5, 128)
     uint8_outputs, int8_outputs = [
         tflite_outputs(os.path.join(bundle, quant_name + suffix),
-                       uint8_images).astype(np.int32)
+                       images).astype(np.int32)
         for suffix in ('.tflite', '_int8.tflite')]
     int8_agreement = np.mean(
         uint8_outputs.argmax(1) == int8_outputs.argmax(1))

@@ -106,8 +106,9 @@ flags.DEFINE_integer('quant_delay', None,
 flags.DEFINE_bool('symmetric_weights', True,
                   'With --quantize: quantize weights over a range symmetric '
                   'about zero, so the export also writes an int8 TFLite '
-                  'model (much faster on CPUs); false keeps contrib.quantize\'s '
-                  'asymmetric [min, max] ranges (uint8 model only).')
+                  'model (much faster on CPUs); false keeps '
+                  'contrib.quantize\'s asymmetric [min, max] ranges (uint8 '
+                  'model only).')
 flags.DEFINE_bool('bfloat16_convolutions', True,
                   'Let oneDNN multiply in bfloat16 inside convolutions '
                   '(float32 accumulation, variables and everything else) on '

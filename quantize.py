@@ -322,6 +322,24 @@ def range_variables(graph=None):
           if _RANGE_VARIABLE_RE.search(v.op.name)]
 
 
+def range_variables_by_scope(graph=None):
+  """The range variables of a rewritten graph, grouped by fake quant.
+
+  Args:
+    graph: the tf.Graph to search; the default graph when None.
+
+  Returns:
+    An OrderedDict, in creation order (which is graph order), from each
+    range scope (like `MobilenetV1/MobilenetV1/Conv2d_0/act_quant`) to
+    {'min': variable, 'max': variable}.
+  """
+  by_scope = collections.OrderedDict()
+  for variable in range_variables(graph):
+    scope, _, bound = variable.op.name.rpartition('/')
+    by_scope.setdefault(scope, {})[bound] = variable
+  return by_scope
+
+
 def calibrate_ranges(session, feeds, symmetric_weights=True, graph=None):
   """Sets an eval graph's range variables from its weights and sample inputs.
 
@@ -341,10 +359,7 @@ def calibrate_ranges(session, feeds, symmetric_weights=True, graph=None):
     graph: the eval graph; `session.graph` when None.
   """
   graph = graph or session.graph
-  by_scope = collections.OrderedDict()
-  for variable in range_variables(graph):  # in creation order: topological
-    scope, _, bound = variable.op.name.rpartition('/')
-    by_scope.setdefault(scope, {})[bound] = variable
+  by_scope = range_variables_by_scope(graph)
   fake_quants = {op.name.rpartition('/')[0]: op for op in graph.get_operations()
                  if op.type == 'FakeQuantWithMinMaxVars'}
 

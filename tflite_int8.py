@@ -71,6 +71,12 @@ def _operator_name(code):
   return next(name for name, value in vars(_OP).items() if value == code)
 
 
+def _append(items, item):
+  """Appends `item` to a flatbuffer table's list; returns its index."""
+  items.append(item)
+  return len(items) - 1
+
+
 def _builtin_code(operator_code):
   # Codes below 127 are stored in both fields, newer ones only in builtinCode.
   return max(operator_code.builtinCode, operator_code.deprecatedBuiltinCode)
@@ -151,8 +157,7 @@ def _shift_tensors(model, subgraph):
       # q - 128 in two's complement is q with its top bit flipped.
       int8_data = np.asarray(data, np.uint8) ^ np.uint8(0x80)
       if tensor.buffer in other_buffers:  # shared with a non-uint8 tensor
-        model.buffers.append(schema.BufferT())
-        shifted[tensor.buffer] = len(model.buffers) - 1
+        shifted[tensor.buffer] = _append(model.buffers, schema.BufferT())
       else:
         shifted[tensor.buffer] = tensor.buffer
       model.buffers[shifted[tensor.buffer]].data = int8_data
@@ -165,8 +170,7 @@ def _add_operator_code(model, code):
   operator_code.builtinCode = code
   operator_code.deprecatedBuiltinCode = code
   operator_code.version = INT8_OPERATOR_VERSIONS[code]
-  model.operatorCodes.append(operator_code)
-  return len(model.operatorCodes) - 1
+  return _append(model.operatorCodes, operator_code)
 
 
 def _global_pools_to_means(model, subgraph, codes):
@@ -185,14 +189,12 @@ def _global_pools_to_means(model, subgraph, codes):
       axes = schema.BufferT()
       axes.data = np.frombuffer(np.array([1, 2], np.int32).tobytes(),
                                 np.uint8)
-      model.buffers.append(axes)
       tensor = schema.TensorT()
       tensor.name = b'mean_axes'
       tensor.type = schema.TensorType.INT32
       tensor.shape = np.array([2], np.int32)
-      tensor.buffer = len(model.buffers) - 1
-      subgraph.tensors.append(tensor)
-      axes_index = len(subgraph.tensors) - 1
+      tensor.buffer = _append(model.buffers, axes)
+      axes_index = _append(subgraph.tensors, tensor)
     operator.opcodeIndex = mean_index
     operator.inputs = np.array([operator.inputs[0], axes_index], np.int32)
     operator.builtinOptionsType = schema.BuiltinOptions.ReducerOptions
@@ -223,11 +225,9 @@ def _add_uint8_interface(model, subgraph):
     tensor.type = schema.TensorType.UINT8
     tensor.quantization.zeroPoint = (
         np.asarray(int8_tensor.quantization.zeroPoint, np.int64) + _SHIFT)
-    model.buffers.append(schema.BufferT())
-    tensor.buffer = len(model.buffers) - 1
+    tensor.buffer = _append(model.buffers, schema.BufferT())
     int8_tensor.name += b'_int8'
-    subgraph.tensors.append(tensor)
-    return len(subgraph.tensors) - 1
+    return _append(subgraph.tensors, tensor)
 
   def quantize_op(source, target):
     operator = schema.OperatorT()

@@ -36,11 +36,7 @@ def round_scales_to_powers_of_two(session, graph):
   other way. With power-of-two scales the products are exact, the
   multipliers equal, and the two models must agree bit for bit.
   """
-  bounds = {}
-  for variable in quantize.range_variables(graph):
-    scope, _, bound = variable.op.name.rpartition('/')
-    bounds.setdefault(scope, {})[bound] = variable
-  for scope, variables in bounds.items():
+  for scope, variables in quantize.range_variables_by_scope(graph).items():
     low, high = session.run([variables['min'], variables['max']])
     if scope.endswith(quantize.WEIGHTS_QUANT):  # symmetric, narrow range
       scale = 2.0 ** np.ceil(np.log2(high / 127))
@@ -92,8 +88,7 @@ def run_all_tensors(model_content, images, delegate):
   else:
     interpreter = Interpreter(
         model_content=model_content,
-        experimental_op_resolver_type=(
-            OpResolverType.BUILTIN_REF),
+        experimental_op_resolver_type=OpResolverType.BUILTIN_REF,
         experimental_preserve_all_tensors=True)
   interpreter.allocate_tensors()
   input_index = interpreter.get_input_details()[0]['index']
@@ -238,9 +233,9 @@ class FromUint8Test(tf.test.TestCase):
         data = np.frombuffer(bytes(model.buffers[weights.buffer].data),
                              np.int8)
         self.assertGreaterEqual(data.min(), -127)
-    for code in model.operatorCodes:
-      self.assertEqual(code.version, tflite_int8.INT8_OPERATOR_VERSIONS[
-          max(code.builtinCode, code.deprecatedBuiltinCode)])
+    for operator_code, code in zip(model.operatorCodes, codes):
+      self.assertEqual(operator_code.version,
+                       tflite_int8.INT8_OPERATOR_VERSIONS[code])
     # The int8 model is as small as the uint8 one (a few new tensors).
     self.assertLess(abs(len(self.int8) - len(self.uint8)), 2048)
 

@@ -144,7 +144,6 @@ def write_dataset(directory, num_images, num_shards):
   return total_bytes / num_images
 
 
-
 def _time_runs(session, fetch, count):
   """Runs `fetch` --warmup times, then `count` timed times; images/s."""
   for _ in range(FLAGS.warmup):

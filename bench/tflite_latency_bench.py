@@ -19,16 +19,17 @@ Six models of the same architecture (MobileNet V1, --depth_multiplier at
 Accuracy does not matter for latency, so the weights are freshly initialized.
 Our uint8 model gets its ranges from quantize.calibrate_ranges on random
 images (symmetric weight ranges, as quantization-aware training sets them by
-default), so that its requantization scales are those of a real model. Each model is timed by mobilenet_v1_tflite_eval --latency_runs in its
-own subprocess (one thread, then every core), so the figures are those that
+default), so that its requantization scales are those of a real model. Each
+model is timed by mobilenet_v1_tflite_eval --latency_runs in its own
+subprocess (one thread, then every core), so the figures are those that
 binary reports.
 
   .venv/bin/python bench/tflite_latency_bench.py
   .venv/bin/python bench/tflite_latency_bench.py --runs=200 --image_size=128
 
 Goals reported against: our quantized models at least 1.5x faster than
-float, and ours no slower than Keras's model at the same precision. The machine may be shared:
-the load average is printed next to the table.
+float, and ours no slower than Keras's model at the same precision. The
+machine may be shared: the load average is printed next to the table.
 """
 
 import collections
@@ -157,7 +158,6 @@ def _latency(path):
           in _LATENCY_RE.findall(result.stdout)}
 
 
-
 def _print_table(sizes, latencies):
   """The table, with speed ratios, and the goals' verdicts."""
   threads = sorted(latencies[MODELS[0]])
@@ -180,7 +180,8 @@ def _print_table(sizes, latencies):
           for c in threads)
     print(line)
   print('(ms per image; ratios are speed-ups from medians, 1 thread / %d '
-        'threads; load average %s)' % (threads[-1], peer_process.load_average()))
+        'threads; load average %s)' % (threads[-1],
+                                        peer_process.load_average()))
   for count in threads:
     for quantized in QUANTIZED:
       speedup = (latencies['ours_float'][count][0] /

@@ -74,8 +74,6 @@ flags.DEFINE_string('child', '', 'Internal: run one peer (or "matmul") in '
                     'this process and print its result as JSON.')
 
 
-
-
 def _synthetic_batch():
   """One fixed batch: images uniform in [-1, 1] and random labels."""
   import numpy as np  # pylint: disable=g-import-not-at-top
