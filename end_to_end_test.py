@@ -181,7 +181,7 @@ class EndToEndTest(tf.test.TestCase):
     # values a step the other way (see tflite_int8's docstring: XNNPACK
     # requantizes in float32, and at 64 pixels the global pool averages 4
     # values, so its means often lie half way between two steps). Measured:
-    # 99.4-100% agreement, 90-92% of outputs equal, the rest at most 5 steps
+    # 99.2-100% agreement, 90-96% of outputs equal, the rest at most 6 steps
     # (of 1/256) apart.
     uint8_outputs, int8_outputs = [
         tflite_outputs(os.path.join(bundle, quant_name + suffix),
