@@ -57,7 +57,13 @@ class TrainTest(tf.test.TestCase):
 
   def test_killed_run_resumes_from_last_checkpoint(self):
     checkpoint_dir = os.path.join(self.get_temp_dir(), 'resume')
-    command = train_command(self.dataset_dir, checkpoint_dir,
+    # At the default rate (0.045) the first step scales Conv2d_0's weights up
+    # 7-25x (batch norm divides its gradients by small channel deviations) and
+    # five later steps moved them by 26% of their largest in one CI run, so
+    # "moved, but not far" could not tell resuming from restarting. At 1e-5
+    # five steps move them by about 1%; fresh weights differ by their size.
+    slow = '--learning_rate=0.00001'
+    command = train_command(self.dataset_dir, checkpoint_dir, slow,
                             '--number_of_steps=100000',
                             '--save_interval_secs=1', '--log_every_n_steps=5')
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL,
@@ -74,7 +80,7 @@ class TrainTest(tf.test.TestCase):
     weights = read_variable(tf.train.latest_checkpoint(checkpoint_dir),
                             'MobilenetV1/Conv2d_0/weights')
 
-    resumed = run(train_command(self.dataset_dir, checkpoint_dir,
+    resumed = run(train_command(self.dataset_dir, checkpoint_dir, slow,
                                 '--number_of_steps=%d' % (killed_at + 5),
                                 '--log_every_n_steps=1'))
     self.assertEqual(resumed.returncode, 0, resumed.stderr)
@@ -92,7 +98,7 @@ class TrainTest(tf.test.TestCase):
     self.assertLess(change, 0.1 * np.abs(weights).max())
 
     # Re-running a finished command changes nothing.
-    again = run(train_command(self.dataset_dir, checkpoint_dir,
+    again = run(train_command(self.dataset_dir, checkpoint_dir, slow,
                               '--number_of_steps=%d' % (killed_at + 5)))
     self.assertEqual(again.returncode, 0, again.stderr)
     self.assertIn('Already trained to step %d' % (killed_at + 5), again.stdout)
