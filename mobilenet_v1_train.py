@@ -25,6 +25,7 @@ import slim_compat  # pylint: disable=unused-import
 from slim_compat import slim
 import tensorflow as tf
 
+import batch_norm_relu6
 import checkpoint_utils
 import cli
 import imagenet_input
@@ -114,6 +115,11 @@ flags.DEFINE_bool('bfloat16_convolutions', True,
                   '(float32 accumulation, variables and everything else) on '
                   'CPUs with AMX or AVX512-BF16; no effect on others. '
                   'Evaluation and export always compute in float32.')
+flags.DEFINE_bool('fuse_batch_norm_relu6', True,
+                  'Train float models through one fused batch norm + ReLU6 '
+                  'kernel per layer (batch_norm_relu6_ops.cc): the same '
+                  'math and variables, fewer passes over memory. Ignored '
+                  'with --quantize, whose rewrite needs the separate ops.')
 flags.DEFINE_float('label_smoothing', 0.0,
                    'Label smoothing of the cross-entropy loss.',
                    lower_bound=0.0, upper_bound=1.0)
@@ -337,6 +343,11 @@ def build_train_op(images, labels, global_step, num_examples, quant_delay):
   if FLAGS.quantize:
     images = quantize.quantize_input(images)
   logits = build_model(images, is_training=True)
+  if FLAGS.fuse_batch_norm_relu6 and not FLAGS.quantize:
+    try:
+      batch_norm_relu6.fuse_batch_norm_relu6(logits.graph)
+    except batch_norm_relu6.LibraryNotFoundError as e:
+      raise cli.UserError(str(e)) from None
   if FLAGS.quantize:
     quantize.create_training_graph(quant_delay=quant_delay,
                                    symmetric_weights=FLAGS.symmetric_weights)

@@ -515,7 +515,7 @@ def _skip_batch_to_space(tensor):
   return tensor if batch_to_space is None else batch_to_space.outputs[0]
 
 
-def _reroute(old, new, consumers):
+def reroute(old, new, consumers):
   """Makes each op in `consumers` read `new` wherever it read `old`."""
   for op in consumers:
     for index, tensor in enumerate(op.inputs):
@@ -764,7 +764,7 @@ def _fold_batch_norm(layer_op, context, input_scale=None):
           name='post_conv_mul')
     output = tf.nn.bias_add(output, offset, data_format=data_format,
                             name='add_fold')
-  _reroute(batch_norm.output, output, batch_norm.output.consumers())
+  reroute(batch_norm.output, output, batch_norm.output.consumers())
   graph.add_to_collection(FOLDED_LAYERS, new_layer_op)
   return new_layer_op, output
 
@@ -964,7 +964,7 @@ class _Quantizer(object):
         if self._use_quant is not None:
           quantized = tf.where(self._use_quant, quantized, output,
                                name='delayed_quant')
-      _reroute(output, quantized, consumers)
+      reroute(output, quantized, consumers)
       self._quantized[output.name] = quantized
       self._replacements.add(quantized.name)
 
@@ -999,7 +999,7 @@ class _Quantizer(object):
       with self._graph.name_scope(scope + '/'):
         quantized = tf.where(self._use_quant, quantized, tensor,
                              name='delayed_quant')
-    _reroute(tensor, quantized, consumers)
+    reroute(tensor, quantized, consumers)
     self._quantized[tensor.name] = quantized
     self._replacements.add(quantized.name)
 

@@ -5,6 +5,10 @@ venv lives inside the workspace (made by tools/setup.sh), but a py_runtime
 needs an absolute interpreter path, so this rule resolves it at fetch time.
 When the venv is missing, the runtime is a script that says in one line how
 to create it, so builds still succeed and runs fail helpfully.
+
+The repository also exposes the venv's TensorFlow C++ headers and framework
+library as `:tensorflow_framework`, for custom ops compiled against exactly
+the TensorFlow they are loaded into.
 """
 
 _BUILD = """
@@ -16,6 +20,15 @@ py_runtime(
     name = "py3_runtime",
     {interpreter},
     python_version = "PY3",
+)
+
+cc_library(
+    name = "tensorflow_framework",
+    srcs = glob(["tensorflow/libtensorflow_framework.so.2"]),
+    hdrs = glob(["tensorflow/include/**"]),
+    includes = ["tensorflow/include"],
+    # The flags tf.sysconfig.get_compile_flags() gives for the pip package.
+    defines = ["_GLIBCXX_USE_CXX11_ABI=1", "EIGEN_MAX_ALIGN_BYTES=64"],
 )
 """
 
@@ -35,6 +48,12 @@ def _python_venv_impl(ctx):
             hint = ctx.attr.setup_hint,
         ), executable = True)
         interpreter = 'interpreter = "missing_venv.sh"'
+    lib = workspace.get_child(ctx.attr.venv_dir).get_child("lib")
+    if lib.exists:
+        for python_dir in lib.readdir():
+            tensorflow = python_dir.get_child("site-packages").get_child("tensorflow")
+            if tensorflow.exists:
+                ctx.symlink(tensorflow, "tensorflow")
     ctx.file("BUILD", _BUILD.format(interpreter = interpreter))
 
 python_venv = repository_rule(

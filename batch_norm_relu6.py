@@ -1,0 +1,114 @@
+"""Batch norm and ReLU6 as one op in training graphs, on CPU.
+
+Every MobileNet V1 body layer trains through FusedBatchNormV3 then Relu6, and
+back through Relu6Grad then FusedBatchNormGradV3: four memory-bound passes
+over the activations where two fused kernels (batch_norm_relu6_ops.cc) stream
+them fewer times. `fuse_batch_norm_relu6` swaps the pairs in a built graph
+for the fused op, before its gradients are taken. The variables, their
+moving-average updates and checkpoints are untouched, so a model trained this
+way evaluates, exports and fine-tunes exactly as one trained without.
+
+  logits = build_model(images, is_training=True)
+  batch_norm_relu6.fuse_batch_norm_relu6(tf.compat.v1.get_default_graph())
+  ... loss, optimizer.minimize(loss) ...
+"""
+
+import os
+
+import tensorflow as tf
+
+import quantize
+
+_LIBRARY = 'batch_norm_relu6_ops.so'
+_HERE = os.path.dirname(os.path.abspath(__file__))
+# Under Bazel the library sits beside this file in the runfiles; in a source
+# checkout (benchmarks) it is in bazel-bin after `bazel build`.
+_SEARCH_PATH = (os.path.join(_HERE, _LIBRARY),
+                os.path.join(_HERE, 'bazel-bin', _LIBRARY))
+
+_ops = None
+
+
+class LibraryNotFoundError(RuntimeError):
+  """The compiled kernels are missing; the message says how to build them."""
+
+
+def load_ops():
+  """Loads the fused kernels once and returns their Python wrappers.
+
+  Returns:
+    The module tf.load_op_library gives: fused_batch_norm_relu6 and
+    fused_batch_norm_relu6_grad.
+
+  Raises:
+    LibraryNotFoundError: if the library was not built.
+  """
+  global _ops
+  if _ops is None:
+    for path in _SEARCH_PATH:
+      if os.path.exists(path):
+        _ops = tf.load_op_library(path)
+        break
+    else:
+      raise LibraryNotFoundError(
+          '%s is not built; run `bazel build //:%s` (or train with '
+          '--nofuse_batch_norm_relu6)' % (_LIBRARY, _LIBRARY))
+  return _ops
+
+
+@tf.RegisterGradient('FusedBatchNormRelu6')
+def _fused_batch_norm_relu6_grad(op, y_backprop, *unused_statistics_grads):
+  # The batch statistics only feed the moving averages, which have no
+  # gradient, so their incoming gradients are None or zero.
+  x, scale, offset = op.inputs
+  return load_ops().fused_batch_norm_relu6_grad(
+      y_backprop, x, scale, offset, batch_mean=op.outputs[1],
+      inverse_std=op.outputs[3])
+
+
+def _fusable_batch_norm(relu6):
+  """The training-mode FusedBatchNormV3 only `relu6` reads, or None."""
+  batch_norm = relu6.inputs[0].op
+  if batch_norm.type != 'FusedBatchNormV3':
+    return None
+  if not (batch_norm.get_attr('is_training') and
+          batch_norm.get_attr('data_format') == b'NHWC' and
+          batch_norm.get_attr('exponential_avg_factor') == 1.0 and
+          batch_norm.inputs[0].dtype == tf.float32 and
+          len(batch_norm.outputs[0].consumers()) == 1):
+    return None
+  return batch_norm
+
+
+def fuse_batch_norm_relu6(graph):
+  """Replaces training batch norms followed by ReLU6 with the fused op.
+
+  Call it after building the model and before taking gradients. Consumers of
+  the ReLU6 output and of the batch mean and variance (the moving-average
+  updates) are rerouted to the fused op; the replaced ops are left without
+  consumers, so they never run.
+
+  Args:
+    graph: a tf.Graph holding the model.
+
+  Returns:
+    How many batch norm + ReLU6 pairs were fused.
+
+  Raises:
+    LibraryNotFoundError: if the fused kernels were not built.
+  """
+  ops = load_ops()
+  fused = 0
+  for relu6 in [op for op in graph.get_operations() if op.type == 'Relu6']:
+    batch_norm = _fusable_batch_norm(relu6)
+    if batch_norm is None:
+      continue
+    x, scale, offset = batch_norm.inputs[:3]
+    with graph.as_default(), graph.name_scope(batch_norm.name + '_Relu6/'):
+      y, mean, variance, _ = ops.fused_batch_norm_relu6(
+          x, scale, offset, epsilon=batch_norm.get_attr('epsilon'))
+    for old, new in ((relu6.outputs[0], y), (batch_norm.outputs[1], mean),
+                     (batch_norm.outputs[2], variance)):
+      quantize.reroute(old, new, old.consumers())
+    fused += 1
+  return fused

@@ -1,0 +1,323 @@
+// Batch normalization in training mode fused with ReLU6, for float32 NHWC
+// tensors on CPU: the pair every MobileNet V1 body layer trains through.
+//
+// TensorFlow runs them as FusedBatchNormV3, Relu6, Relu6Grad and
+// FusedBatchNormGradV3, which stream the activations through memory about
+// 13 times per step; these two kernels do it in 8 (forward: statistics, then
+// normalize-and-clip; backward: the two sums, then the input gradient, with
+// the ReLU6 mask recomputed from x instead of stored). The layers are
+// memory-bound on CPU, so that is most of what they cost.
+//
+// Forward:  y = min(max(a * x + b, 0), 6), a = scale / sqrt(var + epsilon),
+//           b = offset - mean * a, with the batch's mean and (biased) var.
+// Backward: g = dy where 0 < a * x + b < 6 else 0, x_hat = (x - mean) *
+//           inverse_std; d_offset = sum(g), d_scale = sum(g * x_hat),
+//           dx = a * (g - mean(g) - x_hat * mean(g * x_hat)).
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/platform/threadpool.h"
+
+namespace {
+
+using ::tensorflow::DEVICE_CPU;
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Tensor;
+using ::tensorflow::TensorShape;
+using ::tensorflow::errors::InvalidArgument;
+
+REGISTER_OP("FusedBatchNormRelu6")
+    .Input("x: float")
+    .Input("scale: float")
+    .Input("offset: float")
+    .Output("y: float")
+    .Output("batch_mean: float")
+    .Output("batch_variance: float")
+    .Output("inverse_std: float")
+    .Attr("epsilon: float = 0.001")
+    .Doc(R"doc(
+Training-mode batch normalization of the last (channel) dimension, then ReLU6.
+
+batch_variance: unbiased (Bessel-corrected), for the moving average, as
+  FusedBatchNormV3 gives it; y is normalized with the biased variance.
+inverse_std: 1 / sqrt(biased variance + epsilon), for the gradient.
+)doc")
+    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
+      c->set_output(0, c->input(0));
+      auto channels = c->Dim(c->input(0), -1);
+      for (int i = 1; i < 4; ++i) c->set_output(i, c->Vector(channels));
+      return ::tensorflow::OkStatus();
+    });
+
+REGISTER_OP("FusedBatchNormRelu6Grad")
+    .Input("y_backprop: float")
+    .Input("x: float")
+    .Input("scale: float")
+    .Input("offset: float")
+    .Input("batch_mean: float")
+    .Input("inverse_std: float")
+    .Output("x_backprop: float")
+    .Output("scale_backprop: float")
+    .Output("offset_backprop: float")
+    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
+      c->set_output(0, c->input(1));
+      c->set_output(1, c->input(2));
+      c->set_output(2, c->input(2));
+      return ::tensorflow::OkStatus();
+    });
+
+// Rows (pixels) summed in float before adding into double totals.
+constexpr int64_t kChunkRows = 128;
+
+// sum += x, sum_sq += x * x over rows [begin, end), per channel.
+void SumAndSquares(const float* __restrict x, int64_t begin, int64_t end,
+                   int64_t channels, double* __restrict sum,
+                   double* __restrict sum_sq) {
+  std::vector<float> part(2 * channels);
+  float* __restrict ps = part.data();
+  float* __restrict pq = ps + channels;
+  for (int64_t r0 = begin; r0 < end; r0 += kChunkRows) {
+    std::fill(part.begin(), part.end(), 0.f);
+    const int64_t r1 = std::min(end, r0 + kChunkRows);
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* __restrict row = x + r * channels;
+      for (int64_t c = 0; c < channels; ++c) {
+        ps[c] += row[c];
+        pq[c] += row[c] * row[c];
+      }
+    }
+    for (int64_t c = 0; c < channels; ++c) {
+      sum[c] += ps[c];
+      sum_sq[c] += pq[c];
+    }
+  }
+}
+
+// y = min(max(a * x + b, 0), 6) over rows [begin, end).
+void AffineRelu6(const float* __restrict x, int64_t begin, int64_t end,
+                 int64_t channels, const float* __restrict a,
+                 const float* __restrict b, float* __restrict y) {
+  for (int64_t r = begin; r < end; ++r) {
+    const float* __restrict xr = x + r * channels;
+    float* __restrict yr = y + r * channels;
+    for (int64_t c = 0; c < channels; ++c) {
+      yr[c] = std::min(std::max(a[c] * xr[c] + b[c], 0.f), 6.f);
+    }
+  }
+}
+
+// With g = dy where a * x + b lies in (0, 6) (ReLU6 passes it), else 0:
+// sum_g += g and sum_gx += g * (x - mean) * inv_std over rows [begin, end).
+void GatedSums(const float* __restrict x, const float* __restrict dy,
+               int64_t begin, int64_t end, int64_t channels,
+               const float* __restrict a, const float* __restrict b,
+               const float* __restrict mean, const float* __restrict inv_std,
+               double* __restrict sum_g, double* __restrict sum_gx) {
+  std::vector<float> part(2 * channels);
+  float* __restrict pg = part.data();
+  float* __restrict px = pg + channels;
+  for (int64_t r0 = begin; r0 < end; r0 += kChunkRows) {
+    std::fill(part.begin(), part.end(), 0.f);
+    const int64_t r1 = std::min(end, r0 + kChunkRows);
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* __restrict xr = x + r * channels;
+      const float* __restrict dr = dy + r * channels;
+      for (int64_t c = 0; c < channels; ++c) {
+        const float z = a[c] * xr[c] + b[c];
+        const float g = (z > 0.f) & (z < 6.f) ? dr[c] : 0.f;
+        pg[c] += g;
+        px[c] += g * ((xr[c] - mean[c]) * inv_std[c]);
+      }
+    }
+    for (int64_t c = 0; c < channels; ++c) {
+      sum_g[c] += pg[c];
+      sum_gx[c] += px[c];
+    }
+  }
+}
+
+// dx = k * (g - mean_g - x_hat * mean_gx), g as in GatedSums.
+void InputGradient(const float* __restrict x, const float* __restrict dy,
+                   int64_t begin, int64_t end, int64_t channels,
+                   const float* __restrict a, const float* __restrict b,
+                   const float* __restrict mean,
+                   const float* __restrict inv_std, const float* __restrict k,
+                   const float* __restrict mean_g,
+                   const float* __restrict mean_gx, float* __restrict dx) {
+  for (int64_t r = begin; r < end; ++r) {
+    const float* __restrict xr = x + r * channels;
+    const float* __restrict dr = dy + r * channels;
+    float* __restrict out = dx + r * channels;
+    for (int64_t c = 0; c < channels; ++c) {
+      const float z = a[c] * xr[c] + b[c];
+      const float g = (z > 0.f) & (z < 6.f) ? dr[c] : 0.f;
+      const float x_hat = (xr[c] - mean[c]) * inv_std[c];
+      out[c] = k[c] * (g - mean_g[c] - x_hat * mean_gx[c]);
+    }
+  }
+}
+
+// Runs fn(begin_row, end_row, block) over `rows` split into blocks.
+template <typename Fn>
+void ForEachBlock(OpKernelContext* context, int64_t rows, int blocks,
+                  int64_t cost_per_row, Fn fn) {
+  auto* pool = context->device()->tensorflow_cpu_worker_threads()->workers;
+  pool->ParallelFor(blocks, cost_per_row * rows / blocks,
+                    [&](int64_t first, int64_t last) {
+                      for (int64_t b = first; b < last; ++b) {
+                        fn(rows * b / blocks, rows * (b + 1) / blocks, b);
+                      }
+                    });
+}
+
+int NumBlocks(OpKernelContext* context) {
+  return 4 * context->device()->tensorflow_cpu_worker_threads()->num_threads;
+}
+
+class FusedBatchNormRelu6Op : public OpKernel {
+ public:
+  explicit FusedBatchNormRelu6Op(OpKernelConstruction* context)
+      : OpKernel(context) {
+    OP_REQUIRES_OK(context, context->GetAttr("epsilon", &epsilon_));
+  }
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor& x = context->input(0);
+    const Tensor& scale = context->input(1);
+    const Tensor& offset = context->input(2);
+    OP_REQUIRES(context, x.dims() >= 1, InvalidArgument("x has no channels"));
+    const int64_t channels = x.dim_size(x.dims() - 1);
+    const int64_t rows = channels ? x.NumElements() / channels : 0;
+    OP_REQUIRES(context, rows > 1,
+                InvalidArgument("batch norm needs 2+ values per channel"));
+    for (int i = 1; i < 3; ++i) {
+      OP_REQUIRES(context, context->input(i).shape() == TensorShape({channels}),
+                  InvalidArgument("scale and offset must have shape [",
+                                  channels, "]"));
+    }
+    Tensor *y, *mean_out, *variance_out, *inv_std_out;
+    OP_REQUIRES_OK(context, context->allocate_output(0, x.shape(), &y));
+    TensorShape vec({channels});
+    OP_REQUIRES_OK(context, context->allocate_output(1, vec, &mean_out));
+    OP_REQUIRES_OK(context, context->allocate_output(2, vec, &variance_out));
+    OP_REQUIRES_OK(context, context->allocate_output(3, vec, &inv_std_out));
+    const float* xp = x.flat<float>().data();
+    const int blocks = NumBlocks(context);
+
+    std::vector<double> sums(2 * blocks * channels, 0.0);
+    ForEachBlock(context, rows, blocks, 2 * channels,
+                 [&](int64_t begin, int64_t end, int64_t block) {
+                   double* sum = &sums[2 * block * channels];
+                   SumAndSquares(xp, begin, end, channels, sum, sum + channels);
+                 });
+    auto mean = mean_out->flat<float>();
+    auto variance = variance_out->flat<float>();
+    auto inv_std = inv_std_out->flat<float>();
+    std::vector<float> a(channels), b(channels);
+    const float* sp = scale.flat<float>().data();
+    const float* op = offset.flat<float>().data();
+    for (int64_t c = 0; c < channels; ++c) {
+      double s = 0, q = 0;
+      for (int block = 0; block < blocks; ++block) {
+        s += sums[2 * block * channels + c];
+        q += sums[(2 * block + 1) * channels + c];
+      }
+      const double m = s / rows;
+      const double v = std::max(q / rows - m * m, 0.0);
+      mean(c) = m;
+      variance(c) = v * rows / (rows - 1);  // Bessel's, as FusedBatchNormV3.
+      inv_std(c) = 1.0 / std::sqrt(v + epsilon_);
+      a[c] = sp[c] * inv_std(c);
+      b[c] = op[c] - mean(c) * a[c];
+    }
+    float* yp = y->flat<float>().data();
+    ForEachBlock(context, rows, blocks, 2 * channels,
+                 [&](int64_t begin, int64_t end, int64_t) {
+                   AffineRelu6(xp, begin, end, channels, a.data(), b.data(),
+                               yp);
+                 });
+  }
+
+ private:
+  float epsilon_;
+};
+
+class FusedBatchNormRelu6GradOp : public OpKernel {
+ public:
+  explicit FusedBatchNormRelu6GradOp(OpKernelConstruction* context)
+      : OpKernel(context) {}
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor& dy = context->input(0);
+    const Tensor& x = context->input(1);
+    OP_REQUIRES(context, x.dims() >= 1 && dy.shape() == x.shape(),
+                InvalidArgument("y_backprop and x must have the same shape"));
+    for (int i = 2; i < 6; ++i) {
+      OP_REQUIRES(context,
+                  context->input(i).shape() ==
+                      TensorShape({x.dim_size(x.dims() - 1)}),
+                  InvalidArgument("per-channel inputs must be [channels]"));
+    }
+    const float* sp = context->input(2).flat<float>().data();
+    const float* op = context->input(3).flat<float>().data();
+    const float* mp = context->input(4).flat<float>().data();
+    const float* ip = context->input(5).flat<float>().data();
+    const int64_t channels = x.dim_size(x.dims() - 1);
+    const int64_t rows = x.NumElements() / channels;
+    Tensor *dx, *dscale, *doffset;
+    OP_REQUIRES_OK(context, context->allocate_output(0, x.shape(), &dx));
+    TensorShape vec({channels});
+    OP_REQUIRES_OK(context, context->allocate_output(1, vec, &dscale));
+    OP_REQUIRES_OK(context, context->allocate_output(2, vec, &doffset));
+    const float* xp = x.flat<float>().data();
+    const float* dyp = dy.flat<float>().data();
+    const int blocks = NumBlocks(context);
+    std::vector<float> a(channels), b(channels);
+    for (int64_t c = 0; c < channels; ++c) {
+      a[c] = sp[c] * ip[c];
+      b[c] = op[c] - mp[c] * a[c];
+    }
+    std::vector<double> sums(2 * blocks * channels, 0.0);
+    ForEachBlock(context, rows, blocks, 3 * channels,
+                 [&](int64_t begin, int64_t end, int64_t block) {
+                   double* sum = &sums[2 * block * channels];
+                   GatedSums(xp, dyp, begin, end, channels, a.data(),
+                             b.data(), mp, ip, sum, sum + channels);
+                 });
+    auto ds = dscale->flat<float>();
+    auto dof = doffset->flat<float>();
+    std::vector<float> k(channels), mean_g(channels), mean_gx(channels);
+    for (int64_t c = 0; c < channels; ++c) {
+      double g = 0, gx = 0;
+      for (int block = 0; block < blocks; ++block) {
+        g += sums[2 * block * channels + c];
+        gx += sums[(2 * block + 1) * channels + c];
+      }
+      dof(c) = g;
+      ds(c) = gx;
+      k[c] = a[c];
+      mean_g[c] = g / rows;
+      mean_gx[c] = gx / rows;
+    }
+    float* dxp = dx->flat<float>().data();
+    ForEachBlock(context, rows, blocks, 3 * channels,
+                 [&](int64_t begin, int64_t end, int64_t) {
+                   InputGradient(xp, dyp, begin, end, channels, a.data(),
+                                 b.data(), mp, ip, k.data(), mean_g.data(),
+                                 mean_gx.data(), dxp);
+                 });
+  }
+};
+
+REGISTER_KERNEL_BUILDER(Name("FusedBatchNormRelu6").Device(DEVICE_CPU),
+                        FusedBatchNormRelu6Op);
+REGISTER_KERNEL_BUILDER(Name("FusedBatchNormRelu6Grad").Device(DEVICE_CPU),
+                        FusedBatchNormRelu6GradOp);
+
+}  // namespace

@@ -1,0 +1,181 @@
+"""Tests the fused batch norm + ReLU6 kernels against NumPy and TensorFlow."""
+
+import os
+
+# The whole-graph comparison is against TensorFlow's reference (Eigen)
+# kernels: oneDNN's batch-norm gradient sums less exactly (measured on this
+# test's model: early-layer gradients 2-4% away from both Eigen's and the
+# fused kernel's, which agree to 1e-5 and match float64 NumPy).
+os.environ['TF_ENABLE_ONEDNN_OPTS'] = '0'
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np
+import slim_compat  # pylint: disable=unused-import
+from slim_compat import slim
+import tensorflow as tf
+
+import batch_norm_relu6
+import mobilenet_v1
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+tf1 = tf.compat.v1
+EPSILON = 0.001
+
+
+def reference(x, scale, offset, dy):
+  """Float64 batch norm (training) + ReLU6, forward and backward."""
+  channels = x.shape[-1]
+  x = x.astype(np.float64).reshape(-1, channels)
+  dy = dy.astype(np.float64).reshape(-1, channels)
+  mean, variance = x.mean(0), x.var(0)
+  x_hat = (x - mean) / np.sqrt(variance + EPSILON)
+  z = scale * x_hat + offset
+  g = np.where((z > 0) & (z < 6), dy, 0)
+  dx = (scale / np.sqrt(variance + EPSILON) *
+        (g - g.mean(0) - x_hat * (g * x_hat).mean(0)))
+  unbiased = variance * len(x) / (len(x) - 1)
+  return (np.clip(z, 0, 6), mean, unbiased, dx, (g * x_hat).sum(0),
+          g.sum(0))
+
+
+def random_inputs(shape, seed=0):
+  """x, scale, offset, dy with no normalized value within 1e-3 of 0 or 6.
+
+  The ReLU6 mask of a value that close could round either way in float32.
+  """
+  rng = np.random.RandomState(seed)
+  channels = shape[-1]
+  x = rng.normal(0.5, 2.0, shape).astype(np.float32)
+  scale = rng.uniform(0.5, 3.0, channels).astype(np.float32)
+  offset = rng.uniform(-1.0, 4.0, channels).astype(np.float32)
+  flat = x.reshape(-1, channels).astype(np.float64)
+  while True:
+    z = scale * (flat - flat.mean(0)) / np.sqrt(flat.var(0) + EPSILON) + offset
+    near_edge = (np.abs(z) < 1e-3) | (np.abs(z - 6) < 1e-3)
+    if not near_edge.any():
+      break
+    flat[near_edge] += 0.01
+  x = flat.astype(np.float32).reshape(shape)
+  dy = rng.normal(size=shape).astype(np.float32)
+  return x, scale, offset, dy
+
+
+class KernelTest(tf.test.TestCase):
+
+  def test_matches_float64_reference(self):
+    ops = batch_norm_relu6.load_ops()
+    # Odd sizes: channel counts that are not a multiple of the vector width,
+    # rows that do not split evenly among threads and sum chunks.
+    for shape in [(4, 9, 7, 13), (8, 32, 32, 64), (2, 3, 3, 1024)]:
+      x, scale, offset, dy = random_inputs(shape)
+      y, mean, variance, inverse_std = ops.fused_batch_norm_relu6(
+          x, scale, offset, epsilon=EPSILON)
+      dx, dscale, doffset = ops.fused_batch_norm_relu6_grad(
+          dy, x, scale, offset, mean, inverse_std)
+      expected = reference(x, scale, offset, dy)
+      got = (y, mean, variance, dx, dscale, doffset)
+      names = ('y', 'mean', 'variance', 'dx', 'dscale', 'doffset')
+      for name, value, want in zip(names, got, expected):
+        value = np.asarray(value).reshape(want.shape)
+        scale_of = max(np.abs(want).max(), 1.0)
+        self.assertLess(np.abs(value - want).max() / scale_of, 2e-5,
+                        '%s of %s' % (name, shape))
+      self.assertTrue(np.any(np.asarray(y) == 0) and np.any(np.asarray(y) == 6),
+                      'the data should reach both clipping edges')
+
+  def test_bad_shapes_are_errors(self):
+    ops = batch_norm_relu6.load_ops()
+    x = np.ones([2, 2, 2, 4], np.float32)
+    with self.assertRaisesRegex(tf.errors.InvalidArgumentError, r'\[4\]'):
+      ops.fused_batch_norm_relu6(x, np.ones(3, np.float32),
+                                 np.zeros(4, np.float32))
+    with self.assertRaisesRegex(tf.errors.InvalidArgumentError, 'same shape'):
+      ops.fused_batch_norm_relu6_grad(x[:1], x, *[np.ones(4, np.float32)] * 4)
+
+
+def build_training_graph(fuse):
+  """A small MobileNet V1 training graph; returns (graph, tensors, fused)."""
+  graph = tf.Graph()
+  with graph.as_default():
+    tf1.set_random_seed(0)
+    rng = np.random.RandomState(0)
+    images = tf.constant(rng.uniform(-1, 1, [4, 64, 64, 3]), tf.float32)
+    labels = tf.constant(rng.randint(0, 5, [4]))
+    with slim.arg_scope(mobilenet_v1.mobilenet_v1_arg_scope(
+        is_training=True, batch_norm_decay=0.5)):
+      logits, _ = mobilenet_v1.mobilenet_v1(images, num_classes=5,
+                                            depth_multiplier=0.25)
+    fused = batch_norm_relu6.fuse_batch_norm_relu6(graph) if fuse else 0
+    loss = tf1.losses.sparse_softmax_cross_entropy(labels, logits)
+    variables = tf1.trainable_variables()
+    tensors = {
+        'loss': loss,
+        'gradients': tf.gradients(loss, variables),
+        'updates': tf1.get_collection(tf1.GraphKeys.UPDATE_OPS),
+        'moving': [v for v in tf1.global_variables() if 'moving_' in v.name],
+        'variables': tf1.global_variables(),
+    }
+  return graph, tensors, fused
+
+
+class FuseGraphTest(tf.test.TestCase):
+
+  def test_same_training_step_as_separate_ops(self):
+    results = {}
+    initial = None
+    for fuse in (False, True):
+      graph, tensors, fused = build_training_graph(fuse)
+      with tf1.Session(graph=graph) as session:
+        session.run(tf1.global_variables_initializer())
+        if initial is None:
+          initial = session.run(tensors['variables'])
+        else:
+          for variable, value in zip(tensors['variables'], initial):
+            variable.load(value, session)
+        loss, gradients = session.run([tensors['loss'],
+                                       tensors['gradients']])
+        session.run(tensors['updates'])
+        moving = session.run(tensors['moving'])
+      results[fuse] = (loss, gradients, moving, fused,
+                       [v.name for v in tensors['variables']])
+      if fuse:
+        op_types = {op.type for op in graph.get_operations()}
+        self.assertIn('FusedBatchNormRelu6Grad', op_types)
+
+    plain, fused = results[False], results[True]
+    # Conv2d_0 and 13 depthwise + pointwise pairs.
+    self.assertEqual(fused[3], 27)
+    self.assertEqual(plain[4], fused[4])  # Same variables, same names.
+    self.assertAllClose(plain[0], fused[0], rtol=1e-5)
+    for name, want, got in zip(plain[4], plain[1], fused[1]):
+      self.assertLess(np.abs(got - want).max(),
+                      1e-3 * max(np.abs(want).max(), 1e-6), name)
+    # Moving statistics: float32 sums of ~4000 values per channel, which
+    # Eigen and the fused kernel (float chunks into double) order differently.
+    for want, got in zip(plain[2], fused[2]):
+      self.assertLess(np.abs(got - want).max(), 2e-5 * np.abs(want).max())
+
+  def test_inference_graph_is_left_alone(self):
+    graph = tf.Graph()
+    with graph.as_default():
+      images = tf1.placeholder(tf.float32, [1, 64, 64, 3])
+      with slim.arg_scope(mobilenet_v1.mobilenet_v1_arg_scope(
+          is_training=False)):
+        mobilenet_v1.mobilenet_v1(images, num_classes=5,
+                                  depth_multiplier=0.25, is_training=False)
+    self.assertEqual(batch_norm_relu6.fuse_batch_norm_relu6(graph), 0)
+
+  def test_missing_library_names_the_build_command(self):
+    saved = batch_norm_relu6._ops, batch_norm_relu6._SEARCH_PATH
+    try:
+      batch_norm_relu6._ops = None
+      batch_norm_relu6._SEARCH_PATH = ('/nonexistent/lib.so',)
+      with self.assertRaisesRegex(batch_norm_relu6.LibraryNotFoundError,
+                                  'bazel build //:batch_norm_relu6_ops.so'):
+        batch_norm_relu6.load_ops()
+    finally:
+      batch_norm_relu6._ops, batch_norm_relu6._SEARCH_PATH = saved
+
+
+if __name__ == '__main__':
+  tf.test.main()
