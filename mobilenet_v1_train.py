@@ -119,7 +119,8 @@ flags.DEFINE_bool('fuse_batch_norm_relu6', True,
                   'Train float models through one fused batch norm + ReLU6 '
                   'kernel per layer (batch_norm_relu6_ops.cc): the same '
                   'math and variables, fewer passes over memory. Ignored '
-                  'with --quantize, whose rewrite needs the separate ops.')
+                  'with --quantize (its rewrite needs the separate ops) and '
+                  'when a GPU is visible.')
 flags.DEFINE_float('label_smoothing', 0.0,
                    'Label smoothing of the cross-entropy loss.',
                    lower_bound=0.0, upper_bound=1.0)
@@ -343,7 +344,10 @@ def build_train_op(images, labels, global_step, num_examples, quant_delay):
   if FLAGS.quantize:
     images = quantize.quantize_input(images)
   logits = build_model(images, is_training=True)
-  if FLAGS.fuse_batch_norm_relu6 and not FLAGS.quantize:
+  # The fused kernels are CPU-only; on a GPU, cuDNN's batch norm is the fast
+  # path and a CPU op in the middle of the model would cost transfers.
+  if (FLAGS.fuse_batch_norm_relu6 and not FLAGS.quantize and
+      not tf.config.list_physical_devices('GPU')):
     try:
       batch_norm_relu6.fuse_batch_norm_relu6(logits.graph)
     except batch_norm_relu6.LibraryNotFoundError as e:

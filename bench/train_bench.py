@@ -44,16 +44,20 @@ import peer_process
 import slim_compat  # pylint: disable=unused-import
 import mobilenet_v1_table
 # Importing the trainer defines its flags here too: --depth_multiplier,
-# --image_size, --batch_size, --num_classes, --optimizer and
-# mean the same in this bench as in training.
+# --image_size, --batch_size, --num_classes, --optimizer,
+# --bfloat16_convolutions and --fuse_batch_norm_relu6 mean the same in this
+# bench as in training.
 import mobilenet_v1_train
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
 
-# Flags of the trainer that shape the benchmarked step; passed on to peers.
+# Flags of the trainer that shape the benchmarked step; passed on to peers
+# (the last two only change `ours`: compare with e.g.
+# --nofuse_batch_norm_relu6).
 _TRAINER_FLAGS = ('depth_multiplier', 'image_size', 'batch_size',
-                  'num_classes', 'optimizer')
+                  'num_classes', 'optimizer', 'bfloat16_convolutions',
+                  'fuse_batch_norm_relu6')
 
 flags.DEFINE_integer('steps', 40, 'Timed training steps per peer.',
                      lower_bound=2)
