@@ -8,10 +8,11 @@
 // the ReLU6 mask recomputed from x instead of stored). The layers are
 // memory-bound on CPU, so that is most of what they cost.
 //
-// Forward:  y = min(max(a * x + b, 0), 6), a = scale / sqrt(var + epsilon),
-//           b = offset - mean * a, with the batch's mean and (biased) var.
-// Backward: g = dy where 0 < a * x + b < 6 else 0, x_hat = (x - mean) *
-//           inverse_std; d_offset = sum(g), d_scale = sum(g * x_hat),
+// Forward:  y = min(max((x - mean) * a + offset, 0), 6), with the batch's
+//           mean and (biased) var, a = scale / sqrt(var + epsilon).
+// Backward: g = dy where 0 < (x - mean) * a + offset < 6 else 0,
+//           x_hat = (x - mean) * inverse_std; d_offset = sum(g),
+//           d_scale = sum(g * x_hat),
 //           dx = a * (g - mean(g) - x_hat * mean(g * x_hat)).
 #include <algorithm>
 #include <cmath>
@@ -77,10 +78,13 @@ REGISTER_OP("FusedBatchNormRelu6Grad")
 // Rows (pixels) summed in float before adding into double totals.
 constexpr int64_t kChunkRows = 128;
 
-// sum += x, sum_sq += x * x over rows [begin, end), per channel.
-void SumAndSquares(const float* __restrict x, int64_t begin, int64_t end,
-                   int64_t channels, double* __restrict sum,
-                   double* __restrict sum_sq) {
+// sum += x - shift, sum_sq += (x - shift)^2 over rows [begin, end), per
+// channel. Shifting by a value of the channel (its first) keeps the one-pass
+// variance, E[(x - shift)^2] - E[x - shift]^2, exact when the mean is large
+// against the spread.
+void ShiftedSums(const float* __restrict x, int64_t begin, int64_t end,
+                 int64_t channels, const float* __restrict shift,
+                 double* __restrict sum, double* __restrict sum_sq) {
   std::vector<float> part(2 * channels);
   float* __restrict ps = part.data();
   float* __restrict pq = ps + channels;
@@ -90,8 +94,9 @@ void SumAndSquares(const float* __restrict x, int64_t begin, int64_t end,
     for (int64_t r = r0; r < r1; ++r) {
       const float* __restrict row = x + r * channels;
       for (int64_t c = 0; c < channels; ++c) {
-        ps[c] += row[c];
-        pq[c] += row[c] * row[c];
+        const float d = row[c] - shift[c];
+        ps[c] += d;
+        pq[c] += d * d;
       }
     }
     for (int64_t c = 0; c < channels; ++c) {
@@ -111,17 +116,24 @@ bool CanStream(const float* out, int64_t channels) {
   return channels % 8 == 0 && reinterpret_cast<uintptr_t>(out) % 32 == 0;
 }
 
-// y = min(max(a * x + b, 0), 6) over rows [begin, end).
+// y = min(max(z, 0), 6), z = (x - mean) * a + offset, over rows
+// [begin, end). The backward kernels compute z the same way, so their ReLU6
+// mask agrees with this clipping bit for bit; multiply then add, as
+// TensorFlow's batch norm does (BUILD turns off FMA contraction), so the
+// mask also agrees with TensorFlow's on values at the clipping edges.
 void AffineRelu6(const float* __restrict x, int64_t begin, int64_t end,
-                 int64_t channels, const float* __restrict a,
-                 const float* __restrict b, float* __restrict y) {
+                 int64_t channels, const float* __restrict mean,
+                 const float* __restrict a, const float* __restrict offset,
+                 float* __restrict y) {
   if (CanStream(y, channels)) {
     const __m256 zero = _mm256_setzero_ps(), six = _mm256_set1_ps(6.f);
     for (int64_t i = begin * channels; i < end * channels; i += channels) {
       for (int64_t c = 0; c < channels; c += 8) {
-        const __m256 z = _mm256_fmadd_ps(_mm256_loadu_ps(a + c),
-                                         _mm256_loadu_ps(x + i + c),
-                                         _mm256_loadu_ps(b + c));
+        const __m256 centered_x = _mm256_sub_ps(_mm256_loadu_ps(x + i + c),
+                                                _mm256_loadu_ps(mean + c));
+        const __m256 z = _mm256_add_ps(
+            _mm256_mul_ps(centered_x, _mm256_loadu_ps(a + c)),
+            _mm256_loadu_ps(offset + c));
         _mm256_stream_ps(y + i + c, _mm256_min_ps(_mm256_max_ps(z, zero), six));
       }
     }
@@ -132,17 +144,19 @@ void AffineRelu6(const float* __restrict x, int64_t begin, int64_t end,
     const float* __restrict xr = x + r * channels;
     float* __restrict yr = y + r * channels;
     for (int64_t c = 0; c < channels; ++c) {
-      yr[c] = std::min(std::max(a[c] * xr[c] + b[c], 0.f), 6.f);
+      const float z = (xr[c] - mean[c]) * a[c] + offset[c];
+      yr[c] = std::min(std::max(z, 0.f), 6.f);
     }
   }
 }
 
-// With g = dy where a * x + b lies in (0, 6) (ReLU6 passes it), else 0:
+// With g = dy where z (as in AffineRelu6) lies in (0, 6), else 0:
 // sum_g += g and sum_gx += g * (x - mean) * inv_std over rows [begin, end).
 void GatedSums(const float* __restrict x, const float* __restrict dy,
                int64_t begin, int64_t end, int64_t channels,
-               const float* __restrict a, const float* __restrict b,
-               const float* __restrict mean, const float* __restrict inv_std,
+               const float* __restrict mean, const float* __restrict a,
+               const float* __restrict offset,
+               const float* __restrict inv_std,
                double* __restrict sum_g, double* __restrict sum_gx) {
   std::vector<float> part(2 * channels);
   float* __restrict pg = part.data();
@@ -154,7 +168,7 @@ void GatedSums(const float* __restrict x, const float* __restrict dy,
       const float* __restrict xr = x + r * channels;
       const float* __restrict dr = dy + r * channels;
       for (int64_t c = 0; c < channels; ++c) {
-        const float z = a[c] * xr[c] + b[c];
+        const float z = (xr[c] - mean[c]) * a[c] + offset[c];
         const float g = (z > 0.f) & (z < 6.f) ? dr[c] : 0.f;
         pg[c] += g;
         px[c] += g * ((xr[c] - mean[c]) * inv_std[c]);
@@ -170,8 +184,8 @@ void GatedSums(const float* __restrict x, const float* __restrict dy,
 // dx = a * (g - mean_g - x_hat * mean_gx), g as in GatedSums.
 void InputGradient(const float* __restrict x, const float* __restrict dy,
                    int64_t begin, int64_t end, int64_t channels,
-                   const float* __restrict a, const float* __restrict b,
-                   const float* __restrict mean,
+                   const float* __restrict mean, const float* __restrict a,
+                   const float* __restrict offset,
                    const float* __restrict inv_std,
                    const float* __restrict mean_g,
                    const float* __restrict mean_gx, float* __restrict dx) {
@@ -179,15 +193,16 @@ void InputGradient(const float* __restrict x, const float* __restrict dy,
     const __m256 zero = _mm256_setzero_ps(), six = _mm256_set1_ps(6.f);
     for (int64_t i = begin * channels; i < end * channels; i += channels) {
       for (int64_t c = 0; c < channels; c += 8) {
-        const __m256 xv = _mm256_loadu_ps(x + i + c);
-        const __m256 z = _mm256_fmadd_ps(_mm256_loadu_ps(a + c), xv,
-                                         _mm256_loadu_ps(b + c));
+        const __m256 centered_x = _mm256_sub_ps(_mm256_loadu_ps(x + i + c),
+                                                _mm256_loadu_ps(mean + c));
+        const __m256 z = _mm256_add_ps(
+            _mm256_mul_ps(centered_x, _mm256_loadu_ps(a + c)),
+            _mm256_loadu_ps(offset + c));
         const __m256 inside = _mm256_and_ps(_mm256_cmp_ps(z, zero, _CMP_GT_OQ),
                                             _mm256_cmp_ps(z, six, _CMP_LT_OQ));
         const __m256 g = _mm256_and_ps(inside, _mm256_loadu_ps(dy + i + c));
-        const __m256 x_hat = _mm256_mul_ps(
-            _mm256_sub_ps(xv, _mm256_loadu_ps(mean + c)),
-            _mm256_loadu_ps(inv_std + c));
+        const __m256 x_hat =
+            _mm256_mul_ps(centered_x, _mm256_loadu_ps(inv_std + c));
         const __m256 centered = _mm256_sub_ps(
             _mm256_sub_ps(g, _mm256_loadu_ps(mean_g + c)),
             _mm256_mul_ps(x_hat, _mm256_loadu_ps(mean_gx + c)));
@@ -203,7 +218,7 @@ void InputGradient(const float* __restrict x, const float* __restrict dy,
     const float* __restrict dr = dy + r * channels;
     float* __restrict out = dx + r * channels;
     for (int64_t c = 0; c < channels; ++c) {
-      const float z = a[c] * xr[c] + b[c];
+      const float z = (xr[c] - mean[c]) * a[c] + offset[c];
       const float g = (z > 0.f) & (z < 6.f) ? dr[c] : 0.f;
       const float x_hat = (xr[c] - mean[c]) * inv_std[c];
       out[c] = a[c] * (g - mean_g[c] - x_hat * mean_gx[c]);
@@ -239,9 +254,10 @@ class FusedBatchNormRelu6Op : public OpKernel {
     const Tensor& x = context->input(0);
     const Tensor& scale = context->input(1);
     const Tensor& offset = context->input(2);
-    OP_REQUIRES(context, x.dims() >= 1, InvalidArgument("x has no channels"));
+    OP_REQUIRES(context, x.dims() >= 1 && x.dim_size(x.dims() - 1) > 0,
+                InvalidArgument("x has no channels"));
     const int64_t channels = x.dim_size(x.dims() - 1);
-    const int64_t rows = channels ? x.NumElements() / channels : 0;
+    const int64_t rows = x.NumElements() / channels;
     OP_REQUIRES(context, rows > 1,
                 InvalidArgument("batch norm needs 2+ values per channel"));
     for (int i = 1; i < 3; ++i) {
@@ -262,33 +278,34 @@ class FusedBatchNormRelu6Op : public OpKernel {
     ForEachBlock(context, rows, blocks, 2 * channels,
                  [&](int64_t begin, int64_t end, int64_t block) {
                    double* sum = &sums[2 * block * channels];
-                   SumAndSquares(xp, begin, end, channels, sum, sum + channels);
+                   ShiftedSums(xp, begin, end, channels, xp, sum,
+                               sum + channels);
                  });
     auto mean = mean_out->flat<float>();
     auto variance = variance_out->flat<float>();
     auto inv_std = inv_std_out->flat<float>();
-    std::vector<float> a(channels), b(channels);
-    const float* sp = scale.flat<float>().data();
-    const float* op = offset.flat<float>().data();
+    std::vector<float> a(channels);
+    const float* scale_p = scale.flat<float>().data();
+    const float* offset_p = offset.flat<float>().data();
     for (int64_t c = 0; c < channels; ++c) {
       double s = 0, q = 0;
       for (int block = 0; block < blocks; ++block) {
         s += sums[2 * block * channels + c];
         q += sums[(2 * block + 1) * channels + c];
       }
-      const double m = s / rows;
-      const double v = std::max(q / rows - m * m, 0.0);
+      const double shifted_mean = s / rows;
+      const double v = std::max(q / rows - shifted_mean * shifted_mean, 0.0);
+      const double m = xp[c] + shifted_mean;
       mean(c) = m;
       variance(c) = v * rows / (rows - 1);  // Bessel's, as FusedBatchNormV3.
       inv_std(c) = 1.0 / std::sqrt(v + epsilon_);
-      a[c] = sp[c] * inv_std(c);
-      b[c] = op[c] - mean(c) * a[c];
+      a[c] = scale_p[c] * inv_std(c);
     }
     float* yp = y->flat<float>().data();
     ForEachBlock(context, rows, blocks, 2 * channels,
                  [&](int64_t begin, int64_t end, int64_t) {
-                   AffineRelu6(xp, begin, end, channels, a.data(), b.data(),
-                               yp);
+                   AffineRelu6(xp, begin, end, channels, mean.data(),
+                               a.data(), offset_p, yp);
                  });
   }
 
@@ -312,11 +329,12 @@ class FusedBatchNormRelu6GradOp : public OpKernel {
                       TensorShape({x.dim_size(x.dims() - 1)}),
                   InvalidArgument("per-channel inputs must be [channels]"));
     }
-    const float* sp = context->input(2).flat<float>().data();
-    const float* op = context->input(3).flat<float>().data();
-    const float* mp = context->input(4).flat<float>().data();
-    const float* ip = context->input(5).flat<float>().data();
+    const float* scale_p = context->input(2).flat<float>().data();
+    const float* offset_p = context->input(3).flat<float>().data();
+    const float* mean_p = context->input(4).flat<float>().data();
+    const float* inv_std_p = context->input(5).flat<float>().data();
     const int64_t channels = x.dim_size(x.dims() - 1);
+    OP_REQUIRES(context, channels > 0, InvalidArgument("x has no channels"));
     const int64_t rows = x.NumElements() / channels;
     Tensor *dx, *dscale, *doffset;
     OP_REQUIRES_OK(context, context->allocate_output(0, x.shape(), &dx));
@@ -326,17 +344,14 @@ class FusedBatchNormRelu6GradOp : public OpKernel {
     const float* xp = x.flat<float>().data();
     const float* dyp = dy.flat<float>().data();
     const int blocks = NumBlocks(context);
-    std::vector<float> a(channels), b(channels);
-    for (int64_t c = 0; c < channels; ++c) {
-      a[c] = sp[c] * ip[c];
-      b[c] = op[c] - mp[c] * a[c];
-    }
+    std::vector<float> a(channels);
+    for (int64_t c = 0; c < channels; ++c) a[c] = scale_p[c] * inv_std_p[c];
     std::vector<double> sums(2 * blocks * channels, 0.0);
     ForEachBlock(context, rows, blocks, 3 * channels,
                  [&](int64_t begin, int64_t end, int64_t block) {
                    double* sum = &sums[2 * block * channels];
-                   GatedSums(xp, dyp, begin, end, channels, a.data(),
-                             b.data(), mp, ip, sum, sum + channels);
+                   GatedSums(xp, dyp, begin, end, channels, mean_p, a.data(),
+                             offset_p, inv_std_p, sum, sum + channels);
                  });
     auto ds = dscale->flat<float>();
     auto dof = doffset->flat<float>();
@@ -355,8 +370,8 @@ class FusedBatchNormRelu6GradOp : public OpKernel {
     float* dxp = dx->flat<float>().data();
     ForEachBlock(context, rows, blocks, 3 * channels,
                  [&](int64_t begin, int64_t end, int64_t) {
-                   InputGradient(xp, dyp, begin, end, channels, a.data(),
-                                 b.data(), mp, ip, mean_g.data(),
+                   InputGradient(xp, dyp, begin, end, channels, mean_p,
+                                 a.data(), offset_p, inv_std_p, mean_g.data(),
                                  mean_gx.data(), dxp);
                  });
   }
