@@ -41,6 +41,14 @@ def read_variable(checkpoint, name):
   return tf.train.load_checkpoint(checkpoint).get_tensor(name)
 
 
+def graph_op_types(checkpoint):
+  """The op types of the training graph saved beside `checkpoint`."""
+  meta_graph = tf.compat.v1.MetaGraphDef()
+  with open(checkpoint + '.meta', 'rb') as f:
+    meta_graph.ParseFromString(f.read())
+  return [node.op for node in meta_graph.graph_def.node]
+
+
 def free_port():
   with socket.socket() as s:
     s.bind(('localhost', 0))
@@ -96,6 +104,11 @@ class TrainTest(tf.test.TestCase):
     change = np.abs(resumed_weights - weights).max()
     self.assertGreater(change, 0)
     self.assertLess(change, 0.1 * np.abs(weights).max())
+
+    # Float training runs batch norm + ReLU6 as one op in all 27 layers.
+    op_types = graph_op_types(tf.train.latest_checkpoint(checkpoint_dir))
+    self.assertEqual(op_types.count('FusedBatchNormRelu6'), 27)
+    self.assertEqual(op_types.count('FusedBatchNormRelu6Grad'), 27)
 
     # Re-running a finished command changes nothing.
     again = run(train_command(self.dataset_dir, checkpoint_dir, slow,
