@@ -78,6 +78,27 @@ REGISTER_OP("FusedBatchNormRelu6Grad")
 // Rows (pixels) summed in float before adding into double totals.
 constexpr int64_t kChunkRows = 128;
 
+// Per channel, sum_a += A(row) and sum_b += B(row) over rows [begin, end),
+// where add_row(r, a, b) adds row r's terms into the float arrays a and b:
+// float sums of kChunkRows rows at a time, then into double.
+template <typename AddRow>
+void ChunkedSums(int64_t begin, int64_t end, int64_t channels,
+                 double* __restrict sum_a, double* __restrict sum_b,
+                 AddRow add_row) {
+  std::vector<float> part(2 * channels);
+  float* __restrict part_a = part.data();
+  float* __restrict part_b = part_a + channels;
+  for (int64_t r0 = begin; r0 < end; r0 += kChunkRows) {
+    std::fill(part.begin(), part.end(), 0.f);
+    const int64_t r1 = std::min(end, r0 + kChunkRows);
+    for (int64_t r = r0; r < r1; ++r) add_row(r, part_a, part_b);
+    for (int64_t c = 0; c < channels; ++c) {
+      sum_a[c] += part_a[c];
+      sum_b[c] += part_b[c];
+    }
+  }
+}
+
 // sum += x - shift, sum_sq += (x - shift)^2 over rows [begin, end), per
 // channel. Shifting by a value of the channel (its first) keeps the one-pass
 // variance, E[(x - shift)^2] - E[x - shift]^2, exact when the mean is large
@@ -85,25 +106,15 @@ constexpr int64_t kChunkRows = 128;
 void ShiftedSums(const float* __restrict x, int64_t begin, int64_t end,
                  int64_t channels, const float* __restrict shift,
                  double* __restrict sum, double* __restrict sum_sq) {
-  std::vector<float> part(2 * channels);
-  float* __restrict ps = part.data();
-  float* __restrict pq = ps + channels;
-  for (int64_t r0 = begin; r0 < end; r0 += kChunkRows) {
-    std::fill(part.begin(), part.end(), 0.f);
-    const int64_t r1 = std::min(end, r0 + kChunkRows);
-    for (int64_t r = r0; r < r1; ++r) {
-      const float* __restrict row = x + r * channels;
-      for (int64_t c = 0; c < channels; ++c) {
-        const float d = row[c] - shift[c];
-        ps[c] += d;
-        pq[c] += d * d;
-      }
-    }
-    for (int64_t c = 0; c < channels; ++c) {
-      sum[c] += ps[c];
-      sum_sq[c] += pq[c];
-    }
-  }
+  ChunkedSums(begin, end, channels, sum, sum_sq,
+              [=](int64_t r, float* __restrict ps, float* __restrict pq) {
+                const float* __restrict row = x + r * channels;
+                for (int64_t c = 0; c < channels; ++c) {
+                  const float d = row[c] - shift[c];
+                  ps[c] += d;
+                  pq[c] += d * d;
+                }
+              });
 }
 
 // The outputs (activations and their gradients, megabytes per layer) are far
@@ -158,27 +169,17 @@ void GatedSums(const float* __restrict x, const float* __restrict dy,
                const float* __restrict offset,
                const float* __restrict inv_std,
                double* __restrict sum_g, double* __restrict sum_gx) {
-  std::vector<float> part(2 * channels);
-  float* __restrict pg = part.data();
-  float* __restrict px = pg + channels;
-  for (int64_t r0 = begin; r0 < end; r0 += kChunkRows) {
-    std::fill(part.begin(), part.end(), 0.f);
-    const int64_t r1 = std::min(end, r0 + kChunkRows);
-    for (int64_t r = r0; r < r1; ++r) {
-      const float* __restrict xr = x + r * channels;
-      const float* __restrict dr = dy + r * channels;
-      for (int64_t c = 0; c < channels; ++c) {
-        const float z = (xr[c] - mean[c]) * a[c] + offset[c];
-        const float g = (z > 0.f) & (z < 6.f) ? dr[c] : 0.f;
-        pg[c] += g;
-        px[c] += g * ((xr[c] - mean[c]) * inv_std[c]);
-      }
-    }
-    for (int64_t c = 0; c < channels; ++c) {
-      sum_g[c] += pg[c];
-      sum_gx[c] += px[c];
-    }
-  }
+  ChunkedSums(begin, end, channels, sum_g, sum_gx,
+              [=](int64_t r, float* __restrict pg, float* __restrict px) {
+                const float* __restrict xr = x + r * channels;
+                const float* __restrict dr = dy + r * channels;
+                for (int64_t c = 0; c < channels; ++c) {
+                  const float z = (xr[c] - mean[c]) * a[c] + offset[c];
+                  const float g = (z > 0.f) & (z < 6.f) ? dr[c] : 0.f;
+                  pg[c] += g;
+                  px[c] += g * ((xr[c] - mean[c]) * inv_std[c]);
+                }
+              });
 }
 
 // dx = a * (g - mean_g - x_hat * mean_gx), g as in GatedSums.
