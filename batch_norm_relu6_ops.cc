@@ -127,11 +127,31 @@ bool CanStream(const float* out, int64_t channels) {
   return channels % 8 == 0 && reinterpret_cast<uintptr_t>(out) % 32 == 0;
 }
 
-// y = min(max(z, 0), 6), z = (x - mean) * a + offset, over rows
-// [begin, end). The backward kernels compute z the same way, so their ReLU6
-// mask agrees with this clipping bit for bit; multiply then add, as
-// TensorFlow's batch norm does (BUILD turns off FMA contraction), so the
-// mask also agrees with TensorFlow's on values at the clipping edges.
+// z = (x - mean) * a + offset, ReLU6's input. Every kernel computes it
+// here, so the forward clipping and the backward mask agree bit for bit; it
+// multiplies then adds, as TensorFlow's batch norm does (BUILD turns off FMA
+// contraction), so they also agree with TensorFlow's at the clipping edges.
+inline float PreActivation(float x, float mean, float a, float offset) {
+  return (x - mean) * a + offset;
+}
+
+inline __m256 CenteredX8(const float* x, const float* mean) {
+  return _mm256_sub_ps(_mm256_loadu_ps(x), _mm256_loadu_ps(mean));
+}
+
+// PreActivation on 8 channels, from CenteredX8.
+inline __m256 PreActivation8(__m256 centered_x, const float* a,
+                             const float* offset) {
+  return _mm256_add_ps(_mm256_mul_ps(centered_x, _mm256_loadu_ps(a)),
+                       _mm256_loadu_ps(offset));
+}
+
+// ReLU6 passes the gradient where its input lies strictly inside (0, 6).
+inline float Gate(float z, float dy) {
+  return (z > 0.f) & (z < 6.f) ? dy : 0.f;
+}
+
+// y = min(max(z, 0), 6) over rows [begin, end).
 void AffineRelu6(const float* __restrict x, int64_t begin, int64_t end,
                  int64_t channels, const float* __restrict mean,
                  const float* __restrict a, const float* __restrict offset,
@@ -140,11 +160,8 @@ void AffineRelu6(const float* __restrict x, int64_t begin, int64_t end,
     const __m256 zero = _mm256_setzero_ps(), six = _mm256_set1_ps(6.f);
     for (int64_t i = begin * channels; i < end * channels; i += channels) {
       for (int64_t c = 0; c < channels; c += 8) {
-        const __m256 centered_x = _mm256_sub_ps(_mm256_loadu_ps(x + i + c),
-                                                _mm256_loadu_ps(mean + c));
-        const __m256 z = _mm256_add_ps(
-            _mm256_mul_ps(centered_x, _mm256_loadu_ps(a + c)),
-            _mm256_loadu_ps(offset + c));
+        const __m256 z =
+            PreActivation8(CenteredX8(x + i + c, mean + c), a + c, offset + c);
         _mm256_stream_ps(y + i + c, _mm256_min_ps(_mm256_max_ps(z, zero), six));
       }
     }
@@ -155,13 +172,13 @@ void AffineRelu6(const float* __restrict x, int64_t begin, int64_t end,
     const float* __restrict xr = x + r * channels;
     float* __restrict yr = y + r * channels;
     for (int64_t c = 0; c < channels; ++c) {
-      const float z = (xr[c] - mean[c]) * a[c] + offset[c];
+      const float z = PreActivation(xr[c], mean[c], a[c], offset[c]);
       yr[c] = std::min(std::max(z, 0.f), 6.f);
     }
   }
 }
 
-// With g = dy where z (as in AffineRelu6) lies in (0, 6), else 0:
+// With g = Gate(z, dy):
 // sum_g += g and sum_gx += g * (x - mean) * inv_std over rows [begin, end).
 void GatedSums(const float* __restrict x, const float* __restrict dy,
                int64_t begin, int64_t end, int64_t channels,
@@ -174,8 +191,8 @@ void GatedSums(const float* __restrict x, const float* __restrict dy,
                 const float* __restrict xr = x + r * channels;
                 const float* __restrict dr = dy + r * channels;
                 for (int64_t c = 0; c < channels; ++c) {
-                  const float z = (xr[c] - mean[c]) * a[c] + offset[c];
-                  const float g = (z > 0.f) & (z < 6.f) ? dr[c] : 0.f;
+                  const float g = Gate(
+                      PreActivation(xr[c], mean[c], a[c], offset[c]), dr[c]);
                   pg[c] += g;
                   px[c] += g * ((xr[c] - mean[c]) * inv_std[c]);
                 }
@@ -194,11 +211,8 @@ void InputGradient(const float* __restrict x, const float* __restrict dy,
     const __m256 zero = _mm256_setzero_ps(), six = _mm256_set1_ps(6.f);
     for (int64_t i = begin * channels; i < end * channels; i += channels) {
       for (int64_t c = 0; c < channels; c += 8) {
-        const __m256 centered_x = _mm256_sub_ps(_mm256_loadu_ps(x + i + c),
-                                                _mm256_loadu_ps(mean + c));
-        const __m256 z = _mm256_add_ps(
-            _mm256_mul_ps(centered_x, _mm256_loadu_ps(a + c)),
-            _mm256_loadu_ps(offset + c));
+        const __m256 centered_x = CenteredX8(x + i + c, mean + c);
+        const __m256 z = PreActivation8(centered_x, a + c, offset + c);
         const __m256 inside = _mm256_and_ps(_mm256_cmp_ps(z, zero, _CMP_GT_OQ),
                                             _mm256_cmp_ps(z, six, _CMP_LT_OQ));
         const __m256 g = _mm256_and_ps(inside, _mm256_loadu_ps(dy + i + c));
@@ -219,8 +233,8 @@ void InputGradient(const float* __restrict x, const float* __restrict dy,
     const float* __restrict dr = dy + r * channels;
     float* __restrict out = dx + r * channels;
     for (int64_t c = 0; c < channels; ++c) {
-      const float z = (xr[c] - mean[c]) * a[c] + offset[c];
-      const float g = (z > 0.f) & (z < 6.f) ? dr[c] : 0.f;
+      const float g =
+          Gate(PreActivation(xr[c], mean[c], a[c], offset[c]), dr[c]);
       const float x_hat = (xr[c] - mean[c]) * inv_std[c];
       out[c] = a[c] * (g - mean_g[c] - x_hat * mean_gx[c]);
     }
