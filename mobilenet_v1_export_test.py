@@ -292,7 +292,16 @@ class ExportTest(tf.test.TestCase):
                                 self.images, quantized)
       frozen = run_frozen(self.path(quantized, '_frozen.pb'), self.images)
       # Grappler folds the frozen graph's constants, so rounding differs a little.
-      self.assertAllClose(frozen, expected, atol=1e-5, rtol=0)
+      if not quantized:
+        self.assertAllClose(frozen, expected, atol=1e-5, rtol=0)
+      else:
+        # A value that lands within that rounding of a fake-quant step
+        # boundary moves one step (CI, one run in many: 2 of 480 outputs off
+        # by 5e-4): nearly all outputs still agree to 1e-5, none by a step
+        # of the exported uint8 output (1/256).
+        difference = np.abs(frozen - expected)
+        self.assertGreaterEqual(np.mean(difference <= 1e-5), 0.99)
+        self.assertLess(difference.max(), 1 / 256)
       # The model learned the task (chance is 1/3): comparisons below are
       # not of noise.
       self.assertGreater(np.mean(np.argmax(frozen, 1) == self.labels), 0.6,
