@@ -17,13 +17,14 @@ import tensorflow as tf
 
 import imagenet_input
 import mobilenet_v1_tflite_eval
+import test_data
 
 tf1 = tf.compat.v1
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODEL = ['--depth_multiplier=0.25', '--image_size=64', '--num_classes=11']
 TRAIN = ['--batch_size=32', '--optimizer=momentum', '--batch_norm_decay=0.99',
-         '--log_every_n_steps=500']
+         '--log_every_n_steps=500', *test_data.REPRODUCIBLE_TRAINING]
 CHANCE = 0.1  # 10 balanced classes
 
 

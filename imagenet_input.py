@@ -279,7 +279,7 @@ def _distorted_crop_window_fn(bboxes, seed):
   return crop_window
 
 
-def _distort_color(image, fast_mode):
+def _distort_color(image, fast_mode, seed):
   """Randomly distorts the colours of a float image in [0, 1], Inception-style.
 
   The order of the adjustments matters (they do not commute), so one of a few
@@ -289,22 +289,24 @@ def _distort_color(image, fast_mode):
     image: float32 [height, width, 3] in [0, 1].
     fast_mode: only brightness and saturation (two orderings) when True; also
       hue and contrast (four orderings) when False.
+    seed: int32 [2] seed of the image's distortions.
 
   Returns:
     The distorted image, clipped to [0, 1].
   """
+  seeds = tf.unstack(tf.random.experimental.stateless_split(seed, num=5))
 
   def brightness(x):
-    return tf.image.random_brightness(x, max_delta=32. / 255.)
+    return tf.image.stateless_random_brightness(x, 32. / 255., seeds[0])
 
   def saturation(x):
-    return tf.image.random_saturation(x, lower=0.5, upper=1.5)
+    return tf.image.stateless_random_saturation(x, 0.5, 1.5, seeds[1])
 
   def hue(x):
-    return tf.image.random_hue(x, max_delta=0.2)
+    return tf.image.stateless_random_hue(x, 0.2, seeds[2])
 
   def contrast(x):
-    return tf.image.random_contrast(x, lower=0.5, upper=1.5)
+    return tf.image.stateless_random_contrast(x, 0.5, 1.5, seeds[3])
 
   if fast_mode:
     orderings = [(brightness, saturation), (saturation, brightness)]
@@ -322,18 +324,28 @@ def _distort_color(image, fast_mode):
       return distorted
     return apply
 
-  choice = tf.random.uniform([], maxval=len(orderings), dtype=tf.int32)
+  choice = tf.random.stateless_uniform([], seeds[4], maxval=len(orderings),
+                                       dtype=tf.int32)
   distorted = tf.switch_case(choice, [apply_ordering(o) for o in orderings])
   return tf.clip_by_value(distorted, 0.0, 1.0)
 
 
-def _finish_train_image(crop, image_size, fast_mode):
-  """Resizes, flips and colour-distorts a decoded uint8 crop."""
+def _finish_train_image(crop, image_size, fast_mode, seed):
+  """Resizes, flips and colour-distorts a decoded uint8 crop.
+
+  Args:
+    crop: uint8 [height, width, 3].
+    image_size: output height and width.
+    fast_mode: see `_distort_color`.
+    seed: int32 [2] seed of the flip and the colour distortions.
+  """
+  flip_seed, color_seed = tf.unstack(
+      tf.random.experimental.stateless_split(seed, num=2))
   image = tf.image.convert_image_dtype(crop, tf.float32)
   image = tf.image.resize(image, [image_size, image_size],
                           method=tf.image.ResizeMethod.BILINEAR)
-  image = tf.image.random_flip_left_right(image)
-  image = _distort_color(image, fast_mode)
+  image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+  image = _distort_color(image, fast_mode, color_seed)
   return _to_unit_range(image)
 
 
@@ -345,8 +357,24 @@ def _finish_eval_image(crop, image_size):
   return _to_unit_range(image)
 
 
-def _new_crop_seed():
-  return tf.random.uniform([2], maxval=tf.int32.max, dtype=tf.int32)
+def _image_seeds(seed=None, index=None):
+  """The (crop, distortion) seeds of one training image, int32 [2] each.
+
+  Every random choice of the training preprocessing is a stateless op driven
+  by these seeds: drawn afresh for each image when `seed` is None, and a
+  function of (`seed`, `index`) otherwise, so that a seeded pipeline gives
+  the same images however tf.data schedules its parallel calls.
+
+  Args:
+    seed: the pipeline's Python int seed, or None.
+    index: the image's int64 position in the pipeline (with `seed`).
+  """
+  if seed is None:
+    image_seed = tf.random.uniform([2], maxval=tf.int32.max, dtype=tf.int32)
+  else:
+    image_seed = tf.stack([tf.constant(seed, tf.int64),
+                           tf.cast(index, tf.int64)])
+  return tf.unstack(tf.random.experimental.stateless_split(image_seed, num=2))
 
 
 def preprocess_for_train(image_bytes, bboxes, image_size, fast_mode=True):
@@ -365,9 +393,10 @@ def preprocess_for_train(image_bytes, bboxes, image_size, fast_mode=True):
   """
   if bboxes is None:
     bboxes = tf.zeros([0, 4], tf.float32)
+  crop_seed, distortion_seed = _image_seeds()
   crop = _decode_crop(image_bytes,
-                      _distorted_crop_window_fn(bboxes, _new_crop_seed()))
-  return _finish_train_image(crop, image_size, fast_mode)
+                      _distorted_crop_window_fn(bboxes, crop_seed))
+  return _finish_train_image(crop, image_size, fast_mode, distortion_seed)
 
 
 def preprocess_for_eval(image_bytes, image_size,
@@ -483,22 +512,25 @@ def _parse_and_decode(serialized, decode_crop_fn):
   return crop, label, outcome
 
 
-def _read_records(files, is_training):
+def _read_records(files, is_training, seed):
   """Reads all records of `files` as (serialized, file path, index in file).
 
   Every record carries its file and position so that errors can name them.
 
   Args:
     files: list of TFRecord paths.
-    is_training: read files in a random, reshuffled-every-epoch order and let
-      whichever file is ready first deliver (faster, not reproducible).
+    is_training: read files in a random, reshuffled-every-epoch order and,
+      unless `seed` is set, let whichever file is ready first deliver (faster,
+      not reproducible).
+    seed: Python int seed of the file order, or None.
 
   Returns:
     A tf.data.Dataset of (string, string, int64) scalars.
   """
   file_paths = tf.data.Dataset.from_tensor_slices(files)
   if is_training:
-    file_paths = file_paths.shuffle(len(files), reshuffle_each_iteration=True)
+    file_paths = file_paths.shuffle(len(files), seed=seed,
+                                    reshuffle_each_iteration=True)
 
   def read_file(path):
     records = tf.data.TFRecordDataset(path, buffer_size=_READ_BUFFER_BYTES)
@@ -508,11 +540,14 @@ def _read_records(files, is_training):
       read_file,
       cycle_length=min(len(files), _READ_CYCLE_LENGTH),
       num_parallel_calls=tf.data.AUTOTUNE,
-      deterministic=not is_training)
+      deterministic=not is_training or seed is not None)
 
 
-def _make_load_fn(image_size, is_training, skip_corrupt, skip_counter):
+def _make_load_fn(image_size, is_training, skip_corrupt, skip_counter, seed):
   """Returns the tf.data map function turning a record into (image, label).
+
+  The function takes (position in the pipeline, record, file path, index in
+  the file).
 
   Args:
     image_size: output height and width.
@@ -520,11 +555,12 @@ def _make_load_fn(image_size, is_training, skip_corrupt, skip_counter):
     skip_corrupt: return a third element, False for bad records (which are
       counted in `skip_counter`), instead of failing on them.
     skip_counter: SkippedRecordCounter for bad records.
+    seed: Python int seed of the training distortions, or None.
   """
 
-  def load(record, path, index):
+  def load(position, record, path, index):
     if is_training:
-      crop_seed = _new_crop_seed()
+      crop_seed, distortion_seed = _image_seeds(seed, position)
 
       def decode_crop(image_bytes, bboxes):
         return _decode_crop(image_bytes,
@@ -538,7 +574,7 @@ def _make_load_fn(image_size, is_training, skip_corrupt, skip_counter):
 
     crop, label, outcome = _parse_and_decode(record, decode_crop)
     if is_training:
-      image = _finish_train_image(crop, image_size, fast_mode=True)
+      image = _finish_train_image(crop, image_size, True, distortion_seed)
     else:
       image = _finish_eval_image(crop, image_size)
 
@@ -571,7 +607,7 @@ def _make_load_fn(image_size, is_training, skip_corrupt, skip_counter):
 def build_dataset(dataset_dir, split, batch_size, image_size, is_training,
                   num_epochs=None, skip_corrupt=False, drop_remainder=None,
                   shuffle_buffer=DEFAULT_SHUFFLE_BUFFER,
-                  skip_counter=None):
+                  skip_counter=None, seed=None):
   """Builds the (images, labels) input pipeline of one split.
 
   Training shuffles files and records, repeats, distorts and drops the last
@@ -595,6 +631,9 @@ def build_dataset(dataset_dir, split, batch_size, image_size, is_training,
       encoded image, around 110 KB for ImageNet).
     skip_counter: SkippedRecordCounter for skipped records; defaults to the
       module's `skipped_records`.
+    seed: a Python int makes the training pipeline reproducible: the same
+      file and record order and the same distortions on every run (at some
+      cost in speed); None draws them afresh.
 
   Returns:
     tf.data.Dataset of (float32 images [B, image_size, image_size, 3] in
@@ -618,14 +657,17 @@ def build_dataset(dataset_dir, split, batch_size, image_size, is_training,
   if skip_counter is None:
     skip_counter = skipped_records
 
-  records = _read_records(files, is_training)
+  records = _read_records(files, is_training, seed)
   if is_training:
-    records = records.shuffle(shuffle_buffer, reshuffle_each_iteration=True)
-  records = records.repeat(num_epochs)
+    records = records.shuffle(shuffle_buffer, seed=seed,
+                              reshuffle_each_iteration=True)
+  records = records.repeat(num_epochs).enumerate()
+  load = _make_load_fn(image_size, is_training, skip_corrupt, skip_counter,
+                       seed)
   examples = records.map(
-      _make_load_fn(image_size, is_training, skip_corrupt, skip_counter),
+      lambda position, record: load(position, *record),
       num_parallel_calls=tf.data.AUTOTUNE,
-      deterministic=not is_training)
+      deterministic=not is_training or seed is not None)
   if skip_corrupt:
     examples = examples.filter(lambda image, label, keep: keep).map(
         lambda image, label, keep: (image, label))

@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import slim_compat  # pylint: disable=unused-import
@@ -38,7 +39,8 @@ IMAGE_SIZE = 64
 MODEL_FLAGS = ['--depth_multiplier=0.25', '--image_size=%d' % IMAGE_SIZE,
                '--num_classes=%d' % NUM_CLASSES]
 TRAIN_FLAGS = ['--batch_size=8', '--optimizer=momentum', '--learning_rate=0.05',
-               '--batch_norm_decay=0.9', '--log_every_n_steps=1000']
+               '--batch_norm_decay=0.9', '--log_every_n_steps=1000',
+               *test_data.REPRODUCIBLE_TRAINING]
 FLOAT_NAME = 'mobilenet_v1_0.25_64'
 QUANT_NAME = 'mobilenet_v1_0.25_64_quant'
 OUTPUT = 'MobilenetV1/Predictions/Reshape_1:0'
@@ -364,11 +366,23 @@ class ExportTest(tf.test.TestCase):
         'RESHAPE', 'SOFTMAX'})
     self.assertLessEqual(os.path.getsize(path),
                          0.3 * os.path.getsize(self.path(False, '.tflite')))
-    uint8_outputs, _, _ = run_tflite(self.path(True, '.tflite'), self.images)
+    uint8_outputs, seen, _ = run_tflite(self.path(True, '.tflite'),
+                                        self.images)
     int8_outputs, _, output_scale = run_tflite(path, self.images)
     self.assertEqual(output_scale, 1 / 256)
-    self.assertGreaterEqual(np.mean(np.argmax(int8_outputs, 1) ==
-                                    np.argmax(uint8_outputs, 1)), 0.99)
+    # Near-ties may go either way (the twin's kernels round some values a
+    # step the other way), so only images whose prediction stands above the
+    # quantization noise count: those where the fake-quant graph's margin
+    # between its top two classes exceeds twice the uint8 model's largest
+    # deviation from that graph. Both integer models must predict the
+    # graph's class there.
+    tf_outputs = run_frozen(self.path(True, '_frozen.pb'), seen)
+    noise = np.abs(uint8_outputs - tf_outputs).max()
+    top_two = np.sort(tf_outputs, 1)[:, -2:]
+    clear = top_two[:, 1] - top_two[:, 0] > 2 * noise
+    self.assertGreaterEqual(np.mean(clear), 0.5, noise)
+    self.assertAllEqual(np.argmax(int8_outputs[clear], 1),
+                        np.argmax(tf_outputs[clear], 1))
     info = read_info(self.path(True, '_info.txt'))
     self.assertEqual(info['TFLite %s_int8.tflite input' % QUANT_NAME],
                      info['TFLite input'])
@@ -415,15 +429,25 @@ class ExportTest(tf.test.TestCase):
     self.assertBetween(float(accuracy), 0.4, 0.8)
 
   def test_tflite_eval_latency_mode(self):
-    stdout, = finish([python(TFLITE_EVAL, '--latency_runs=5',
-                                   '--warmup_runs=1', '--tflite_path=' +
-                                   self.path(True, '.tflite'))])
+    runs = 20
+    start = time.monotonic()
+    stdout, = finish([python(TFLITE_EVAL, '--latency_runs=%d' % runs,
+                             '--warmup_runs=1', '--tflite_path=' +
+                             self.path(True, '.tflite'))])
+    wall_ms = (time.monotonic() - start) * 1000
     lines = re.findall(r'latency with (\d+) threads?: median ([0-9.]+) ms  '
-                       r'p90 ([0-9.]+) ms  over 5 runs', stdout)
+                       r'p90 ([0-9.]+) ms  over %d runs' % runs, stdout)
     self.assertEqual(lines[0][0], '1')
     self.assertLen(lines, len({1, len(os.sched_getaffinity(0))}))
+    # The timed runs happened inside the process: at least half of them took
+    # the median or longer, and a tenth the p90 or longer, so the figures
+    # cannot add up to more than its wall time (a unit slip would).
+    timed_ms = sum(max(float(median) * runs / 2, float(p90) * runs / 10)
+                   for _, median, p90 in lines)
+    self.assertLess(timed_ms, wall_ms)
     for _, median, p90 in lines:
-      self.assertBetween(float(median), 0, float(p90))
+      self.assertGreater(float(median), 0)
+      self.assertLessEqual(float(median), float(p90))
     # A uint8 model's latency comes with a pointer to its faster twin.
     self.assertIn('NAME_int8.tflite', stdout)
     twin_stdout, = finish([python(TFLITE_EVAL, '--latency_runs=2',

@@ -121,6 +121,13 @@ flags.DEFINE_bool('fuse_batch_norm_relu6', True,
                   'math and variables, fewer passes over memory. Ignored '
                   'with --quantize (its rewrite needs the separate ops) and '
                   'when a GPU is visible.')
+flags.DEFINE_integer('random_seed', None,
+                     'Seed of the weight initialization, dropout, the order '
+                     'of the training records and their distortions, so that '
+                     'a run can be repeated (on the same machine: the '
+                     'arithmetic of parallel kernels still differs between '
+                     'CPU kinds). Unset: fresh randomness and the faster, '
+                     'nondeterministic input order.')
 flags.DEFINE_float('label_smoothing', 0.0,
                    'Label smoothing of the cross-entropy loss.',
                    lower_bound=0.0, upper_bound=1.0)
@@ -445,6 +452,8 @@ def train():
 
   graph = tf.Graph()
   with graph.as_default():
+    if FLAGS.random_seed is not None:
+      tf1.set_random_seed(FLAGS.random_seed)
     device_fn = tf1.train.replica_device_setter(
         ps_tasks, worker_device='/job:worker/task:%d' % FLAGS.task,
         cluster=cluster) if ps_tasks else None
@@ -452,7 +461,8 @@ def train():
       global_step = tf1.train.get_or_create_global_step()
       dataset = imagenet_input.build_dataset(
           FLAGS.dataset_dir, 'train', FLAGS.batch_size, FLAGS.image_size,
-          is_training=True, skip_corrupt=FLAGS.skip_corrupt_records)
+          is_training=True, skip_corrupt=FLAGS.skip_corrupt_records,
+          seed=FLAGS.random_seed)
       images, labels = tf1.data.make_one_shot_iterator(dataset).get_next()
       train_op, total_loss, learning_rate = build_train_op(
           images, labels, global_step, num_examples, quant_delay)

@@ -19,7 +19,8 @@ TRAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                      'mobilenet_v1_train.py')
 # A small, fast variant; the data are 48x48 coloured images of 2 classes.
 SMALL_MODEL = ['--depth_multiplier=0.25', '--image_size=64',
-               '--batch_size=8', '--num_classes=3']
+               '--batch_size=8', '--num_classes=3',
+               *test_data.REPRODUCIBLE_TRAINING]
 
 
 def train_command(dataset_dir, checkpoint_dir, *flags):
@@ -49,10 +50,38 @@ def graph_op_types(checkpoint):
   return [node.op for node in meta_graph.graph_def.node]
 
 
-def free_port():
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    return s.getsockname()[1]
+def free_ports(count):
+  """`count` distinct ports that nothing listens on, for a local cluster.
+
+  TensorFlow's gRPC server cannot share a port (it turns SO_REUSEPORT off),
+  so a port cannot be held for it. The ports are drawn at random from below
+  the kernel's ephemeral range, which the kernel never hands out by itself:
+  between this check and the server's bind, only another process binding
+  that very port explicitly could take it.
+  """
+  with open('/proc/sys/net/ipv4/ip_local_port_range') as f:
+    ephemeral_low = int(f.read().split()[0])
+  rng = np.random.RandomState()  # Unseeded: parallel runs draw apart.
+  ports = []
+  while len(ports) < count:
+    port = int(rng.randint(10000, ephemeral_low))
+    with socket.socket() as s:
+      try:
+        s.bind(('localhost', port))
+      except OSError:
+        continue
+    if port not in ports:
+      ports.append(port)
+  return ports
+
+
+def read_until(process, prefix, lines):
+  """Reads `process`'s stdout into `lines` up to a line starting `prefix`."""
+  for line in process.stdout:
+    lines.append(line)
+    if line.startswith(prefix):
+      return
+  raise AssertionError('no %r line in:\n%s' % (prefix, ''.join(lines)))
 
 
 class TrainTest(tf.test.TestCase):
@@ -157,8 +186,9 @@ class TrainTest(tf.test.TestCase):
         (5,))
 
   def test_parameter_server_training(self):
-    ps_hosts = 'localhost:%d' % free_port()
-    worker_hosts = 'localhost:%d,localhost:%d' % (free_port(), free_port())
+    ps_port, chief_port, worker_port = free_ports(3)
+    ps_hosts = 'localhost:%d' % ps_port
+    worker_hosts = 'localhost:%d,localhost:%d' % (chief_port, worker_port)
     checkpoint_dir = os.path.join(self.get_temp_dir(), 'distributed')
     cluster = ['--ps_hosts=' + ps_hosts, '--worker_hosts=' + worker_hosts,
                '--number_of_steps=300', '--log_every_n_steps=1',
@@ -171,21 +201,30 @@ class TrainTest(tf.test.TestCase):
           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     ps = start('ps', 0)
+    chief = worker = None
     try:
       chief = start('worker', 0)
       # A worker that finds the model uninitialized waits 30 s (TF's
-      # SessionManager) before looking again: start it once the chief runs.
-      chief_lines = []
-      for line in chief.stdout:
-        chief_lines.append(line)
-        if line.startswith('step '):
-          break
+      # SessionManager) before looking again: start it once the chief has
+      # initialized and stepped. The chief then waits, stopped, until the
+      # worker has run a step, so that it cannot reach step 300 alone
+      # however slowly the worker starts.
+      chief_lines, worker_lines = [], []
+      read_until(chief, 'step ', chief_lines)
+      chief.send_signal(signal.SIGSTOP)
       worker = start('worker', 1)
+      try:
+        read_until(worker, 'step ', worker_lines)
+      finally:
+        chief.send_signal(signal.SIGCONT)
       worker_out, worker_err = worker.communicate(timeout=600)
       chief_out, chief_err = chief.communicate(timeout=600)
     finally:
-      ps.kill()
-      ps.wait()
+      for process in (worker, chief, ps):
+        if process is not None and process.poll() is None:
+          process.kill()
+          process.wait()
+    worker_out = ''.join(worker_lines) + worker_out
     chief_out = ''.join(chief_lines) + chief_out
     self.assertEqual(chief.returncode, 0, chief_err)
     self.assertEqual(worker.returncode, 0, worker_err)

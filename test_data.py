@@ -10,6 +10,11 @@ import numpy as np
 import slim_compat  # pylint: disable=unused-import
 import tensorflow as tf
 
+# Trainer flags for every test that trains: the same model on every run on
+# a machine, and float32 math, whatever the trainer's defaults (the bfloat16
+# path has its own test).
+REPRODUCIBLE_TRAINING = ['--random_seed=0', '--nobfloat16_convolutions']
+
 # A distinct, saturated colour per class: easy to learn in a few steps.
 CLASS_COLORS = np.array([[220, 40, 40], [40, 200, 40], [40, 60, 220],
                          [230, 210, 30], [200, 40, 210], [30, 200, 210]],

@@ -6,6 +6,8 @@
 #   tools/setup.sh          CPU environment (.venv from requirements.txt)
 #   tools/setup.sh --cuda   also the CUDA environment (.venv-cuda from
 #                           requirements-cuda.txt), for --config=cuda
+#   PYTHON=3.13 tools/setup.sh   the venv on that interpreter (a command, a
+#                           path or a pyenv version); re-made if it differs
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -33,13 +35,27 @@ install_bazel() {
   fi
 }
 
-# Prints the first interpreter found that is Python 3.10 to 3.13.
+supported() {
+  "$1" -c 'import sys; sys.exit(not (3, 10) <= sys.version_info[:2] <= (3, 13))' 2>/dev/null
+}
+
+# Prints the interpreter to build the venv with: $PYTHON when set (a name on
+# PATH, a path, or a pyenv version such as 3.13), else the first Python 3.10
+# to 3.13 found.
 find_python() {
   local candidate
+  if [ -n "${PYTHON:-}" ]; then
+    for candidate in "$PYTHON" "$(pyenv root 2>/dev/null)/versions/$PYTHON/bin/python3" \
+        $(pyenv root 2>/dev/null)/versions/"$PYTHON".*/bin/python3; do
+      if command -v "$candidate" >/dev/null && supported "$candidate"; then
+        command -v "$candidate"
+        return
+      fi
+    done
+    die "PYTHON=$PYTHON is not a Python 3.10 to 3.13 interpreter (give a command, a path, or a pyenv version such as 3.13)."
+  fi
   for candidate in python3 python3.11 python3.12 python3.13 python3.10; do
-    if command -v "$candidate" >/dev/null &&
-       "$candidate" -c 'import sys; sys.exit(not (3, 10) <= sys.version_info[:2] <= (3, 13))' \
-         2>/dev/null; then
+    if command -v "$candidate" >/dev/null && supported "$candidate"; then
       command -v "$candidate"
       return
     fi
@@ -55,16 +71,19 @@ find_python() {
   return 1
 }
 
+version_of() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])'; }
+
 # make_venv DIR REQUIREMENTS: (re)creates DIR when REQUIREMENTS changed.
 make_venv() {
   local venv="$1" requirements="$2" stamp wanted python
   stamp="$venv/.requirements.sha256"
   wanted="$(sha256sum "$requirements" | cut -d' ' -f1)"
-  if [ -x "$venv/bin/python3" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$wanted" ]; then
-    return
-  fi
   python="$(find_python)" ||
     die "no Python 3.10, 3.11, 3.12 or 3.13 found; install one of them (e.g. apt-get install python3) and re-run."
+  if [ -x "$venv/bin/python3" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$wanted" ] &&
+     { [ -z "${PYTHON:-}" ] || [ "$(version_of "$venv/bin/python3")" = "$(version_of "$python")" ]; }; then
+    return
+  fi
   say "creating $venv with $("$python" --version) from $requirements (a few minutes) ..."
   # The stamp is written last, so an interrupted install is redone next time.
   rm -rf "$venv"
