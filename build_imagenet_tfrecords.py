@@ -23,10 +23,24 @@ background class, so models are built with num_classes = N + 1.
 
 Images that are not RGB JPEGs (PNG, GIF, BMP, greyscale or CMYK JPEG) are
 re-encoded as RGB JPEG. Unreadable images are skipped: each is reported with
-its path and the total is printed at the end. Every shard is written under a
-temporary name and renamed when complete, and a finished conversion leaves
-`conversion_complete.json`; re-running with the same inputs and flags finds it
-and exits at once, anything else rebuilds the output from scratch.
+its path and the total is printed at the end.
+
+A finished conversion leaves `conversion_complete.json`, which lists the
+shards with their example counts (the trainer reads its epoch size there);
+re-running with the same inputs (paths, labels, file sizes and modification
+times) and flags finds it and exits at once. Anything else rebuilds, without
+deleting first: the new dataset is written into the hidden staging directory
+`--output_dir/.build_imagenet_tfrecords-staging` and only when it is complete
+are the old files moved out and the new ones moved in. Until then the previous
+dataset stays as it was, whatever stops the run (Ctrl-C, SIGTERM, SIGKILL, a
+full disk); the next run discards an unfinished staging directory, or finishes
+a move that was under way. Shards and labels.txt that no marker of ours lists
+(another tool's conversion) are only replaced with --overwrite.
+
+For tests, BUILD_IMAGENET_TFRECORDS_TEST_SIGNAL=NAME:EVENT:N makes the process
+send itself signal SIGNAME when EVENT happens for the N-th time: `staged` (a
+shard is complete in the staging directory), `committed` (the staged marker is
+written) or `moved` (one file renamed while the new dataset is moved in).
 """
 
 import collections
@@ -37,6 +51,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -47,6 +62,8 @@ from absl import logging
 import numpy as np
 import slim_compat  # pylint: disable=unused-import
 import tensorflow as tf
+
+import imagenet_input
 
 FLAGS = flags.FLAGS
 
@@ -87,14 +104,27 @@ flags.DEFINE_integer('seed', 0,
                      'Seed for the train/validation split, the order of '
                      'examples in the shards and the sample digits colours.')
 flags.DEFINE_bool(
+    'overwrite', False,
+    'Replace train-*/validation-* shards and labels.txt in --output_dir that '
+    'this converter did not write (e.g. an existing TF-slim conversion). '
+    'Without it such files are left alone and the run stops. Either way the '
+    'old files stay until the new dataset is complete.')
+flags.DEFINE_bool(
     'sample_digits', False,
     'Build a small sample dataset from scikit-learn\'s handwritten digits '
     '(1797 images, 10 classes, 64x64 RGB) instead of converting --image_dir.')
 
-TRAIN_SPLIT = 'train'
-VALIDATION_SPLIT = 'validation'
-LABELS_FILENAME = 'labels.txt'
-COMPLETION_FILENAME = 'conversion_complete.json'
+TRAIN_SPLIT = imagenet_input.TRAIN_SPLIT
+VALIDATION_SPLIT = imagenet_input.VALIDATION_SPLIT
+LABELS_FILENAME = imagenet_input.LABELS_FILENAME
+COMPLETION_FILENAME = imagenet_input.COMPLETION_FILENAME
+# Inside --output_dir, so that moving files in and out is a rename on one
+# filesystem; the leading dot keeps it out of `{split}-*-of-*` globs.
+STAGING_DIRNAME = '.build_imagenet_tfrecords-staging'
+# In the staging directory: where the replaced files wait until the new
+# dataset is in place.
+PREVIOUS_DIRNAME = 'previous'
+TEST_SIGNAL_ENV = 'BUILD_IMAGENET_TFRECORDS_TEST_SIGNAL'
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp')
 # Roughly 100 MB shards for ImageNet-sized JPEGs.
 IMAGES_PER_AUTO_SHARD = 1024
@@ -108,6 +138,38 @@ _MAX_REPORTED_SKIPS = 20
 
 class ConversionError(Exception):
   """The inputs cannot be converted; the message says what to fix."""
+
+
+class Interrupted(Exception):
+  """SIGINT or SIGTERM arrived.
+
+  Attributes:
+    signal_number: the signal.
+    while_moving: the new dataset was complete and being moved into place.
+  """
+
+  def __init__(self, signal_number):
+    super().__init__(signal.Signals(signal_number).name)
+    self.signal_number = signal_number
+    self.while_moving = False
+
+
+def _raise_interrupted(signal_number, unused_frame):
+  raise Interrupted(signal_number)
+
+
+_events_seen = collections.Counter()
+
+
+def _reached(event):
+  """Marks a point of the conversion; see TEST_SIGNAL_ENV in the docstring."""
+  _events_seen[event] += 1
+  spec = os.environ.get(TEST_SIGNAL_ENV)
+  if spec:
+    signal_name, wanted_event, count = spec.split(':')
+    if wanted_event == event and int(count) == _events_seen[event]:
+      # Delivered to this thread before raise_signal returns.
+      signal.raise_signal(signal.Signals['SIG' + signal_name])
 
 
 ImageSource = collections.namedtuple('ImageSource',
@@ -429,8 +491,8 @@ def _encoded_images(sources, num_workers):
 class _ShardWriter(object):
   """Writes the shards of one split, each complete before it gets its name."""
 
-  def __init__(self, output_dir, split, sources, num_shards):
-    self._output_dir = output_dir
+  def __init__(self, directory, split, sources, num_shards):
+    self._directory = directory
     self._split = split
     self._num_shards = num_shards
     bounds = np.linspace(0, len(sources), num_shards + 1).astype(int)
@@ -438,11 +500,11 @@ class _ShardWriter(object):
     self._shard_of = np.repeat(np.arange(num_shards), np.diff(bounds))
     self._writer = None
     self._shard = -1
-    self.shard_files = []
+    self.shard_names = []
 
   def _temp_path(self, shard):
     # The leading dot keeps partial files out of `{split}-*-of-*` globs.
-    return _join(self._output_dir,
+    return _join(self._directory,
                  '.tmp-' + _shard_name(self._split, shard, self._num_shards))
 
   def write(self, source_index, example):
@@ -467,19 +529,19 @@ class _ShardWriter(object):
       return
     self._writer.close()
     self._writer = None
-    final_path = _join(self._output_dir,
-                       _shard_name(self._split, self._shard, self._num_shards))
-    tf.io.gfile.rename(self._temp_path(self._shard), final_path,
-                       overwrite=True)
-    self.shard_files.append(final_path)
+    name = _shard_name(self._split, self._shard, self._num_shards)
+    tf.io.gfile.rename(self._temp_path(self._shard),
+                       _join(self._directory, name), overwrite=True)
+    self.shard_names.append(name)
+    _reached('staged')
 
 
-def _write_split(output_dir, split, sources, num_shards, num_workers, skipped,
+def _write_split(directory, split, sources, num_shards, num_workers, skipped,
                  on_image_done):
   """Writes the shards of one split.
 
   Args:
-    output_dir: destination directory.
+    directory: destination directory.
     split: split name.
     sources: ImageSources in the order they go into the shards.
     num_shards: number of shards.
@@ -488,9 +550,9 @@ def _write_split(output_dir, split, sources, num_shards, num_workers, skipped,
     on_image_done: called after every image, written or skipped.
 
   Returns:
-    (shard paths, number of examples written).
+    (shard file names, number of examples written).
   """
-  writer = _ShardWriter(output_dir, split, sources, num_shards)
+  writer = _ShardWriter(directory, split, sources, num_shards)
   skipped_before = len(skipped)
   expected_index = 0
   for index, jpeg_bytes, height, width in _encoded_images(sources,
@@ -506,7 +568,7 @@ def _write_split(output_dir, split, sources, num_shards, num_workers, skipped,
     _skip(sources[missing].path, skipped)
     on_image_done()
   writer.close()
-  return writer.shard_files, len(sources) - (len(skipped) - skipped_before)
+  return writer.shard_names, len(sources) - (len(skipped) - skipped_before)
 
 
 def _skip(path, skipped):
@@ -522,17 +584,6 @@ def _auto_num_shards(num_images):
                     int(math.ceil(num_images / IMAGES_PER_AUTO_SHARD))))
 
 
-def _remove_previous_output(output_dir):
-  """Deletes a previous conversion's marker and shards (incl. partial ones)."""
-  completion_path = _join(output_dir, COMPLETION_FILENAME)
-  if tf.io.gfile.exists(completion_path):
-    tf.io.gfile.remove(completion_path)
-  for split in (TRAIN_SPLIT, VALIDATION_SPLIT):
-    for pattern in ('%s-*-of-*', '.tmp-%s-*-of-*'):
-      for path in tf.io.gfile.glob(_join(output_dir, pattern % split)):
-        tf.io.gfile.remove(path)
-
-
 def _write_text_atomically(path, text):
   temp_path = _join(os.path.dirname(path), '.tmp-' + os.path.basename(path))
   with tf.io.gfile.GFile(temp_path, 'w') as text_file:
@@ -540,45 +591,180 @@ def _write_text_atomically(path, text):
   tf.io.gfile.rename(temp_path, path, overwrite=True)
 
 
-def _find_complete_conversion(output_dir, config):
-  """Returns the ConversionResult of an identical finished run, or None."""
-  completion_path = _join(output_dir, COMPLETION_FILENAME)
-  if not tf.io.gfile.exists(completion_path):
+def _read_marker(directory):
+  """Returns the completion marker in directory as a dict, or None."""
+  path = _join(directory, COMPLETION_FILENAME)
+  if not tf.io.gfile.exists(path):
     return None
   try:
-    with tf.io.gfile.GFile(completion_path, 'r') as completion_file:
-      previous = json.load(completion_file)
+    with tf.io.gfile.GFile(path, 'r') as completion_file:
+      marker = json.load(completion_file)
   except ValueError:
     return None
-  if previous.get('config') != config:
+  if not isinstance(marker, dict) or not isinstance(
+      marker.get('shard_files'), dict):
     return None
-  shard_files = previous['shard_files']
-  expected_files = [path for paths in shard_files.values() for path in paths]
-  expected_files.append(_join(output_dir, LABELS_FILENAME))
-  if not all(tf.io.gfile.exists(path) for path in expected_files):
-    return None
+  return marker
+
+
+def _marker_shard_names(marker):
+  """Returns the shard file names a marker lists, train split first."""
+  # Markers written before the staging directory held full paths.
+  return [path.rsplit('/', 1)[-1]
+          for split in sorted(marker['shard_files'])
+          for path in marker['shard_files'][split]]
+
+
+def _dataset_files(directory):
+  """Names of the shards and labels file present in directory."""
+  names = []
+  for split in (TRAIN_SPLIT, VALIDATION_SPLIT):
+    names.extend(sorted(
+        path.rsplit('/', 1)[-1]
+        for path in tf.io.gfile.glob(_join(directory, '%s-*-of-*' % split))))
+  if tf.io.gfile.exists(_join(directory, LABELS_FILENAME)):
+    names.append(LABELS_FILENAME)
+  return names
+
+
+def _check_files_are_ours(output_dir, overwrite):
+  """Refuses to replace dataset files that no marker of ours lists.
+
+  Args:
+    output_dir: the conversion's destination.
+    overwrite: replace such files all the same.
+
+  Raises:
+    ConversionError: output_dir holds such files and overwrite is False.
+  """
+  marker = _read_marker(output_dir)
+  ours = set(_marker_shard_names(marker) + [LABELS_FILENAME]) if marker else ()
+  foreign = [name for name in _dataset_files(output_dir) if name not in ours]
+  if foreign and not overwrite:
+    raise ConversionError(
+        '%s holds %d dataset files that build_imagenet_tfrecords did not '
+        'write (e.g. %s; no %s lists them); pass --overwrite to replace them '
+        'or choose another --output_dir' %
+        (output_dir, len(foreign), foreign[0], COMPLETION_FILENAME))
+
+
+def _move(source_dir, target_dir, name):
+  tf.io.gfile.rename(_join(source_dir, name), _join(target_dir, name))
+  _reached('moved')
+
+
+def _move_into_place(output_dir):
+  """Replaces the dataset in output_dir with the staged, complete one.
+
+  Every old file moves out (into the staging directory) before any new one
+  moves in, and the marker comes last. So the shards of a split never mix
+  two conversions: in between, readers find an incomplete shard set and
+  refuse it. A run stopped in here is finished by the next one.
+
+  Args:
+    output_dir: the conversion's destination; its staging directory holds a
+      complete conversion with its marker.
+
+  Raises:
+    Interrupted: with while_moving set.
+  """
+  staging_dir = _join(output_dir, STAGING_DIRNAME)
+  previous_dir = _join(staging_dir, PREVIOUS_DIRNAME)
+  new_names = (_marker_shard_names(_read_marker(staging_dir)) +
+               [LABELS_FILENAME])
+  waiting = [name for name in new_names
+             if tf.io.gfile.exists(_join(staging_dir, name))]
+  try:
+    if len(waiting) == len(new_names):
+      # Nothing has moved in yet, so every dataset file here is an old one.
+      tf.io.gfile.makedirs(previous_dir)
+      old_names = _dataset_files(output_dir)
+      if tf.io.gfile.exists(_join(output_dir, COMPLETION_FILENAME)):
+        old_names.insert(0, COMPLETION_FILENAME)
+      for name in old_names:
+        _move(output_dir, previous_dir, name)
+    for name in waiting:
+      _move(staging_dir, output_dir, name)
+    _move(staging_dir, output_dir, COMPLETION_FILENAME)
+    tf.io.gfile.rmtree(staging_dir)
+  except Interrupted as interruption:
+    interruption.while_moving = True
+    raise
+
+
+def _settle_staging(output_dir):
+  """Finishes or discards what an interrupted run left in the staging dir."""
+  staging_dir = _join(output_dir, STAGING_DIRNAME)
+  if not tf.io.gfile.exists(staging_dir):
+    return
+  if tf.io.gfile.exists(_join(staging_dir, COMPLETION_FILENAME)):
+    print('Finishing the move of the conversion an interrupted run completed '
+          'into %s.' % output_dir, flush=True)
+    _move_into_place(output_dir)
+  else:
+    print('Removing what an interrupted run left in %s.' % staging_dir,
+          flush=True)
+    tf.io.gfile.rmtree(staging_dir)
+
+
+def _result_from_marker(output_dir, marker, already_complete):
   return ConversionResult(
       output_dir=output_dir,
-      class_names=previous['class_names'],
-      split_counts=previous['split_counts'],
-      shard_files=shard_files,
-      skipped=[tuple(skip) for skip in previous['skipped']],
-      already_complete=True)
+      class_names=marker['class_names'],
+      split_counts=marker['split_counts'],
+      shard_files={
+          split: [_join(output_dir, path.rsplit('/', 1)[-1])
+                  for path in paths]
+          for split, paths in marker['shard_files'].items()},
+      skipped=[tuple(skip) for skip in marker['skipped']],
+      already_complete=already_complete)
+
+
+def _find_complete_conversion(output_dir, config):
+  """Returns the ConversionResult of an identical finished run, or None."""
+  previous = _read_marker(output_dir)
+  if not previous or previous.get('config') != config:
+    return None
+  expected_names = _marker_shard_names(previous) + [LABELS_FILENAME]
+  if not all(tf.io.gfile.exists(_join(output_dir, name))
+             for name in expected_names):
+    return None
+  return _result_from_marker(output_dir, previous, already_complete=True)
+
+
+def _file_signature(path):
+  """Returns (size in bytes, modification time in ns) of a file."""
+  if '://' in path:
+    stat = tf.io.gfile.stat(path)
+    return stat.length, stat.mtime_nsec
+  # tf.io.gfile.stat truncates local modification times to whole seconds.
+  stat = os.stat(path)
+  return stat.st_size, stat.st_mtime_ns
 
 
 def _input_fingerprint(splits):
-  """A digest of which images go where, so changed inputs force a rebuild."""
+  """A digest of which images go where and of their sizes and modification
+  times, so that added, removed, relabelled or edited images force a rebuild.
+  """
   digest = hashlib.sha256()
   for split in sorted(splits):
     for source in splits[split]:
-      digest.update(('%s\t%s\t%d\n' % (split, source.path,
-                                        source.label)).encode())
+      try:
+        size, mtime = _file_signature(source.path)
+      except (OSError, tf.errors.OpError) as error:
+        raise ConversionError('cannot read image %s: %s' % (
+            source.path, getattr(error, 'strerror', None) or error))
+      digest.update(('%s\t%s\t%d\t%d\t%d\n' % (
+          split, source.path, source.label, size, mtime)).encode())
   return digest.hexdigest()
 
 
 def _write_dataset(output_dir, splits, class_names, shards, num_workers, seed,
-                   config, show_progress):
-  """Writes shards, labels.txt and the completion marker.
+                   config, overwrite, show_progress):
+  """Writes shards, labels.txt and the completion marker, then swaps them in.
+
+  Everything is written into the staging directory first; the files in
+  output_dir are replaced only once the new dataset is complete.
 
   Args:
     output_dir: destination directory (created if needed).
@@ -589,13 +775,46 @@ def _write_dataset(output_dir, splits, class_names, shards, num_workers, seed,
     seed: seed for the order of the examples in the shards.
     config: JSON-serializable description of the conversion, stored in the
       completion marker to recognise an identical re-run.
+    overwrite: replace dataset files in output_dir that we did not write.
     show_progress: draw a progress bar on stderr.
 
   Returns:
     ConversionResult.
+
+  Raises:
+    ConversionError: none of the images could be read, or output_dir holds
+      another tool's dataset files and overwrite is False.
   """
-  tf.io.gfile.makedirs(output_dir)
-  _remove_previous_output(output_dir)
+  _check_files_are_ours(output_dir, overwrite)
+  staging_dir = _join(output_dir, STAGING_DIRNAME)
+  tf.io.gfile.makedirs(staging_dir)
+  try:
+    marker = _write_staged(staging_dir, splits, class_names, shards,
+                           num_workers, seed, config, show_progress)
+  except BaseException:
+    # Whatever stopped the run, the previous dataset is still in place.
+    tf.io.gfile.rmtree(staging_dir)
+    raise
+  _reached('committed')
+  _move_into_place(output_dir)
+  return _result_from_marker(output_dir, marker, already_complete=False)
+
+
+def _write_staged(staging_dir, splits, class_names, shards, num_workers, seed,
+                  config, show_progress):
+  """Writes a whole conversion into staging_dir, its marker last.
+
+  Args:
+    staging_dir: an empty directory.
+    splits, class_names, shards, num_workers, seed, config, show_progress: as
+      for _write_dataset.
+
+  Returns:
+    The completion marker, as a dict.
+
+  Raises:
+    ConversionError: none of the images could be read.
+  """
   rng = random.Random(seed)
   total_images = sum(len(sources) for sources in splits.values())
   progress = _ProgressBar(total_images, 'Writing TFRecords')
@@ -617,7 +836,7 @@ def _write_dataset(output_dir, splits, class_names, shards, num_workers, seed,
     num_shards = min(shards[split] or _auto_num_shards(len(sources)),
                      len(sources))
     shard_files[split], split_counts[split] = _write_split(
-        output_dir, split, sources, num_shards, num_workers, skipped,
+        staging_dir, split, sources, num_shards, num_workers, skipped,
         on_image_done)
   if show_progress:
     progress.close(images_done[0])
@@ -630,34 +849,27 @@ def _write_dataset(output_dir, splits, class_names, shards, num_workers, seed,
         (total_images, skipped[0][0], skipped[0][1]))
 
   _write_text_atomically(
-      _join(output_dir, LABELS_FILENAME),
+      _join(staging_dir, LABELS_FILENAME),
       ''.join('%d:%s\n' % (label, name)
               for label, name in enumerate(class_names, start=1)))
-  result = ConversionResult(
-      output_dir=output_dir,
-      class_names=list(class_names),
-      split_counts=split_counts,
-      shard_files=shard_files,
-      skipped=skipped,
-      already_complete=False)
+  marker = {
+      'config': config,
+      'class_names': list(class_names),
+      'split_counts': split_counts,
+      'shard_files': shard_files,
+      'skipped': skipped,
+  }
   # Written last: its presence means every file above is complete.
-  _write_text_atomically(
-      _join(output_dir, COMPLETION_FILENAME),
-      json.dumps({
-          'config': config,
-          'class_names': result.class_names,
-          'split_counts': split_counts,
-          'shard_files': shard_files,
-          'skipped': skipped,
-      }, indent=1, sort_keys=True))
-  return result
+  _write_text_atomically(_join(staging_dir, COMPLETION_FILENAME),
+                         json.dumps(marker, indent=1, sort_keys=True))
+  return marker
 
 
 def convert_folder(image_dir, output_dir, validation_dir=None,
                    validation_fraction=0.1, imagenet_validation_labels=None,
                    imagenet_metadata=None, train_shards=0,
                    validation_shards=0, num_workers=None, seed=0,
-                   show_progress=True):
+                   overwrite=False, show_progress=True):
   """Converts class-folder images (or the ImageNet layout) into TFRecords.
 
   Args:
@@ -675,13 +887,17 @@ def convert_folder(image_dir, output_dir, validation_dir=None,
     validation_shards: number of validation shards; 0 for automatic.
     num_workers: images decoded in parallel; None for one per CPU.
     seed: seed for the split and the order of examples.
+    overwrite: replace shards and labels.txt in output_dir that no marker of
+      ours lists.
     show_progress: draw a progress bar on stderr.
 
   Returns:
     ConversionResult.
 
   Raises:
-    ConversionError: missing folders, no images, inconsistent arguments.
+    ConversionError: missing folders, no images, inconsistent arguments,
+      another tool's dataset in output_dir without overwrite.
+    Interrupted: SIGINT or SIGTERM (once main has installed the handlers).
   """
   if not 0.0 <= validation_fraction < 1.0:
     raise ConversionError('--validation_fraction must be in [0, 1), got %g' %
@@ -718,13 +934,15 @@ def convert_folder(image_dir, output_dir, validation_dir=None,
       'seed': seed,
       'inputs': _input_fingerprint(splits),
   }
+  _settle_staging(output_dir)
   previous = _find_complete_conversion(output_dir, config)
   if previous:
     return previous
   return _write_dataset(
       output_dir, splits, class_names,
       {TRAIN_SPLIT: train_shards, VALIDATION_SPLIT: validation_shards},
-      num_workers or os.cpu_count() or 1, seed, config, show_progress)
+      num_workers or os.cpu_count() or 1, seed, config, overwrite,
+      show_progress)
 
 
 def _validation_sources(validation_dir, class_names, imagenet_labels_path):
@@ -789,7 +1007,7 @@ def _colourize_digits(digit_images, seed):
 
 def write_sample_digits(output_dir, seed=0, train_shards=0,
                         validation_shards=0, num_workers=None,
-                        show_progress=True):
+                        overwrite=False, show_progress=True):
   """Builds a sample dataset from scikit-learn's bundled handwritten digits.
 
   The 1797 digit images become 64x64 RGB JPEGs in classes `digit_0` ..
@@ -802,10 +1020,16 @@ def write_sample_digits(output_dir, seed=0, train_shards=0,
     train_shards: number of train shards; 0 for automatic.
     validation_shards: number of validation shards; 0 for automatic.
     num_workers: images decoded in parallel; None for one per CPU.
+    overwrite: replace shards and labels.txt in output_dir that no marker of
+      ours lists.
     show_progress: draw a progress bar on stderr.
 
   Returns:
     ConversionResult.
+
+  Raises:
+    ConversionError: another tool's dataset in output_dir without overwrite.
+    Interrupted: SIGINT or SIGTERM (once main has installed the handlers).
   """
   config = {
       'source': 'sklearn_digits',
@@ -815,6 +1039,7 @@ def write_sample_digits(output_dir, seed=0, train_shards=0,
       'validation_shards': validation_shards,
       'seed': seed,
   }
+  _settle_staging(output_dir)
   previous = _find_complete_conversion(output_dir, config)
   if previous:
     return previous
@@ -837,7 +1062,8 @@ def write_sample_digits(output_dir, seed=0, train_shards=0,
         output_dir, {TRAIN_SPLIT: train, VALIDATION_SPLIT: validation},
         class_names,
         {TRAIN_SPLIT: train_shards, VALIDATION_SPLIT: validation_shards},
-        num_workers or os.cpu_count() or 1, seed, config, show_progress)
+        num_workers or os.cpu_count() or 1, seed, config, overwrite,
+        show_progress)
   finally:
     shutil.rmtree(image_dir, ignore_errors=True)
 
@@ -880,7 +1106,7 @@ def _run_from_flags():
     return write_sample_digits(
         FLAGS.output_dir, seed=FLAGS.seed, train_shards=FLAGS.train_shards,
         validation_shards=FLAGS.validation_shards,
-        num_workers=FLAGS.num_workers)
+        num_workers=FLAGS.num_workers, overwrite=FLAGS.overwrite)
   if not FLAGS.image_dir:
     raise ConversionError('give --image_dir (a folder of class sub-folders) '
                           'or --sample_digits')
@@ -895,19 +1121,32 @@ def _run_from_flags():
       imagenet_metadata=FLAGS.imagenet_metadata,
       train_shards=FLAGS.train_shards,
       validation_shards=FLAGS.validation_shards,
-      num_workers=FLAGS.num_workers, seed=FLAGS.seed)
+      num_workers=FLAGS.num_workers, seed=FLAGS.seed,
+      overwrite=FLAGS.overwrite)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError('unexpected arguments: %s' % ' '.join(argv[1:]))
+  for signal_number in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(signal_number, _raise_interrupted)
   try:
     result = _run_from_flags()
   except ConversionError as error:
     sys.exit('build_imagenet_tfrecords: error: %s' % error)
+  except Interrupted as interruption:
+    if interruption.while_moving:
+      state = (' while moving the finished conversion into %s; rerun the '
+               'same command to finish the move' % FLAGS.output_dir)
+    else:
+      state = '; %s is as it was before this run' % FLAGS.output_dir
+    print('build_imagenet_tfrecords: interrupted (%s)%s' %
+          (interruption, state), file=sys.stderr)
+    sys.exit(128 + interruption.signal_number)
   except (OSError, tf.errors.OpError) as error:
-    # Writing failed (disk full, no permission): the shards on disk are
-    # incomplete and without a completion marker, so a re-run starts over.
+    # Writing failed (disk full, no permission) before the new dataset was
+    # complete, or while it was being moved into place (which a rerun
+    # finishes).
     message = getattr(error, 'message', None) or str(error)
     sys.exit('build_imagenet_tfrecords: error writing %s: %s' %
              (FLAGS.output_dir, message))

@@ -2,10 +2,16 @@
 
 The written records are read back with plain tf.train.Example parsing, not
 with imagenet_input, so that the converter is checked against the format.
+Interruptions are tested on the binary as users run it; the converter's
+BUILD_IMAGENET_TFRECORDS_TEST_SIGNAL hook makes it signal itself at an exact
+point (after the N-th staged shard, at the commit, after the N-th file moved
+into place), which a signal from outside could only hit by chance.
 """
 
 import io
+import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -14,6 +20,7 @@ import slim_compat  # pylint: disable=unused-import
 import tensorflow as tf
 
 import build_imagenet_tfrecords as converter
+import imagenet_input
 
 try:
   from PIL import Image  # pylint: disable=g-import-not-at-top
@@ -239,6 +246,267 @@ class ConvertFolderTest(tf.test.TestCase):
     self.assertEqual(
         'build_imagenet_tfrecords: error: --image_dir /no/such/dir does not '
         'exist', process.stderr.strip())
+
+
+def _top_level_files(directory):
+  """Name -> bytes of the files directly in directory (not its sub-folders)."""
+  files = {}
+  for name in os.listdir(directory):
+    path = os.path.join(directory, name)
+    if os.path.isfile(path):
+      with open(path, 'rb') as data:
+        files[name] = data.read()
+  return files
+
+
+def _count_records(output_dir, split):
+  return sum(1 for path in tf.io.gfile.glob(
+      os.path.join(output_dir, '%s-*-of-*' % split))
+             for _ in tf.compat.v1.io.tf_record_iterator(path))
+
+
+def _labels_by_filename(output_dir, split):
+  return {_feature(example, 'image/filename')[0]:
+              _feature(example, 'image/class/label')[0]
+          for example in _read_split(output_dir, split)}
+
+
+class _BinaryTestCase(tf.test.TestCase):
+  """Builds an image folder and runs the converter binary on it."""
+
+  def setUp(self):
+    super().setUp()
+    self.image_dir = self.create_tempdir('images').full_path
+    self.output_dir = os.path.join(self.create_tempdir().full_path, 'records')
+    for class_index, class_name in enumerate(['ant', 'bee', 'cow']):
+      for image_index in range(5):
+        _save(os.path.join(self.image_dir, class_name, '%s%d.jpg' %
+                           (class_name, image_index)),
+              _jpeg(_random_image(12, 16, 3, seed=class_index * 10 +
+                                  image_index)))
+    # 4 train and 2 validation shards, with the same names in both
+    # conversions: the hard case for replacing one by the other.
+    self.flags = ['--image_dir=' + self.image_dir,
+                  '--output_dir=' + self.output_dir, '--train_shards=4',
+                  '--validation_shards=2', '--validation_fraction=0.2',
+                  '--num_workers=2']
+
+  def convert_in_process(self, seed):
+    return converter.convert_folder(
+        self.image_dir, self.output_dir, validation_fraction=0.2,
+        train_shards=4, validation_shards=2, num_workers=2, seed=seed,
+        show_progress=False)
+
+  def run_binary(self, *extra_flags, signal_at=None):
+    """Runs the converter; signal_at is NAME:EVENT:N for the test hook."""
+    environment = dict(os.environ)
+    environment.pop(converter.TEST_SIGNAL_ENV, None)
+    if signal_at:
+      environment[converter.TEST_SIGNAL_ENV] = signal_at
+    return subprocess.run(
+        [sys.executable, converter.__file__] + self.flags + list(extra_flags),
+        capture_output=True, text=True, check=False, env=environment)
+
+  def assert_readable_as(self, expected_files, expected_counts,
+                         expected_labels):
+    """The output holds exactly these files, and they read as expected."""
+    self.assertEqual(expected_files, _top_level_files(self.output_dir))
+    for split, count in expected_counts.items():
+      self.assertEqual(count, _count_records(self.output_dir, split))
+      self.assertEqual(count,
+                       imagenet_input.num_examples(self.output_dir, split))
+      self.assertEqual(expected_labels[split],
+                       _labels_by_filename(self.output_dir, split))
+
+  @property
+  def staging_dir(self):
+    return os.path.join(self.output_dir, converter.STAGING_DIRNAME)
+
+
+class InterruptedRebuildTest(_BinaryTestCase):
+
+  def test_sigkill_anywhere_keeps_a_readable_dataset_and_rerun_completes(self):
+    old = self.convert_in_process(seed=0)
+    old_files = _top_level_files(self.output_dir)
+    old_labels = {split: _labels_by_filename(self.output_dir, split)
+                  for split in old.split_counts}
+    # Another seed is another conversion: a different split and order.
+    for point in ('KILL:staged:5', 'KILL:committed:1'):
+      process = self.run_binary('--seed=1', signal_at=point)
+      self.assertEqual(-signal.SIGKILL, process.returncode, process.stderr)
+      self.assert_readable_as(old_files, old.split_counts, old_labels)
+    # Killed after the commit: the staging directory holds the new dataset.
+    new_files = _top_level_files(self.staging_dir)
+    new_counts = json.loads(
+        new_files[converter.COMPLETION_FILENAME])['split_counts']
+    new_labels = {split: _labels_by_filename(self.staging_dir, split)
+                  for split in new_counts}
+
+    # Stopped while the files move: old marker, shards and labels out, then
+    # the new ones in, the marker last. Each rerun finishes the move it finds
+    # and counts its moves from 1. A split is then one conversion's complete
+    # shard set or refused as incomplete, never a silent mix of two.
+    def shards_of(files, split):
+      return {name: data for name, data in files.items()
+              if name.startswith(split + '-')}
+
+    self.assertEqual(set(shards_of(old_files, 'train')),
+                     set(shards_of(new_files, 'train')))
+    for split in ('train', 'validation'):
+      self.assertNotEqual(shards_of(old_files, split),
+                          shards_of(new_files, split))
+    for point, expected_train, expected_validation, expected_present in (
+        # The old marker and 2 of the old train shards moved out.
+        ('TERM:moved:3', 'refused', 'old',
+         ['train-00002-of-00004', 'train-00003-of-00004',
+          'validation-00000-of-00002', 'validation-00001-of-00002',
+          'labels.txt']),
+        # Then the other 5 old files out and the 4 new train shards in.
+        ('KILL:moved:9', 'new', 'refused',
+         ['train-0000%d-of-00004' % shard for shard in range(4)])):
+      process = self.run_binary('--seed=1', signal_at=point)
+      if point.startswith('KILL'):
+        self.assertEqual(-signal.SIGKILL, process.returncode, process.stderr)
+      else:
+        self.assertEqual(128 + signal.SIGTERM, process.returncode)
+        self.assertEqual(
+            'build_imagenet_tfrecords: interrupted (SIGTERM) while moving '
+            'the finished conversion into %s; rerun the same command to '
+            'finish the move' % self.output_dir, process.stderr.strip())
+      present = _top_level_files(self.output_dir)
+      self.assertCountEqual(expected_present, present)
+      for split, expected in (('train', expected_train),
+                              ('validation', expected_validation)):
+        if expected == 'refused':
+          with self.assertRaises(imagenet_input.DatasetError):
+            imagenet_input.list_split_files(self.output_dir, split)
+        else:
+          self.assertEqual(
+              shards_of(old_files if expected == 'old' else new_files, split),
+              shards_of(present, split))
+          self.assertEqual(
+              (old.split_counts if expected == 'old' else new_counts)[split],
+              imagenet_input.num_examples(self.output_dir, split))
+
+    process = self.run_binary('--seed=1')
+    self.assertEqual(0, process.returncode, process.stderr)
+    self.assertIn('Finishing the move', process.stdout)
+    self.assertIn('already holds this conversion', process.stdout)
+    self.assertFalse(os.path.exists(self.staging_dir))
+    new = self.convert_in_process(seed=1)
+    self.assertTrue(new.already_complete)
+    self.assertEqual(new_counts, new.split_counts)
+    self.assert_readable_as(new_files, new_counts, new_labels)
+
+  def test_ctrl_c_says_one_line_and_leaves_nothing_behind(self):
+    self.convert_in_process(seed=0)
+    old_files = _top_level_files(self.output_dir)
+    process = self.run_binary('--seed=1', signal_at='INT:staged:3')
+    self.assertEqual(128 + signal.SIGINT, process.returncode)
+    self.assertEqual(
+        'build_imagenet_tfrecords: interrupted (SIGINT); %s is as it was '
+        'before this run' % self.output_dir, process.stderr.strip())
+    self.assertEqual(old_files, _top_level_files(self.output_dir))
+    self.assertFalse(os.path.exists(self.staging_dir))
+
+
+class ForeignDatasetTest(_BinaryTestCase):
+
+  def setUp(self):
+    super().setUp()
+    # A dataset another tool wrote: shards and labels, no marker of ours.
+    os.makedirs(self.output_dir)
+    for split in ('train', 'validation'):
+      with tf.io.TFRecordWriter(os.path.join(
+          self.output_dir, '%s-00000-of-00001' % split)) as writer:
+        writer.write(b'not ours')
+    _save(os.path.join(self.output_dir, 'labels.txt'), b'1:theirs\n')
+    self.foreign_files = _top_level_files(self.output_dir)
+
+  def test_refused_in_one_line_and_replaced_with_overwrite(self):
+    process = self.run_binary()
+    self.assertEqual(1, process.returncode)
+    self.assertEqual(
+        'build_imagenet_tfrecords: error: %s holds 3 dataset files that '
+        'build_imagenet_tfrecords did not write (e.g. train-00000-of-00001; '
+        'no conversion_complete.json lists them); pass --overwrite to '
+        'replace them or choose another --output_dir' % self.output_dir,
+        process.stderr.strip())
+    self.assertEqual(self.foreign_files, _top_level_files(self.output_dir))
+
+    process = self.run_binary('--overwrite')
+    self.assertEqual(0, process.returncode, process.stderr)
+    self.assertEqual(
+        ['conversion_complete.json', 'labels.txt'] +
+        ['train-0000%d-of-00004' % shard for shard in range(4)] +
+        ['validation-00000-of-00002', 'validation-00001-of-00002'],
+        sorted(_top_level_files(self.output_dir)))
+    self.assertEqual({'train': 12, 'validation': 3},
+                     {split: _count_records(self.output_dir, split)
+                      for split in ('train', 'validation')})
+
+  def test_a_foreign_shard_among_ours_is_refused(self):
+    for name in self.foreign_files:
+      os.remove(os.path.join(self.output_dir, name))
+    self.convert_in_process(seed=0)
+    stray = os.path.join(self.output_dir, 'train-00000-of-00001')
+    _save(stray, b'not ours')
+    with self.assertRaisesRegex(converter.ConversionError,
+                                'e.g. train-00000-of-00001'):
+      self.convert_in_process(seed=1)
+    self.assertTrue(os.path.exists(stray))
+
+  def test_older_marker_with_full_paths_counts_as_ours(self):
+    for name in self.foreign_files:
+      os.remove(os.path.join(self.output_dir, name))
+    self.convert_in_process(seed=0)
+    marker_path = os.path.join(self.output_dir, 'conversion_complete.json')
+    with open(marker_path) as marker_file:
+      marker = json.load(marker_file)
+    marker['shard_files'] = {
+        split: [os.path.join('/elsewhere', name) for name in names]
+        for split, names in marker['shard_files'].items()}
+    del marker['config']['inputs']
+    with open(marker_path, 'w') as marker_file:
+      json.dump(marker, marker_file)
+    self.assertFalse(self.convert_in_process(seed=0).already_complete)
+
+
+class ChangedInputsTest(_BinaryTestCase):
+
+  def test_images_edited_in_place_force_a_rebuild(self):
+    self.convert_in_process(seed=0)
+    path = os.path.join(self.image_dir, 'bee', 'bee2.jpg')
+    status = os.stat(path)
+    # Same content, newer modification time (e.g. touched or copied over).
+    os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns + 10**9))
+    self.assertFalse(self.convert_in_process(seed=0).already_complete)
+    self.assertTrue(self.convert_in_process(seed=0).already_complete)
+    # New content of another size, the modification time put back.
+    status = os.stat(path)
+    edited = _jpeg(_random_image(20, 30, 3, seed=99))
+    _save(path, edited)
+    os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns))
+    self.assertFalse(self.convert_in_process(seed=0).already_complete)
+    encoded = [_feature(example, 'image/encoded')[0]
+               for split in ('train', 'validation')
+               for example in _read_split(self.output_dir, split)]
+    self.assertIn(edited, encoded)
+
+  def test_marker_counts_are_the_records_written(self):
+    _save(os.path.join(self.image_dir, 'cow', 'broken.jpg'), b'\xff\xd8 bad')
+    result = self.convert_in_process(seed=0)
+    self.assertLen(result.skipped, 1)
+    with open(os.path.join(self.output_dir,
+                           'conversion_complete.json')) as marker_file:
+      recorded = json.load(marker_file)['split_counts']
+    written = {split: _count_records(self.output_dir, split)
+               for split in ('train', 'validation')}
+    # 16 files, 20% of each class held out, one unreadable.
+    self.assertEqual(15, sum(written.values()))
+    self.assertEqual(written, recorded)
+    self.assertEqual(written['train'],
+                     imagenet_input.num_examples(self.output_dir, 'train'))
 
 
 class ImageNetLayoutTest(tf.test.TestCase):

@@ -20,8 +20,10 @@ Everything here builds ordinary tf.data graphs, so it works both eagerly and in
 graph mode (`tf.compat.v1.data.make_one_shot_iterator` in a Session).
 """
 
+import json
 import re
 import threading
+import time
 
 from absl import logging
 import slim_compat  # pylint: disable=unused-import
@@ -30,6 +32,9 @@ import tensorflow as tf
 TRAIN_SPLIT = 'train'
 VALIDATION_SPLIT = 'validation'
 LABELS_FILENAME = 'labels.txt'
+# build_imagenet_tfrecords writes it last; it lists the shards it wrote and
+# their example counts.
+COMPLETION_FILENAME = 'conversion_complete.json'
 
 # Inception's crop sampling parameters.
 MIN_OBJECT_COVERED = 0.1
@@ -45,6 +50,8 @@ _READ_CYCLE_LENGTH = 16
 _READ_BUFFER_BYTES = 8 * 1024 * 1024
 # Bad records logged individually before only the count is kept.
 _MAX_LOGGED_SKIPS = 20
+# Seconds between progress lines while counting records.
+_COUNT_PROGRESS_INTERVAL = 10.0
 
 _CONVERTER_HINT = ('build them with build_imagenet_tfrecords --image_dir '
                    'IMAGE_FOLDER --output_dir {dataset_dir}')
@@ -172,6 +179,57 @@ def count_records(files):
   """
   return sum(1 for path in files
              for _ in tf.compat.v1.io.tf_record_iterator(path))
+
+
+def num_examples(dataset_dir, split):
+  """Returns the number of examples in a split.
+
+  build_imagenet_tfrecords records the count in its completion marker; it is
+  used when the marker lists exactly the split's shard files. Otherwise (a
+  dataset written by other tools, such as TF-slim's) the records are read
+  through and counted, with progress lines on stdout.
+
+  Args:
+    dataset_dir: directory holding the split's shards.
+    split: split name, usually 'train' or 'validation'.
+
+  Returns:
+    Number of examples.
+
+  Raises:
+    DatasetError: as list_split_files.
+  """
+  files = list_split_files(dataset_dir, split)
+  recorded = _recorded_num_examples(dataset_dir, split, files)
+  if recorded is not None:
+    return recorded
+  print('Counting the %s records of %s (%d shards; no %s from '
+        'build_imagenet_tfrecords records their number).' %
+        (split, dataset_dir, len(files), COMPLETION_FILENAME), flush=True)
+  count, last_report = 0, time.time()
+  for done, path in enumerate(files, start=1):
+    count += count_records([path])
+    if time.time() - last_report >= _COUNT_PROGRESS_INTERVAL:
+      last_report = time.time()
+      print('  %d records in %d of %d shards' % (count, done, len(files)),
+            flush=True)
+  print('Counted %d %s records.' % (count, split), flush=True)
+  return count
+
+
+def _recorded_num_examples(dataset_dir, split, files):
+  """The converter's count for exactly these shard files, or None."""
+  try:
+    with tf.io.gfile.GFile(_join(dataset_dir, COMPLETION_FILENAME)) as marker:
+      conversion = json.load(marker)
+    # Older markers hold full paths, which go stale when a dataset moves.
+    recorded_names = sorted(path.rsplit('/', 1)[-1]
+                            for path in conversion['shard_files'][split])
+    if recorded_names != [path.rsplit('/', 1)[-1] for path in files]:
+      return None
+    return int(conversion['split_counts'][split])
+  except (tf.errors.NotFoundError, ValueError, KeyError, TypeError):
+    return None
 
 
 def read_labels_file(dataset_dir, filename=LABELS_FILENAME):

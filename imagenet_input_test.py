@@ -5,7 +5,11 @@ build_imagenet_tfrecords) so that the reader is checked against the format
 itself rather than against our own writer.
 """
 
+import contextlib
+import io
+import json
 import os
+from unittest import mock
 
 import numpy as np
 import slim_compat  # pylint: disable=unused-import
@@ -165,6 +169,44 @@ class HelpersTest(_RecordsTestCase):
   def test_count_records(self):
     paths = self.write_split('train', [[b'a'] * 4, [b'b'] * 3])
     self.assertEqual(7, imagenet_input.count_records(paths))
+
+  def write_marker(self, text):
+    with open(os.path.join(self.dataset_dir,
+                           imagenet_input.COMPLETION_FILENAME), 'w') as marker:
+      marker.write(text)
+
+  def test_num_examples_reads_the_converters_count(self):
+    paths = self.write_split('train', [[b'a'] * 4, [b'b'] * 3])
+    # Full paths from another machine, as older markers hold: the names
+    # still match.
+    self.write_marker(json.dumps({
+        'shard_files': {'train': ['/elsewhere/' + os.path.basename(path)
+                                  for path in paths]},
+        'split_counts': {'train': 7}}))
+    with mock.patch.object(imagenet_input, 'count_records',
+                           side_effect=AssertionError('counted')):
+      self.assertEqual(7, imagenet_input.num_examples(self.dataset_dir,
+                                                      'train'))
+
+  def test_num_examples_counts_without_a_matching_marker(self):
+    paths = self.write_split('train', [[b'a'] * 4, [b'b'] * 3])
+    names = [os.path.basename(path) for path in paths]
+    # No marker, a truncated one, one for other shards, one for another split.
+    for marker_text in (None, '{"shard_files": {"train', json.dumps({
+        'shard_files': {'train': names[:1]}, 'split_counts': {'train': 4}
+    }), json.dumps({
+        'shard_files': {'validation': names},
+        'split_counts': {'validation': 7}})):
+      if marker_text is not None:
+        self.write_marker(marker_text)
+      output = io.StringIO()
+      with contextlib.redirect_stdout(output):
+        self.assertEqual(7, imagenet_input.num_examples(self.dataset_dir,
+                                                        'train'))
+      self.assertIn('Counting the train records of %s (2 shards; no '
+                    'conversion_complete.json' % self.dataset_dir,
+                    output.getvalue())
+      self.assertIn('Counted 7 train records.', output.getvalue())
 
   def test_read_labels_file(self):
     with open(os.path.join(self.dataset_dir, 'labels.txt'), 'w') as labels:

@@ -98,8 +98,10 @@ flags.DEFINE_float('num_epochs_per_decay', 2.5,
                    lower_bound=0.0)
 flags.DEFINE_integer('num_train_examples', None,
                      'Examples in the train split, for epochs and decay; '
-                     'counted from the records when unset (ImageNet\'s '
-                     '1,281,167 for its 1024 standard shards).', lower_bound=1)
+                     'when unset, read from build_imagenet_tfrecords\' '
+                     'conversion_complete.json, or counted from the records '
+                     'if it is missing (1281167 for ImageNet).',
+                     lower_bound=1)
 flags.DEFINE_integer('quant_delay', None,
                      'Steps before quantization starts (with --quantize); '
                      'default 250000 from scratch, 0 when fine-tuning.',
@@ -163,7 +165,6 @@ flags.DEFINE_enum('job_name', 'worker', ['ps', 'worker'],
                   '--worker_hosts.')
 
 IMAGENET_TRAIN_EXAMPLES = 1281167
-IMAGENET_TRAIN_SHARDS = 1024
 SCRATCH_LEARNING_RATE = 0.045
 FINE_TUNE_LEARNING_RATE = 1e-4
 SCRATCH_QUANT_DELAY = 250000
@@ -179,10 +180,7 @@ def _num_train_examples():
   """Returns the size of the train split (see --num_train_examples)."""
   if FLAGS.num_train_examples:
     return FLAGS.num_train_examples
-  files = imagenet_input.list_split_files(FLAGS.dataset_dir, 'train')
-  if len(files) == IMAGENET_TRAIN_SHARDS:
-    return IMAGENET_TRAIN_EXAMPLES
-  return imagenet_input.count_records(files)
+  return imagenet_input.num_examples(FLAGS.dataset_dir, 'train')
 
 
 def build_model(images, is_training):
