@@ -17,7 +17,7 @@ import os
 
 import tensorflow as tf
 
-import quantize
+import graph_editing
 
 _LIBRARY = 'batch_norm_relu6_ops.so'
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -109,6 +109,6 @@ def fuse_batch_norm_relu6(graph):
           x, scale, offset, epsilon=batch_norm.get_attr('epsilon'))
     for old, new in ((relu6.outputs[0], y), (batch_norm.outputs[1], mean),
                      (batch_norm.outputs[2], variance)):
-      quantize.reroute(old, new, old.consumers())
+      graph_editing.reroute(old, new, old.consumers())
     fused += 1
   return fused

@@ -11,6 +11,7 @@ from slim_compat import slim
 import checkpoint_utils
 import mobilenet_v1
 import quantize
+import tflite_emulation
 
 
 def define_flags(quantize_help):
@@ -48,7 +49,7 @@ def build(images, num_classes, depth_multiplier, quantized):
     The logits, [batch, num_classes].
   """
   if quantized:
-    images = quantize.quantize_input(images)
+    images = tflite_emulation.quantize_input(images)
   with slim.arg_scope(mobilenet_v1.mobilenet_v1_arg_scope(is_training=False)):
     logits, _ = mobilenet_v1.mobilenet_v1(
         images, num_classes=num_classes, is_training=False,

@@ -58,7 +58,7 @@ import checkpoint_utils
 import cli
 import imagenet_input
 import inference_model
-import quantize
+import tflite_emulation
 import tflite_int8
 
 tf1 = tf.compat.v1
@@ -193,7 +193,7 @@ def convert(frozen_graph_def, quantized):
     The TFLite flatbuffer, bytes.
   """
   if quantized:
-    frozen_graph_def = quantize.without_pool_tie_breaks(frozen_graph_def)
+    frozen_graph_def = tflite_emulation.without_pool_tie_breaks(frozen_graph_def)
   converter = _converter(frozen_graph_def)
   if quantized:
     converter.inference_type = tf.uint8

@@ -23,6 +23,7 @@ import imagenet_input
 import mobilenet_v1
 import mobilenet_v1_tflite_eval
 import quantize
+import tflite_emulation
 import test_data
 
 tf1 = tf.compat.v1
@@ -103,7 +104,7 @@ def run_checkpoint(checkpoint, images, quantized):
   """
   with tf.Graph().as_default() as graph:
     images_in = tf1.placeholder(tf.float32, [1, IMAGE_SIZE, IMAGE_SIZE, 3])
-    model_input = quantize.quantize_input(images_in) if quantized else images_in
+    model_input = tflite_emulation.quantize_input(images_in) if quantized else images_in
     with slim.arg_scope(mobilenet_v1.mobilenet_v1_arg_scope(False)):
       _, end_points = mobilenet_v1.mobilenet_v1(
           model_input, num_classes=NUM_CLASSES, depth_multiplier=0.25,

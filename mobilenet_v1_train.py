@@ -31,6 +31,7 @@ import cli
 import imagenet_input
 import mobilenet_v1
 import quantize
+import tflite_emulation
 
 tf1 = tf.compat.v1
 
@@ -342,7 +343,7 @@ def build_train_op(images, labels, global_step, num_examples, quant_delay):
   with tf.control_dependencies([check_labels]):
     labels = tf.identity(labels)
   if FLAGS.quantize:
-    images = quantize.quantize_input(images)
+    images = tflite_emulation.quantize_input(images)
   logits = build_model(images, is_training=True)
   # The fused kernels are CPU-only; on a GPU, cuDNN's batch norm is the fast
   # path and a CPU op in the middle of the model would cost transfers.

@@ -17,6 +17,7 @@ from ai_edge_litert.interpreter import Interpreter
 from ai_edge_litert.interpreter import OpResolverType
 import mobilenet_v1_export
 import quantize
+import range_calibration
 import tflite_int8
 
 tf1 = tf.compat.v1
@@ -64,7 +65,7 @@ def uint8_model(symmetric_weights, power_of_two_scales=False):
                                    else channels)
         variable.load(rng.normal(0, np.sqrt(2 / fan_in), variable.shape),
                       session)
-    quantize.calibrate_ranges(session, [
+    range_calibration.calibrate_ranges(session, [
         {images_in: rng.uniform(-1, 1, images_in.shape).astype(np.float32)}
         for _ in range(4)], symmetric_weights=symmetric_weights)
     if power_of_two_scales:

@@ -17,7 +17,7 @@ Six models of the same architecture (MobileNet V1, --depth_multiplier at
                quantized models have, so the peer they are compared with.
 
 Accuracy does not matter for latency, so the weights are freshly initialized.
-Our uint8 model gets its ranges from quantize.calibrate_ranges on random
+Our uint8 model gets its ranges from range_calibration.calibrate_ranges on random
 images (symmetric weight ranges, as quantization-aware training sets them by
 default), so that its requantization scales are those of a real model. Each
 model is timed by mobilenet_v1_tflite_eval --latency_runs in its own
@@ -54,7 +54,7 @@ import tensorflow as tf
 # Importing the exporter defines the model flags here too: --depth_multiplier,
 # --image_size and --num_classes mean what they mean when exporting.
 import mobilenet_v1_export
-import quantize
+import range_calibration
 import tflite_int8
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -103,7 +103,7 @@ def _ours(quantized):
     session.run(tf1.variables_initializer(
         graph.get_collection(tf1.GraphKeys.GLOBAL_VARIABLES)))
     if quantized:
-      quantize.calibrate_ranges(session, [
+      range_calibration.calibrate_ranges(session, [
           {images_in: image}
           for image in _random_images(FLAGS.calibration_images)])
     frozen = mobilenet_v1_export.freeze(session, graph)
