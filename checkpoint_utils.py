@@ -15,6 +15,8 @@ class CheckpointError(Exception):
   """A checkpoint that is missing, unreadable or does not fit the model."""
 
 
+GLOBAL_STEP = 'global_step'
+
 Match = collections.namedtuple('Match', ['restorable', 'missing',
                                          'mismatched'])
 
@@ -42,6 +44,16 @@ def resolve(path):
   return path
 
 
+def _reader(path):
+  """tf.train.load_checkpoint(path), raising CheckpointError if unreadable."""
+  try:
+    return tf.train.load_checkpoint(path)
+  except (tf.errors.OpError, ValueError) as e:
+    first_line = str(e).strip().splitlines()[0] if str(e).strip() else ''
+    raise CheckpointError('cannot read checkpoint %s: %s' %
+                          (path, first_line)) from e
+
+
 def match(path, variables):
   """Compares `variables` with what the checkpoint at `path` holds.
 
@@ -57,12 +69,7 @@ def match(path, variables):
   Raises:
     CheckpointError: the checkpoint cannot be read.
   """
-  try:
-    saved_shapes = tf.train.load_checkpoint(path).get_variable_to_shape_map()
-  except (tf.errors.OpError, ValueError) as e:
-    first_line = str(e).strip().splitlines()[0] if str(e).strip() else ''
-    raise CheckpointError('cannot read checkpoint %s: %s' %
-                          (path, first_line)) from e
+  saved_shapes = _reader(path).get_variable_to_shape_map()
   restorable, missing, mismatched = {}, [], []
   for variable in variables:
     name = variable.op.name
@@ -75,6 +82,39 @@ def match(path, variables):
     else:
       restorable[name] = variable
   return Match(restorable, missing, mismatched)
+
+
+def saved_global_step(path):
+  """The global step a checkpoint was saved at, or None if it has none.
+
+  The step is training's bookkeeping, not part of the model: checkpoints
+  trimmed for release, or rebuilt from a frozen graph, hold only the model's
+  variables.
+
+  Args:
+    path: a checkpoint prefix.
+
+  Returns:
+    The step as an int, or None.
+
+  Raises:
+    CheckpointError: the checkpoint cannot be read.
+  """
+  reader = _reader(path)
+  if not reader.has_tensor(GLOBAL_STEP):
+    return None
+  return int(reader.get_tensor(GLOBAL_STEP))
+
+
+def first_few(items, separator=', ', count=3):
+  """The first `count` items joined, and how many more there are."""
+  return separator.join(items[:count]) + (
+      ' and %d more' % (len(items) - count) if len(items) > count else '')
+
+
+def describe_step(step):
+  """'step 7', or 'step unknown' for saved_global_step's None."""
+  return 'step unknown' if step is None else 'step %d' % step
 
 
 def verify_fits(path, variables, flags_hint):
@@ -92,9 +132,7 @@ def verify_fits(path, variables, flags_hint):
   if found.mismatched:
     raise CheckpointError(
         'checkpoint %s does not fit this model (%s): %s' %
-        (path, flags_hint, '; '.join(found.mismatched[:3]) +
-         (' and %d more' % (len(found.mismatched) - 3)
-          if len(found.mismatched) > 3 else '')))
+        (path, flags_hint, first_few(found.mismatched, '; ')))
   if found.missing:
     raise CheckpointError(
         'checkpoint %s lacks %d of the model\'s variables (first: %s); is it '

@@ -8,7 +8,9 @@ background class) and optional bounding boxes `image/object/bbox/*`.
 
 Preprocessing follows Inception: training takes a random crop that covers at
 least 10% of a bounding box, resizes it, flips it and distorts its colours;
-evaluation crops the central 87.5% and resizes. Both map pixels to [-1, 1].
+evaluation crops the central 87.5% and resizes. Both resize as slim did,
+with TF1's bilinear resize (no half-pixel centres), and map pixels to
+[-1, 1].
 
 Bad records never hang the pipeline. By default the first one stops it with an
 `InvalidArgumentError` whose message names the TFRecord file, the record's
@@ -29,6 +31,8 @@ from absl import logging
 import slim_compat  # pylint: disable=unused-import
 import tensorflow as tf
 
+tf1 = tf.compat.v1
+
 TRAIN_SPLIT = 'train'
 VALIDATION_SPLIT = 'validation'
 LABELS_FILENAME = 'labels.txt'
@@ -42,6 +46,13 @@ ASPECT_RATIO_RANGE = (3. / 4., 4. / 3.)
 AREA_RANGE = (0.05, 1.0)
 MAX_CROP_ATTEMPTS = 100
 EVAL_CENTRAL_FRACTION = 0.875
+
+# The resize methods slim's training picks from when not in fast mode, in
+# its order.
+_TRAIN_RESIZE_METHODS = (tf1.image.ResizeMethod.BILINEAR,
+                         tf1.image.ResizeMethod.NEAREST_NEIGHBOR,
+                         tf1.image.ResizeMethod.BICUBIC,
+                         tf1.image.ResizeMethod.AREA)
 
 DEFAULT_SHUFFLE_BUFFER = 10000
 # Records read at once from different shards; more files than cores keeps
@@ -388,20 +399,49 @@ def _distort_color(image, fast_mode, seed):
   return tf.clip_by_value(distorted, 0.0, 1.0)
 
 
+def _resize(image, image_size, method=tf1.image.ResizeMethod.BILINEAR):
+  """Resizes a float image to a square as slim did, with TF1's resize.
+
+  TF1's resize (`align_corners=False`) maps output pixel i to input
+  coordinate i * in / out, without TF2's half-pixel centres: published
+  accuracies were measured with these pixels.
+
+  Args:
+    image: float32 [height, width, 3].
+    image_size: output height and width.
+    method: a tf.compat.v1.image.ResizeMethod.
+
+  Returns:
+    float32 [image_size, image_size, 3].
+  """
+  return tf1.image.resize(image, [image_size, image_size], method=method,
+                          align_corners=False)
+
+
 def _finish_train_image(crop, image_size, fast_mode, seed):
   """Resizes, flips and colour-distorts a decoded uint8 crop.
+
+  Like slim, the fast mode resizes bilinearly; otherwise each image gets one
+  of TF1's four resize methods at random.
 
   Args:
     crop: uint8 [height, width, 3].
     image_size: output height and width.
     fast_mode: see `_distort_color`.
-    seed: int32 [2] seed of the flip and the colour distortions.
+    seed: int32 [2] seed of the resize method, the flip and the colour
+      distortions.
   """
-  flip_seed, color_seed = tf.unstack(
-      tf.random.experimental.stateless_split(seed, num=2))
+  resize_seed, flip_seed, color_seed = tf.unstack(
+      tf.random.experimental.stateless_split(seed, num=3))
   image = tf.image.convert_image_dtype(crop, tf.float32)
-  image = tf.image.resize(image, [image_size, image_size],
-                          method=tf.image.ResizeMethod.BILINEAR)
+  if fast_mode:
+    image = _resize(image, image_size)
+  else:
+    choice = tf.random.stateless_uniform(
+        [], resize_seed, maxval=len(_TRAIN_RESIZE_METHODS), dtype=tf.int32)
+    image = tf.switch_case(choice, [
+        lambda method=method: _resize(image, image_size, method)
+        for method in _TRAIN_RESIZE_METHODS])
   image = tf.image.stateless_random_flip_left_right(image, flip_seed)
   image = _distort_color(image, fast_mode, color_seed)
   return _to_unit_range(image)
@@ -410,9 +450,7 @@ def _finish_train_image(crop, image_size, fast_mode, seed):
 def _finish_eval_image(crop, image_size):
   """Resizes a decoded uint8 crop and maps it to [-1, 1]."""
   image = tf.image.convert_image_dtype(crop, tf.float32)
-  image = tf.image.resize(image, [image_size, image_size],
-                          method=tf.image.ResizeMethod.BILINEAR)
-  return _to_unit_range(image)
+  return _to_unit_range(_resize(image, image_size))
 
 
 def _image_seeds(seed=None, index=None):

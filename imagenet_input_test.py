@@ -62,10 +62,15 @@ def _write_records(path, records):
 
 
 def _numpy_bilinear_resize(image, height, width):
-  """Reference for tf.image.resize(BILINEAR): half-pixel centres, no AA."""
+  """Reference for TF1's resize_bilinear(align_corners=False), slim's resize.
+
+  Output pixel i samples input coordinate i * in_size / out_size: no
+  half-pixel centres (TF2's tf.image.resize samples (i + 0.5) * in / out -
+  0.5), no antialiasing.
+  """
 
   def sample_points(in_size, out_size):
-    position = (np.arange(out_size) + 0.5) * in_size / out_size - 0.5
+    position = np.arange(out_size) * in_size / out_size
     lower = np.floor(position)
     fraction = position - lower
     lower_index = np.clip(lower, 0, in_size - 1).astype(int)
@@ -226,6 +231,12 @@ class PreprocessingTest(tf.test.TestCase):
     actual = imagenet_input.preprocess_for_eval(_png(image), 32).numpy()
     self.assertEqual((32, 32, 3), actual.shape)
     self.assertAllClose(_numpy_eval_reference(image, 32), actual, atol=1e-5)
+    # TF2's half-pixel resize samples this gradient 0.19 and 0.06 pixels
+    # away: far outside the tolerance above, so the reference tells the two
+    # apart.
+    crop = image[3:47, 2:38].astype(np.float32) / 255.0
+    half_pixel = (tf.image.resize(crop, [32, 32]).numpy() - 0.5) * 2.0
+    self.assertGreater(np.abs(half_pixel - actual).max(), 100 * 1e-5)
 
   def test_eval_jpeg_close_to_reference(self):
     image = _gradient_image(60, 80)

@@ -73,15 +73,23 @@ def verify_checkpoint(checkpoint, graph, variables, num_classes,
 
   Raises:
     checkpoint_utils.CheckpointError: a float checkpoint for a quantized
-      graph, or variables missing or of other shapes, with the fix.
+      graph, one lacking some of its ranges (named), or variables missing or
+      of other shapes, with the fix.
   """
   found = checkpoint_utils.match(checkpoint, variables)
   range_names = {v.op.name for v in quantize.range_variables(graph)}
-  if quantized and found.missing and set(found.missing) <= range_names:
+  missing_ranges = [name for name in found.missing if name in range_names]
+  if quantized and missing_ranges and len(missing_ranges) == len(found.missing):
+    if len(missing_ranges) == len(range_names):
+      raise checkpoint_utils.CheckpointError(
+          'checkpoint %s has no quantization ranges (it is a float model); '
+          'drop --quantize, or train with --quantize=True '
+          '--fine_tune_checkpoint=%s first' % (checkpoint, checkpoint))
     raise checkpoint_utils.CheckpointError(
-        'checkpoint %s has no quantization ranges (it is a float model); '
-        'drop --quantize, or train with --quantize=True '
-        '--fine_tune_checkpoint=%s first' % (checkpoint, checkpoint))
+        'checkpoint %s lacks %d of the %d quantization ranges of this model '
+        '(%s); was it trained with --quantize for this configuration?' %
+        (checkpoint, len(missing_ranges), len(range_names),
+         checkpoint_utils.first_few(missing_ranges)))
   checkpoint_utils.verify_fits(
       checkpoint, variables, '--num_classes=%d --depth_multiplier=%g%s' % (
           num_classes, depth_multiplier, ' --quantize' if quantized else ''))

@@ -62,7 +62,6 @@ class Evaluator(object):
       images, labels = self._iterator.get_next()
       logits = inference_model.build(images, FLAGS.num_classes,
                                      FLAGS.depth_multiplier, FLAGS.quantize)
-      self._global_step = tf1.train.get_or_create_global_step()
       self._correct = {
           'Accuracy': tf.math.in_top_k(labels, logits, 1),
           'Recall_5': tf.math.in_top_k(labels, logits, 5),
@@ -72,7 +71,10 @@ class Evaluator(object):
     self.graph.finalize()
 
   def evaluate(self, checkpoint):
-    """Returns ({metric: value}, examples, global step) for a checkpoint."""
+    """Returns ({metric: value}, examples, global step) for a checkpoint.
+
+    The global step is None for a checkpoint without one (a release).
+    """
     inference_model.verify_checkpoint(
         checkpoint, self.graph, self._variables, FLAGS.num_classes,
         FLAGS.depth_multiplier, FLAGS.quantize)
@@ -89,11 +91,11 @@ class Evaluator(object):
         for name, correct in batch.items():
           totals[name] += int(np.sum(correct))
         examples += len(batch['Accuracy'])
-      step = int(session.run(self._global_step))
     if not examples:
       raise cli.UserError('the validation split of %s has no examples' %
                           FLAGS.dataset_dir)
-    return {n: t / examples for n, t in totals.items()}, examples, step
+    return ({n: t / examples for n, t in totals.items()}, examples,
+            checkpoint_utils.saved_global_step(checkpoint))
 
 
 def write_summaries(eval_dir, metrics, step):
@@ -137,8 +139,9 @@ def main(argv):
     metrics, examples, step = evaluator.evaluate(checkpoint)
     write_summaries(eval_dir, metrics, step)
     skipped = imagenet_input.skipped_records.count
-    print('%s (step %d): Accuracy %.4f  Recall_5 %.4f  on %d examples '
-          '(%.1f s)%s' % (os.path.basename(checkpoint), step,
+    print('%s (%s): Accuracy %.4f  Recall_5 %.4f  on %d examples '
+          '(%.1f s)%s' % (os.path.basename(checkpoint),
+                          checkpoint_utils.describe_step(step),
                           metrics['Accuracy'], metrics['Recall_5'], examples,
                           time.time() - start,
                           ', %d corrupt records skipped' % skipped

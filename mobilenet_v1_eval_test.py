@@ -16,6 +16,7 @@ from slim_compat import slim
 import tensorflow as tf
 
 import mobilenet_v1
+import quantize
 import test_data
 
 tf1 = tf.compat.v1
@@ -27,8 +28,21 @@ MODEL_FLAGS = ['--depth_multiplier=0.25', '--image_size=64',
                '--num_classes=%d' % NUM_CLASSES]
 
 
-def write_ranking_checkpoint(checkpoint_dir, ranking, step):
-  """Saves a model whose logits rank the classes in `ranking` order."""
+def write_ranking_checkpoint(checkpoint_dir, ranking, step, quantized=False,
+                             leave_out=()):
+  """Saves a model whose logits rank the classes in `ranking` order.
+
+  Args:
+    checkpoint_dir: where the checkpoint goes.
+    ranking: class indices, highest logit first.
+    step: the global step to save, or None to save none (as releases do).
+    quantized: also save the quantization ranges of the eval rewrite (at
+      their initial values).
+    leave_out: names of variables not to save.
+
+  Returns:
+    The checkpoint prefix.
+  """
   biases = np.zeros(NUM_CLASSES, np.float32)
   biases[list(ranking)] = np.arange(len(ranking), 0, -1)
   with tf.Graph().as_default():
@@ -36,7 +50,10 @@ def write_ranking_checkpoint(checkpoint_dir, ranking, step):
     with slim.arg_scope(mobilenet_v1.mobilenet_v1_arg_scope(False)):
       mobilenet_v1.mobilenet_v1(images, num_classes=NUM_CLASSES,
                                 depth_multiplier=0.25, is_training=False)
-    global_step = tf1.train.get_or_create_global_step()
+    if quantized:
+      quantize.create_eval_graph()
+    if step is not None:
+      tf1.train.get_or_create_global_step()
     variables = {v.op.name: v for v in tf1.global_variables()}
     with tf1.Session() as session:
       session.run(tf1.global_variables_initializer())
@@ -44,8 +61,10 @@ def write_ranking_checkpoint(checkpoint_dir, ranking, step):
       weights = variables[logits_scope + 'weights']
       session.run(weights.assign(tf.zeros_like(weights)))
       session.run(variables[logits_scope + 'biases'].assign(biases))
-      session.run(global_step.assign(step))
-      return tf1.train.Saver().save(
+      if step is not None:
+        session.run(variables['global_step'].assign(step))
+      saved = [v for name, v in variables.items() if name not in leave_out]
+      return tf1.train.Saver(saved).save(
           session, os.path.join(checkpoint_dir, 'model.ckpt'),
           global_step=step)
 
@@ -100,6 +119,20 @@ class EvalTest(tf.test.TestCase):
     self.assertAlmostEqual(values['eval/Accuracy'][1], expected_top1, 6)
     self.assertAlmostEqual(values['eval/Recall_5'][1], expected_top5, 6)
 
+  def test_checkpoint_without_global_step_evaluates_at_unknown_step(self):
+    # A release holds the model's variables and nothing else.
+    checkpoint_dir = os.path.join(self.get_temp_dir(), 'release')
+    ranking = [2, 1]
+    checkpoint = write_ranking_checkpoint(checkpoint_dir, ranking, step=None)
+    self.assertNotIn('global_step', tf.train.load_checkpoint(checkpoint)
+                     .get_variable_to_shape_map())
+    result = run_eval('--dataset_dir=' + self.dataset_dir,
+                      '--checkpoint_path=' + checkpoint)
+    self.assertEqual(result.returncode, 0, result.stderr)
+    line, = result_lines(result.stdout)
+    self.assertIn('(step unknown): Accuracy %.4f' %
+                  np.mean(np.array(self.labels) == ranking[0]), line)
+
   def test_continuous_mode_evaluates_each_new_checkpoint(self):
     checkpoint_dir = os.path.join(self.get_temp_dir(), 'continuous')
     write_ranking_checkpoint(checkpoint_dir, [1, 2, 3, 4, 5], step=1)
@@ -126,9 +159,19 @@ class EvalTest(tf.test.TestCase):
     checkpoint_dir = os.path.join(self.get_temp_dir(), 'float')
     write_ranking_checkpoint(checkpoint_dir, [1], step=1)
     data = '--dataset_dir=' + self.dataset_dir
+    # A quantized checkpoint lacking two of its ranges is not a float one.
+    partial_dir = os.path.join(self.get_temp_dir(), 'partial_ranges')
+    write_ranking_checkpoint(
+        partial_dir, [1], step=1, quantized=True, leave_out=(
+            'MobilenetV1/MobilenetV1/Conv2d_3_depthwise/act_quant/max',
+            'MobilenetV1/Logits/Conv2d_1c_1x1/weights_quant/min'))
     cases = [
         ((data, '--checkpoint_dir=' + checkpoint_dir, '--quantize'),
          'no quantization ranges'),
+        ((data, '--checkpoint_dir=' + partial_dir, '--quantize'),
+         'lacks 2 of the 112 quantization ranges of this model '
+         '(MobilenetV1/MobilenetV1/Conv2d_3_depthwise/act_quant/max, '
+         'MobilenetV1/Logits/Conv2d_1c_1x1/weights_quant/min)'),
         ((data, '--checkpoint_dir=' + checkpoint_dir,
           '--depth_multiplier=0.5'), 'does not fit this model'),
         ((data, '--checkpoint_dir=' + self.get_temp_dir() + '/none'),

@@ -8,9 +8,10 @@ writes into --output_dir, with NAME as in the seed's table
 (`mobilenet_v1_1.0_224`, `mobilenet_v1_0.25_128_quant`, ...):
 
   NAME.ckpt.*          the model's variables (quantization ranges included)
-                       and the global step, without optimizer slots. The step
-                       is kept so that mobilenet_v1_eval reads the checkpoint
-                       as it is; fine-tuning from it resets the step anyway.
+                       and the global step if the checkpoint has one, without
+                       optimizer slots. The step tells which training step
+                       the bundle comes from; fine-tuning from it resets the
+                       step anyway.
   NAME_eval.pbtxt      the inference graph (the quantized eval graph with
                        --quantize) as a text GraphDef, variables unfrozen.
   NAME_frozen.pb       the same graph with variables folded into constants,
@@ -351,7 +352,7 @@ def export():
   """Writes the bundle the flags describe.
 
   Returns:
-    (the checkpoint exported, the paths written).
+    (the checkpoint exported, its global step or None, the paths written).
   """
   _check_flags()
   checkpoint = checkpoint_utils.resolve(FLAGS.checkpoint_path or
@@ -371,8 +372,12 @@ def export():
   # Taken before the Saver adds its save/restore ops, which inference does
   # not need.
   eval_graph_def = graph.as_graph_def()
+  step = checkpoint_utils.saved_global_step(checkpoint)
   with graph.as_default():
-    variables = tf1.global_variables()
+    # A checkpoint without a global step (a release) is exported without one.
+    variables = [v for v in tf1.global_variables()
+                 if step is not None or
+                 v.op.name != checkpoint_utils.GLOBAL_STEP]
     saver = tf1.train.Saver(variables)
   with tf1.Session(graph=graph) as session:
     inference_model.verify_checkpoint(
@@ -408,13 +413,15 @@ def export():
       info_lines(name, images, predictions, tflite_models)) + '\n'))
   for path, content in outputs:
     _write(path, content)
-  return checkpoint, sorted(written) + [path for path, _ in outputs]
+  return checkpoint, step, sorted(written) + [path for path, _ in outputs]
 
 
 def main(argv):
   del argv  # unused
-  checkpoint, paths = export()
-  print('Exported %s to %s:' % (checkpoint, FLAGS.output_dir))
+  checkpoint, step, paths = export()
+  print('Exported %s (%s) to %s:' % (checkpoint,
+                                     checkpoint_utils.describe_step(step),
+                                     FLAGS.output_dir))
   for path in paths:
     print('  %-48s %10d bytes' % (os.path.basename(path),
                                   os.path.getsize(path)))

@@ -281,6 +281,31 @@ class ExportTest(tf.test.TestCase):
         self.assertAllEqual(exported.get_tensor(name),
                             trained.get_tensor(name))
 
+  def test_checkpoint_without_global_step_exports_the_same_model(self):
+    # The float bundle's checkpoint trimmed as releases are: model only.
+    bundle = tf.train.load_checkpoint(self.path(False, '.ckpt'))
+    release = os.path.join(self.get_temp_dir(), 'release', 'model.ckpt')
+    with tf.Graph().as_default():
+      variables = [tf1.Variable(bundle.get_tensor(name), name=name)
+                   for name in bundle.get_variable_to_shape_map()
+                   if name != 'global_step']
+      with tf1.Session() as session:
+        session.run(tf1.global_variables_initializer())
+        tf1.train.Saver(variables).save(session, release,
+                                        write_meta_graph=False)
+    output_dir = os.path.join(self.get_temp_dir(), 'release_export')
+    stdout, = finish([python(EXPORT, '--checkpoint_path=' + release,
+                             '--output_dir=' + output_dir, *MODEL_FLAGS)])
+    self.assertIn('(step unknown)', stdout)
+    exported = tf.train.load_checkpoint(
+        os.path.join(output_dir, FLOAT_NAME + '.ckpt'))
+    self.assertCountEqual(exported.get_variable_to_shape_map(),
+                          [v.op.name for v in variables])
+    with open(os.path.join(output_dir, FLOAT_NAME + '.tflite'), 'rb') as f:
+      trimmed_tflite = f.read()
+    with open(self.path(False, '.tflite'), 'rb') as f:
+      self.assertEqual(trimmed_tflite, f.read())
+
   def test_frozen_graphs_have_no_variables(self):
     for quantized in (False, True):
       op_types = {node.op for node in
