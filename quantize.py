@@ -1017,3 +1017,15 @@ class _Quantizer(object):
                            tf1.GraphKeys.MODEL_VARIABLES])
           for name, value in zip(['min', 'max'], init_range)
       ]
+
+
+def is_range_variable_name(name):
+  """Whether `name` is that of a range variable the rewrites create.
+
+  Args:
+    name: a variable (or checkpoint entry) name.
+
+  Returns:
+    True for names like `MobilenetV1/MobilenetV1/Conv2d_0/act_quant/min`.
+  """
+  return bool(_RANGE_VARIABLE_RE.search(name))

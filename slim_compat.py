@@ -15,34 +15,84 @@ each is needed.
 """
 
 import contextlib
+import faulthandler
 import importlib
 import logging
 import os
+import subprocess
 import sys
 import warnings
 
+# MOBILENET_V1_DEBUG=1 shows everything: TensorFlow's native and Python
+# logging, start-up banners, deprecation warnings and (see cli.py) full
+# tracebacks, for bug reports.
+DEBUG = os.environ.get('MOBILENET_V1_DEBUG', '') not in ('', '0')
+
 # Must be set before TensorFlow loads its C++ runtime.
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+if not DEBUG:
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+# A native crash (segfault, abort, illegal instruction) prints the Python
+# stack it happened in instead of dying without a word.
+faulthandler.enable()
+
+# Holds what the parent writes to its stdin; writes it to its stderr only if
+# the stdin closes while the holder still runs, i.e. when the parent died or
+# gave it up (native_stderr_silenced kills it when the block succeeds).
+_HOLDER = (
+    'import os, sys\n'
+    'held = []\n'
+    'while True:\n'
+    '  chunk = os.read(0, 65536)\n'
+    '  if not chunk:\n'
+    '    break\n'
+    '  held.append(chunk)\n'
+    'os.write(2, b"".join(held))\n')
 
 
 @contextlib.contextmanager
 def native_stderr_silenced():
-  """Sends file descriptor 2 to /dev/null for the duration of the block.
+  """Holds back what is written to file descriptor 2 during the block.
 
   TensorFlow's C++ runtime logs start-up banners (oneDNN, missing CUDA
   drivers, cuInit failures) before `TF_CPP_MIN_LOG_LEVEL` takes effect, so the
-  only way to hide them is at the descriptor level.
+  only way to hide them is at the descriptor level. The output is not thrown
+  away: a child process holds it and writes it out when the block raises or
+  the process dies inside it (a native crash's message, faulthandler's
+  stack), and drops it only when the block completes. With
+  MOBILENET_V1_DEBUG=1 nothing is held back.
   """
+  if DEBUG:
+    yield
+    return
   sys.stderr.flush()
+  read_end, write_end = os.pipe()
+  # Its own session: a Ctrl-C at the terminal is not its business.
+  holder = subprocess.Popen([sys.executable, '-S', '-c', _HOLDER],
+                            stdin=read_end, stdout=subprocess.DEVNULL,
+                            start_new_session=True)
+  os.close(read_end)
   saved = os.dup(2)
-  devnull = os.open(os.devnull, os.O_WRONLY)
-  os.dup2(devnull, 2)
+  os.dup2(write_end, 2)
+  os.close(write_end)
+  drop = False
   try:
     yield
+    drop = True
+  except KeyboardInterrupt:
+    # The user stopped us; the banners would only bury the one-line notice.
+    drop = True
+    raise
   finally:
-    os.dup2(saved, 2)
+    if drop:
+      holder.kill()
+    os.dup2(saved, 2)  # the pipe's last write end closes: the holder sees EOF
     os.close(saved)
-    os.close(devnull)
+    try:
+      holder.wait(timeout=10)
+    except subprocess.TimeoutExpired:  # a child of the block still holds it
+      holder.kill()
+      holder.wait()
 
 
 with native_stderr_silenced():
@@ -75,6 +125,8 @@ def restore_ops_tensor():
 
 def silence_known_noise():
   """Hides TensorFlow/tf-slim deprecation chatter that users cannot act on."""
+  if DEBUG:
+    return
   warnings.filterwarnings('ignore', category=DeprecationWarning)
   warnings.filterwarnings('ignore', category=FutureWarning)
   warnings.filterwarnings('ignore', category=UserWarning,
