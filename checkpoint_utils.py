@@ -6,10 +6,8 @@ names the problem and the fix.
 """
 
 import collections
-import fcntl
 import os
 import re
-import socket
 import time
 
 import slim_compat  # pylint: disable=unused-import
@@ -119,8 +117,6 @@ def verify_fits(path, variables, flags_hint):
 
 # TensorFlow's name for the state file that lists a directory's checkpoints.
 STATE_FILE = 'checkpoint'
-# Held (flock) by the training run that writes a checkpoint directory.
-LOCK_FILE = '.mobilenet_v1_train.lock'
 
 
 def _exists(prefix):
@@ -259,43 +255,6 @@ def prepare_resume(directory):
   if prefixes:
     write_state(directory, prefixes)
   return (prefixes[-1] if prefixes else None), skipped
-
-
-def lock_directory(directory):
-  """Takes the training lock of a local checkpoint directory.
-
-  The lock is an flock on LOCK_FILE, which also holds the owner's PID and
-  host for the message of a run that finds it taken. The kernel releases it
-  when the process ends, however it ends, so a killed run leaves no stale
-  lock.
-
-  Args:
-    directory: the checkpoint directory; created if needed.
-
-  Returns:
-    The open lock file descriptor; the lock lasts while it is open. None for
-    a remote directory (gs://...), which cannot be locked this way.
-
-  Raises:
-    CheckpointError: another process holds the lock.
-  """
-  if '://' in directory:
-    return None
-  os.makedirs(directory, exist_ok=True)
-  fd = os.open(os.path.join(directory, LOCK_FILE), os.O_RDWR | os.O_CREAT,
-               0o644)
-  try:
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-  except BlockingIOError:
-    owner = os.read(fd, 256).decode(errors='replace').strip()
-    os.close(fd)
-    raise CheckpointError(
-        '%s is in use by another training run (%s); wait for it or stop it, '
-        'or give another --checkpoint_dir' %
-        (directory, owner or 'starting up')) from None
-  os.ftruncate(fd, 0)
-  os.write(fd, ('PID %d on %s' % (os.getpid(), socket.gethostname())).encode())
-  return fd
 
 
 def checkpoints_iterator(directory, timeout, poll_secs=1):

@@ -2,9 +2,6 @@
 
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -44,16 +41,6 @@ def truncate_data(prefix):
 
 def step_of(prefix):
   return int(prefix.rsplit('-', 1)[1])
-
-
-# Takes the lock of argv[1], says so, and waits to be killed.
-_HOLDER = """
-import sys, time
-import checkpoint_utils
-checkpoint_utils.lock_directory(sys.argv[1])
-print('locked', flush=True)
-time.sleep(600)
-"""
 
 
 class FindTest(tf.test.TestCase):
@@ -147,37 +134,6 @@ class DamageTest(tf.test.TestCase):
   def test_resume_of_empty_directory(self):
     self.assertEqual(checkpoint_utils.prepare_resume(self.get_temp_dir()),
                      (None, []))
-
-
-class LockTest(tf.test.TestCase):
-
-  def _start_holder(self, directory):
-    holder = subprocess.Popen(
-        [sys.executable, '-c', _HOLDER, directory], stdout=subprocess.PIPE,
-        text=True, env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
-    self.assertEqual(holder.stdout.readline(), 'locked\n')
-    return holder
-
-  def test_second_locker_is_refused_with_first_pid(self):
-    directory = os.path.join(self.get_temp_dir(), 'locked')
-    holder = self._start_holder(directory)
-    try:
-      with self.assertRaisesRegex(checkpoint_utils.CheckpointError,
-                                  'PID %d' % holder.pid):
-        checkpoint_utils.lock_directory(directory)
-    finally:
-      holder.kill()
-      holder.wait()
-
-  def test_lock_of_killed_process_does_not_block(self):
-    directory = os.path.join(self.get_temp_dir(), 'stale')
-    holder = self._start_holder(directory)
-    os.kill(holder.pid, signal.SIGKILL)
-    holder.wait()
-    self.assertTrue(os.path.exists(
-        os.path.join(directory, checkpoint_utils.LOCK_FILE)))
-    fd = checkpoint_utils.lock_directory(directory)
-    os.close(fd)
 
 
 class IteratorTest(tf.test.TestCase):

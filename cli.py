@@ -18,6 +18,7 @@ import slim_compat  # pylint: disable=unused-import
 import tensorflow as tf
 
 import checkpoint_utils
+import directory_lock
 import imagenet_input
 
 
@@ -26,7 +27,7 @@ class UserError(Exception):
 
 
 USER_ERRORS = (UserError, checkpoint_utils.CheckpointError,
-               imagenet_input.DatasetError)
+               directory_lock.DirectoryLockedError, imagenet_input.DatasetError)
 
 # TensorFlow errors that come from the command's input: a missing file
 # (NotFound, PermissionDenied), corrupt data (DataLoss; an undecodable image

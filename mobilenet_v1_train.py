@@ -26,6 +26,14 @@ import sys
 import time
 
 from absl import flags
+import directory_lock
+
+# A second run on a --checkpoint_dir in use is refused at once, before
+# TensorFlow takes its seconds to load.
+if __name__ == '__main__':
+  directory_lock.exit_if_in_use(sys.argv, 'mobilenet_v1_train')
+
+# pylint: disable=g-import-not-at-top,wrong-import-position,g-bad-import-order
 import slim_compat  # pylint: disable=unused-import
 from slim_compat import slim
 import tensorflow as tf
@@ -37,6 +45,7 @@ import cli
 import imagenet_input
 import mobilenet_v1
 import quantize
+# pylint: enable=g-import-not-at-top,wrong-import-position,g-bad-import-order
 
 tf1 = tf.compat.v1
 
@@ -148,6 +157,10 @@ flags.DEFINE_list('trainable_scopes', [],
 flags.DEFINE_bool('skip_corrupt_records', False,
                   'Skip (and count) records whose image does not decode or '
                   'that lack keys, instead of stopping with an error.')
+flags.DEFINE_integer('random_seed', None,
+                     'Graph-level random seed (initial weights, crops, '
+                     'shuffling) for repeatable runs; unset, each run draws '
+                     'its own.')
 flags.DEFINE_integer('max_checkpoints_to_keep', 5,
                      'Most recent checkpoints kept in --checkpoint_dir.',
                      lower_bound=1)
@@ -491,7 +504,7 @@ def train():
   if is_chief:
     # Held until the process ends; only the chief writes checkpoints, so the
     # other workers of its cluster share the directory.
-    checkpoint_utils.lock_directory(FLAGS.checkpoint_dir)
+    directory_lock.lock(FLAGS.checkpoint_dir)
 
   num_examples = _num_train_examples()
   quant_delay = FLAGS.quant_delay
@@ -500,6 +513,8 @@ def train():
 
   graph = tf.Graph()
   with graph.as_default():
+    if FLAGS.random_seed is not None:
+      tf1.set_random_seed(FLAGS.random_seed)
     device_fn = tf1.train.replica_device_setter(
         ps_tasks, worker_device='/job:worker/task:%d' % FLAGS.task,
         cluster=cluster) if ps_tasks else None

@@ -37,10 +37,10 @@ if not DEBUG:
 faulthandler.enable()
 
 # Holds what the parent writes to its stdin; writes it to its stderr only if
-# the stdin closes while the holder still runs, i.e. when the parent died or
-# gave it up (native_stderr_silenced kills it when the block succeeds).
+# the stdin closes while the holder still runs, which happens when the parent
+# dies (native_stderr_silenced kills the holder when its block ends).
 _HOLDER = (
-    'import os, sys\n'
+    'import os\n'
     'held = []\n'
     'while True:\n'
     '  chunk = os.read(0, 65536)\n'
@@ -56,11 +56,11 @@ def native_stderr_silenced():
 
   TensorFlow's C++ runtime logs start-up banners (oneDNN, missing CUDA
   drivers, cuInit failures) before `TF_CPP_MIN_LOG_LEVEL` takes effect, so the
-  only way to hide them is at the descriptor level. The output is not thrown
-  away: a child process holds it and writes it out when the block raises or
-  the process dies inside it (a native crash's message, faulthandler's
-  stack), and drops it only when the block completes. With
-  MOBILENET_V1_DEBUG=1 nothing is held back.
+  only way to hide them is at the descriptor level. The output goes to a
+  child process that drops it when the block ends, by returning or raising
+  (a Python exception carries its own message), and writes it out if the
+  process dies inside the block: a native crash's message and faulthandler's
+  stack stay visible. With MOBILENET_V1_DEBUG=1 nothing is held back.
   """
   if DEBUG:
     yield
@@ -75,24 +75,15 @@ def native_stderr_silenced():
   saved = os.dup(2)
   os.dup2(write_end, 2)
   os.close(write_end)
-  drop = False
   try:
     yield
-    drop = True
-  except KeyboardInterrupt:
-    # The user stopped us; the banners would only bury the one-line notice.
-    drop = True
-    raise
   finally:
-    if drop:
-      holder.kill()
-    os.dup2(saved, 2)  # the pipe's last write end closes: the holder sees EOF
+    # Killed while this process still holds the pipe's write end, the
+    # holder cannot have seen its end and writes nothing.
+    holder.kill()
+    holder.wait()
+    os.dup2(saved, 2)
     os.close(saved)
-    try:
-      holder.wait(timeout=10)
-    except subprocess.TimeoutExpired:  # a child of the block still holds it
-      holder.kill()
-      holder.wait()
 
 
 with native_stderr_silenced():
