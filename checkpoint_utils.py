@@ -6,9 +6,14 @@ names the problem and the fix.
 """
 
 import collections
+import os
+import re
+import time
 
 import slim_compat  # pylint: disable=unused-import
 import tensorflow as tf
+
+tf1 = tf.compat.v1
 
 
 class CheckpointError(Exception):
@@ -35,7 +40,7 @@ def resolve(path):
     CheckpointError: nothing is there.
   """
   if tf.io.gfile.isdir(path):
-    latest = tf.train.latest_checkpoint(path)
+    latest = latest_checkpoint(path)
     if not latest:
       raise CheckpointError('no checkpoint in %s' % path)
     return latest
@@ -49,9 +54,17 @@ def _reader(path):
   try:
     return tf.train.load_checkpoint(path)
   except (tf.errors.OpError, ValueError) as e:
-    first_line = str(e).strip().splitlines()[0] if str(e).strip() else ''
     raise CheckpointError('cannot read checkpoint %s: %s' %
-                          (path, first_line)) from e
+                          (path, _first_line(e))) from e
+
+
+def saved_variable_shapes(path):
+  """{variable name: shape} of what the checkpoint at `path` holds.
+
+  Raises:
+    CheckpointError: the checkpoint cannot be read.
+  """
+  return _reader(path).get_variable_to_shape_map()
 
 
 def match(path, variables):
@@ -69,7 +82,7 @@ def match(path, variables):
   Raises:
     CheckpointError: the checkpoint cannot be read.
   """
-  saved_shapes = _reader(path).get_variable_to_shape_map()
+  saved_shapes = saved_variable_shapes(path)
   restorable, missing, mismatched = {}, [], []
   for variable in variables:
     name = variable.op.name
@@ -138,3 +151,173 @@ def verify_fits(path, variables, flags_hint):
         'checkpoint %s lacks %d of the model\'s variables (first: %s); is it '
         'a MobileNet V1 checkpoint of this configuration (%s)?' %
         (path, len(found.missing), found.missing[0], flags_hint))
+
+
+# TensorFlow's name for the state file that lists a directory's checkpoints.
+STATE_FILE = 'checkpoint'
+
+
+def _exists(prefix):
+  return tf.io.gfile.exists(prefix + '.index')
+
+
+def _step_of(prefix):
+  found = re.search(r'-(\d+)$', prefix)
+  return int(found.group(1)) if found else -1
+
+
+def checkpoints_in(directory):
+  """Lists the checkpoints of a directory, oldest first.
+
+  The state file's paths are taken as the directory's own files: a path
+  recorded relative is beside the state file, and so is an absolute one
+  (written by an older run or TensorFlow's default Saver) whose file name
+  is there, as in a directory moved or copied from elsewhere. An absolute
+  path is used as it is only when nothing of its name is beside the state
+  file. Without a readable state file, the directory's checkpoints are
+  listed by their global step suffix.
+
+  Args:
+    directory: a checkpoint directory.
+
+  Returns:
+    Checkpoint prefixes that exist, oldest first; the last is the latest.
+  """
+  state = None
+  if tf.io.gfile.exists(os.path.join(directory, STATE_FILE)):
+    try:
+      state = tf.train.get_checkpoint_state(directory)
+    except (tf.errors.OpError, ValueError):
+      state = None  # unreadable: fall back to the files themselves
+  if state and state.model_checkpoint_path:
+    recorded = list(state.all_model_checkpoint_paths)
+    if state.model_checkpoint_path not in recorded:
+      recorded.append(state.model_checkpoint_path)
+    prefixes = []
+    for path in recorded:
+      beside = os.path.join(directory, os.path.basename(path))
+      if _exists(beside):
+        prefixes.append(beside)
+      elif _exists(path):
+        prefixes.append(path)
+    # The state file lists them oldest first, the latest last.
+    return list(dict.fromkeys(prefixes))
+  indexes = tf.io.gfile.glob(os.path.join(directory, '*.index'))
+  return sorted((p[:-len('.index')] for p in indexes), key=_step_of)
+
+
+def latest_checkpoint(directory):
+  """The latest checkpoint of a directory (see checkpoints_in), or None."""
+  prefixes = checkpoints_in(directory)
+  return prefixes[-1] if prefixes else None
+
+
+def damage(prefix):
+  """Reads back every tensor of a checkpoint; says what is wrong, if anything.
+
+  The reader checks each tensor's length and checksum, so this finds files
+  truncated (a full disk, an interrupted copy) or corrupted.
+
+  Args:
+    prefix: a checkpoint prefix.
+
+  Returns:
+    None for a checkpoint that reads back whole, else a description naming
+    the damaged file.
+  """
+  try:
+    reader = tf.train.load_checkpoint(prefix)
+  except (tf.errors.OpError, ValueError) as e:
+    return 'its index %s.index is unreadable (%s)' % (prefix, _first_line(e))
+  try:
+    for name in reader.get_variable_to_shape_map():
+      reader.get_tensor(name)
+  except (tf.errors.OpError, IndexError, ValueError) as e:
+    data_files = sorted(tf.io.gfile.glob(prefix + '.data-*'))
+    if len(data_files) == 1:
+      where = 'its data file %s' % data_files[0]
+    elif data_files:
+      where = 'one of its data files %s.data-*' % prefix
+    else:
+      where = 'its data file (missing)'
+    return '%s is damaged: %s' % (where, _first_line(e))
+  return None
+
+
+def _first_line(error):
+  text = str(error).strip()
+  return text.splitlines()[0] if text else type(error).__name__
+
+
+def write_state(directory, prefixes):
+  """Writes the directory's state file naming `prefixes`, with relative paths.
+
+  Args:
+    directory: the checkpoint directory.
+    prefixes: checkpoint prefixes in `directory`, oldest first; the last
+      becomes the latest.
+  """
+  names = [os.path.basename(p) for p in prefixes]
+  tf1.train.update_checkpoint_state(directory, names[-1], names)
+
+
+def prepare_resume(directory):
+  """Makes the newest checkpoint that reads back whole the one to resume from.
+
+  Checkpoints newer than it that do not read back are left where they are,
+  out of the state file, which is rewritten with relative paths (so that
+  TensorFlow's restore finds the directory's own files wherever it is).
+
+  Args:
+    directory: the checkpoint directory.
+
+  Returns:
+    (checkpoint prefix or None when the directory holds none, [(skipped
+    prefix, why)] newest first).
+
+  Raises:
+    CheckpointError: the directory holds checkpoints but none reads back.
+  """
+  prefixes = checkpoints_in(directory)
+  skipped = []
+  while prefixes:
+    why = damage(prefixes[-1])
+    if why is None:
+      break
+    skipped.append((prefixes.pop(), why))
+  if skipped and not prefixes:
+    raise CheckpointError(
+        'no checkpoint in %s reads back whole (%s); move them elsewhere to '
+        'train from scratch' % (directory, '; '.join(
+            '%s: %s' % (os.path.basename(p), why) for p, why in skipped)))
+  if prefixes:
+    write_state(directory, prefixes)
+  return (prefixes[-1] if prefixes else None), skipped
+
+
+def checkpoints_iterator(directory, timeout, poll_secs=1):
+  """Yields each new latest checkpoint of a directory as it appears.
+
+  Like tf.train.checkpoints_iterator, with checkpoints_in's reading of the
+  state file.
+
+  Args:
+    directory: the checkpoint directory.
+    timeout: stop after this many seconds without a new checkpoint.
+    poll_secs: seconds between looks.
+
+  Yields:
+    Checkpoint prefixes.
+  """
+  last = None
+  waited_since = time.time()
+  while True:
+    latest = latest_checkpoint(directory)
+    if latest and latest != last:
+      last = latest
+      yield latest
+      waited_since = time.time()
+    elif time.time() - waited_since > timeout:
+      return
+    else:
+      time.sleep(poll_secs)

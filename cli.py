@@ -1,9 +1,12 @@
 """Runs the project's binaries so that user errors read as one line.
 
-A wrong flag value, a missing dataset or an unusable checkpoint is something
-the user fixes, not a bug: it gets `program: error: <what and how to fix>`
-on stderr and exit status 1, without a traceback. Anything else still raises
-with its traceback.
+A wrong flag value, a missing or corrupt dataset or an unusable checkpoint
+is something the user fixes, not a bug: it gets `program: error: <what and
+how to fix>` on stderr and exit status 1, without a traceback. So does
+Ctrl-C (`program: interrupted`, status 130). Anything else (out of memory,
+internal and unavailable errors, bugs) raises with its message and
+traceback. MOBILENET_V1_DEBUG=1 turns the one-line forms off too, for bug
+reports.
 """
 
 import os
@@ -15,6 +18,7 @@ import slim_compat  # pylint: disable=unused-import
 import tensorflow as tf
 
 import checkpoint_utils
+import directory_lock
 import imagenet_input
 
 
@@ -23,7 +27,15 @@ class UserError(Exception):
 
 
 USER_ERRORS = (UserError, checkpoint_utils.CheckpointError,
-               imagenet_input.DatasetError)
+               directory_lock.DirectoryLockedError, imagenet_input.DatasetError)
+
+# TensorFlow errors that come from the command's input: a missing file
+# (NotFound, PermissionDenied), corrupt data (DataLoss; an undecodable image
+# or a failed input assertion is InvalidArgument). Resource exhaustion,
+# internal, unavailable and the other codes are not the user's input.
+INPUT_OP_ERRORS = (tf.errors.NotFoundError, tf.errors.DataLossError,
+                   tf.errors.PermissionDeniedError,
+                   tf.errors.InvalidArgumentError)
 
 
 def first_line(error):
@@ -48,11 +60,16 @@ def run(main):
   def guarded_main(argv):
     if len(argv) > 1:
       raise app.UsageError('unexpected arguments: %s' % ' '.join(argv[1:]))
+    if slim_compat.DEBUG:
+      return main(argv)
     try:
       return main(argv)
     except USER_ERRORS as e:
       sys.exit('%s: error: %s' % (program, e))
-    except tf.errors.OpError as e:
+    except INPUT_OP_ERRORS as e:
       sys.exit('%s: error: %s' % (program, first_line(e)))
+    except KeyboardInterrupt:
+      print('%s: interrupted' % program, file=sys.stderr)
+      sys.exit(130)
 
   app.run(guarded_main)

@@ -93,3 +93,19 @@ def verify_checkpoint(checkpoint, graph, variables, num_classes,
   checkpoint_utils.verify_fits(
       checkpoint, variables, '--num_classes=%d --depth_multiplier=%g%s' % (
           num_classes, depth_multiplier, ' --quantize' if quantized else ''))
+
+
+def has_quantization_ranges(checkpoint):
+  """Whether a checkpoint holds quantization ranges (was trained quantized).
+
+  Args:
+    checkpoint: a checkpoint prefix.
+
+  Returns:
+    True when some variable is named as quantize's range variables are.
+  """
+  try:
+    names = checkpoint_utils.saved_variable_shapes(checkpoint)
+  except checkpoint_utils.CheckpointError:
+    return False  # restoring it reports the problem
+  return any(quantize.is_range_variable_name(name) for name in names)

@@ -11,6 +11,7 @@ writes it.
 """
 
 import os
+import sys
 import time
 
 from absl import flags
@@ -18,6 +19,7 @@ import numpy as np
 import slim_compat  # pylint: disable=unused-import
 import tensorflow as tf
 
+import batch_norm_decay
 import checkpoint_utils
 import cli
 import imagenet_input
@@ -79,7 +81,7 @@ class Evaluator(object):
         checkpoint, self.graph, self._variables, FLAGS.num_classes,
         FLAGS.depth_multiplier, FLAGS.quantize)
     with tf1.Session(FLAGS.master, graph=self.graph) as session:
-      self._saver.restore(session, checkpoint)
+      _restore(self._saver, session, checkpoint)
       session.run(self._iterator.initializer)
       totals = {name: 0 for name in self._correct}
       examples = 0
@@ -96,6 +98,26 @@ class Evaluator(object):
                           FLAGS.dataset_dir)
     return ({n: t / examples for n, t in totals.items()}, examples,
             checkpoint_utils.saved_global_step(checkpoint))
+
+
+def _restore(saver, session, checkpoint):
+  """saver.restore, naming the damaged file when the checkpoint is damaged.
+
+  Raises:
+    checkpoint_utils.CheckpointError: the checkpoint does not read back.
+  """
+  try:
+    saver.restore(session, checkpoint)
+  except tf.errors.OpError:
+    why = checkpoint_utils.damage(checkpoint)
+    if why is None:
+      raise
+    raise checkpoint_utils.CheckpointError(
+        'checkpoint %s cannot be restored: %s' % (checkpoint, why)) from None
+
+
+def _warn(text):
+  print('mobilenet_v1_eval: warning: %s' % text, file=sys.stderr, flush=True)
 
 
 def write_summaries(eval_dir, metrics, step):
@@ -118,8 +140,8 @@ def _checkpoints():
     return
   print('Waiting for checkpoints in %s (up to %d s between them).' %
         (FLAGS.checkpoint_dir, FLAGS.timeout_secs), flush=True)
-  for checkpoint in tf1.train.checkpoints_iterator(
-      FLAGS.checkpoint_dir, min_interval_secs=1, timeout=FLAGS.timeout_secs):
+  for checkpoint in checkpoint_utils.checkpoints_iterator(
+      FLAGS.checkpoint_dir, timeout=FLAGS.timeout_secs):
     yield checkpoint
 
 
@@ -136,7 +158,23 @@ def main(argv):
   evaluator = Evaluator()
   for checkpoint in _checkpoints():
     start = time.time()
-    metrics, examples, step = evaluator.evaluate(checkpoint)
+    if not FLAGS.quantize and inference_model.has_quantization_ranges(
+        checkpoint):
+      _warn('%s was trained with --quantize; evaluating it as a float model '
+            '(add --quantize=True to measure the quantized model)' %
+            os.path.basename(checkpoint))
+    imagenet_input.skipped_records.reset()
+    try:
+      metrics, examples, step = evaluator.evaluate(checkpoint)
+    except checkpoint_utils.CheckpointError as e:
+      # A training run may have written a bad checkpoint; watching goes on.
+      if not FLAGS.continuous:
+        raise
+      _warn('skipping %s' % e)
+      continue
+    warning = batch_norm_decay.unconverged_warning(checkpoint, step)
+    if warning:
+      _warn(warning)
     write_summaries(eval_dir, metrics, step)
     skipped = imagenet_input.skipped_records.count
     print('%s (%s): Accuracy %.4f  Recall_5 %.4f  on %d examples '

@@ -7,6 +7,8 @@ Recall_5 follow from the labels alone.
 
 import glob
 import os
+import shutil
+import signal
 import subprocess
 import sys
 
@@ -29,8 +31,10 @@ MODEL_FLAGS = ['--depth_multiplier=0.25', '--image_size=64',
 
 
 def write_ranking_checkpoint(checkpoint_dir, ranking, step, quantized=False,
-                             leave_out=()):
+                             leave_out=(), extra_variables=()):
   """Saves a model whose logits rank the classes in `ranking` order.
+
+  TensorFlow's default Saver records absolute paths in the state file.
 
   Args:
     checkpoint_dir: where the checkpoint goes.
@@ -39,6 +43,7 @@ def write_ranking_checkpoint(checkpoint_dir, ranking, step, quantized=False,
     quantized: also save the quantization ranges of the eval rewrite (at
       their initial values).
     leave_out: names of variables not to save.
+    extra_variables: names of scalar variables saved as well.
 
   Returns:
     The checkpoint prefix.
@@ -54,6 +59,8 @@ def write_ranking_checkpoint(checkpoint_dir, ranking, step, quantized=False,
       quantize.create_eval_graph()
     if step is not None:
       tf1.train.get_or_create_global_step()
+    for name in extra_variables:
+      tf1.get_variable(name, [])
     variables = {v.op.name: v for v in tf1.global_variables()}
     with tf1.Session() as session:
       session.run(tf1.global_variables_initializer())
@@ -75,6 +82,13 @@ def run_eval(*flags, timeout=300):
                         check=False)
 
 
+def truncate_data(checkpoint):
+  data = checkpoint + '.data-00000-of-00001'
+  with open(data, 'r+b') as f:
+    f.truncate(os.path.getsize(data) // 2)
+  return data
+
+
 def result_lines(stdout):
   return [line for line in stdout.splitlines() if 'Accuracy' in line]
 
@@ -89,6 +103,15 @@ class EvalTest(tf.test.TestCase):
     cls.labels = test_data.write_color_dataset(
         cls.dataset_dir, num_classes=5, train_per_class=1,
         validation_per_class=2)['validation']
+    # The same 10 images and one record that does not decode.
+    cls.corrupt_dir = os.path.join(tf1.test.get_temp_dir(), 'corrupt')
+    os.makedirs(cls.corrupt_dir)
+    shutil.copy(os.path.join(cls.dataset_dir, 'validation-00000-of-00001'),
+                os.path.join(cls.corrupt_dir, 'validation-00000-of-00002'))
+    with tf.io.TFRecordWriter(os.path.join(
+        cls.corrupt_dir, 'validation-00001-of-00002')) as writer:
+      writer.write(test_data.image_example(b'not a JPEG', 1, 48, 48)
+                   .SerializeToString())
 
   def test_counts_every_example_once_including_partial_batch(self):
     checkpoint_dir = os.path.join(self.get_temp_dir(), 'ranking')
@@ -136,9 +159,13 @@ class EvalTest(tf.test.TestCase):
   def test_continuous_mode_evaluates_each_new_checkpoint(self):
     checkpoint_dir = os.path.join(self.get_temp_dir(), 'continuous')
     write_ranking_checkpoint(checkpoint_dir, [1, 2, 3, 4, 5], step=1)
+    # The second checkpoint is made beforehand and moved in later: under
+    # load, building and saving it could outlast --timeout_secs.
+    later_dir = os.path.join(self.get_temp_dir(), 'later')
+    later = write_ranking_checkpoint(later_dir, [5, 6, 0, 1, 2], step=2)
     process = subprocess.Popen(
         [sys.executable, EVAL] + MODEL_FLAGS +
-        ['--dataset_dir=' + self.dataset_dir,
+        ['--dataset_dir=' + self.corrupt_dir, '--skip_corrupt_records',
          '--checkpoint_dir=' + checkpoint_dir, '--continuous',
          '--timeout_secs=15'],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -147,13 +174,77 @@ class EvalTest(tf.test.TestCase):
       lines.append(line)
       if 'Accuracy' in line:
         break
-    write_ranking_checkpoint(checkpoint_dir, [5, 6, 0, 1, 2], step=2)
-    stdout, stderr = process.communicate(timeout=120)
+    for path in glob.glob(later + '.*'):
+      shutil.copy(path, checkpoint_dir)
+    tf1.train.update_checkpoint_state(
+        checkpoint_dir, 'model.ckpt-2', ['model.ckpt-1', 'model.ckpt-2'])
+    stdout, stderr = process.communicate(timeout=300)
     self.assertEqual(process.returncode, 0, stderr)
     results = result_lines(''.join(lines) + stdout)
     self.assertLen(results, 2)
     self.assertIn('(step 1): Accuracy 0.2000  Recall_5 1.0000', results[0])
     self.assertIn('(step 2): Accuracy 0.2000  Recall_5 0.6000', results[1])
+    # Each checkpoint's line counts the records its own pass skipped.
+    for line in results:
+      self.assertIn('on 10 examples', line)
+      self.assertRegex(line, r', 1 corrupt records skipped$')
+
+  def test_damaged_checkpoint_is_named(self):
+    checkpoint_dir = os.path.join(self.get_temp_dir(), 'damaged')
+    checkpoint = write_ranking_checkpoint(checkpoint_dir, [1], step=3)
+    data = truncate_data(checkpoint)
+    result = run_eval('--dataset_dir=' + self.dataset_dir,
+                      '--checkpoint_dir=' + checkpoint_dir)
+    self.assertEqual(result.returncode, 1, result.stderr)
+    self.assertLen(result.stderr.strip().splitlines(), 1, result.stderr)
+    self.assertIn('checkpoint %s cannot be restored: its data file %s is '
+                  'damaged' % (checkpoint, data), result.stderr)
+
+  def test_moved_directory_evaluates_its_own_checkpoints(self):
+    source = os.path.join(self.get_temp_dir(), 'source')
+    write_ranking_checkpoint(source, [1, 2, 3, 4, 5], step=4)
+    copy = os.path.join(self.get_temp_dir(), 'copy')
+    shutil.copytree(source, copy)
+    # The source goes on to another model under the same name: the copy's
+    # state file, whose absolute paths point there, must not follow it.
+    write_ranking_checkpoint(source, [6, 0, 1, 2, 3], step=4)
+    moved = os.path.join(self.get_temp_dir(), 'moved')
+    shutil.copytree(copy, moved)
+    shutil.rmtree(source)  # and the original location is gone
+    for directory in (copy, moved):
+      with self.subTest(directory=directory):
+        result = run_eval('--dataset_dir=' + self.dataset_dir,
+                          '--checkpoint_dir=' + directory)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        line, = result_lines(result.stdout)
+        self.assertIn('(step 4): Accuracy 0.2000  Recall_5 1.0000', line)
+
+  def test_quantized_checkpoint_without_quantize_says_so(self):
+    checkpoint_dir = os.path.join(self.get_temp_dir(), 'quantized')
+    write_ranking_checkpoint(
+        checkpoint_dir, [1], step=1,
+        extra_variables=['MobilenetV1/MobilenetV1/Conv2d_0/act_quant/min',
+                         'MobilenetV1/MobilenetV1/Conv2d_0/act_quant/max'])
+    result = run_eval('--dataset_dir=' + self.dataset_dir,
+                      '--checkpoint_dir=' + checkpoint_dir)
+    self.assertEqual(result.returncode, 0, result.stderr)
+    self.assertLen(result_lines(result.stdout), 1)
+    self.assertEqual(result.stderr.strip().splitlines(), [
+        'mobilenet_v1_eval: warning: model.ckpt-1 was trained with '
+        '--quantize; evaluating it as a float model (add --quantize=True to '
+        'measure the quantized model)'])
+
+  def test_ctrl_c_prints_one_line(self):
+    process = subprocess.Popen(
+        [sys.executable, EVAL] + MODEL_FLAGS +
+        ['--dataset_dir=' + self.dataset_dir, '--continuous',
+         '--checkpoint_dir=' + os.path.join(self.get_temp_dir(), 'never')],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    self.assertStartsWith(process.stdout.readline(), 'Waiting for checkpoints')
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    self.assertEqual(process.returncode, 130)
+    self.assertEqual(stderr, 'mobilenet_v1_eval: interrupted\n')
 
   def test_bad_input_gets_one_line_errors(self):
     checkpoint_dir = os.path.join(self.get_temp_dir(), 'float')

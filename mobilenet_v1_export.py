@@ -45,7 +45,10 @@ Export builds the same graph that mobilenet_v1_eval measures
 (inference_model.py), from the same model flags.
 """
 
+import contextlib
 import os
+import shutil
+import tempfile
 
 from absl import flags
 from absl import logging
@@ -348,6 +351,31 @@ def _write(path, content):
     raise cli.UserError('cannot write %s: %s' % (path, e.strerror or e)) from e
 
 
+@contextlib.contextmanager
+def _staged(output_dir, name):
+  """Yields a staging directory in `output_dir`; moves its files in on success.
+
+  The bundle appears whole or not at all: a failing conversion, an error or
+  Ctrl-C removes the staging directory and leaves --output_dir as it was.
+  Each file is moved in by a rename within the directory's file system.
+
+  Args:
+    output_dir: the bundle's directory (it exists).
+    name: the bundle's base name, for the staging directory's name.
+
+  Yields:
+    The staging directory's path.
+  """
+  staging = tempfile.mkdtemp(prefix='.%s.staging-' % name, dir=output_dir)
+  try:
+    yield staging
+    for file_name in sorted(os.listdir(staging)):
+      os.replace(os.path.join(staging, file_name),
+                 os.path.join(output_dir, file_name))
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+
+
 def export():
   """Writes the bundle the flags describe.
 
@@ -364,8 +392,24 @@ def export():
   _make_output_dir(FLAGS.output_dir)
   name = FLAGS.model_name or model_name(FLAGS.depth_multiplier,
                                         FLAGS.image_size, FLAGS.quantize)
-  prefix = os.path.join(FLAGS.output_dir, name)
+  with _staged(FLAGS.output_dir, name) as staging:
+    checkpoint, written = _write_bundle(checkpoint, name,
+                                        os.path.join(staging, name))
+  return checkpoint, [os.path.join(FLAGS.output_dir, os.path.basename(path))
+                      for path in written]
 
+
+def _write_bundle(checkpoint, name, prefix):
+  """Writes the bundle's files, named `prefix`*, from `checkpoint`.
+
+  Args:
+    checkpoint: the checkpoint prefix to export.
+    name: the model name, for NAME_info.txt.
+    prefix: the path of the files without their suffixes.
+
+  Returns:
+    (the checkpoint exported, the paths written).
+  """
   graph, images, predictions = build_inference_graph(
       FLAGS.depth_multiplier, FLAGS.image_size, FLAGS.num_classes,
       FLAGS.quantize)

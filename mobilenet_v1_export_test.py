@@ -74,6 +74,29 @@ def finish(processes, timeout=600):
   return outputs
 
 
+# mobilenet_v1_export with its second TFLite conversion failing, as a
+# converter error would (after the checkpoint, graphs and NAME.tflite).
+_FAILING_EXPORT = """
+import sys
+import mobilenet_v1_export
+
+convert = mobilenet_v1_export._run_converter
+calls = []
+
+
+def fail_second(converter):
+  calls.append(converter)
+  if len(calls) == 2:
+    raise RuntimeError('injected converter failure')
+  return convert(converter)
+
+
+mobilenet_v1_export._run_converter = fail_second
+sys.argv[0] = 'mobilenet_v1_export'
+mobilenet_v1_export.cli.run(mobilenet_v1_export.main)
+"""
+
+
 def validation_images(dataset_dir):
   """The validation split as the eval pipeline gives it: (images, labels)."""
   dataset = imagenet_input.build_dataset(dataset_dir, 'validation', 1000,
@@ -481,6 +504,29 @@ class ExportTest(tf.test.TestCase):
                                   self.path(True, '_int8.tflite'))])
     self.assertRegex(twin_stdout, r'latency with 1 thread: median')
     self.assertNotIn('NAME_int8.tflite', twin_stdout)
+
+  def test_failing_conversion_leaves_no_bundle_files(self):
+    output_dir = os.path.join(self.get_temp_dir(), 'failing')
+    os.makedirs(output_dir)
+    # What was there stays: the user's own file and an older bundle's.
+    old_files = {'notes.txt': b'mine', FLOAT_NAME + '.tflite': b'older model'}
+    for name, content in old_files.items():
+      with open(os.path.join(output_dir, name), 'wb') as f:
+        f.write(content)
+    result = subprocess.run(
+        [sys.executable, '-c', _FAILING_EXPORT,
+         '--checkpoint_dir=' + self.float_dir, '--output_dir=' + output_dir,
+         '--post_training=dynamic'] + MODEL_FLAGS,
+        capture_output=True, text=True, timeout=600, check=False,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    self.assertEqual(result.returncode, 1, result.stderr)
+    # Not bad input: the failure keeps its traceback.
+    self.assertIn('Traceback', result.stderr)
+    self.assertIn('RuntimeError: injected converter failure', result.stderr)
+    self.assertCountEqual(os.listdir(output_dir), old_files)
+    for name, content in old_files.items():
+      with open(os.path.join(output_dir, name), 'rb') as f:
+        self.assertEqual(f.read(), content)
 
   def test_bad_input_gets_one_line_errors(self):
     temp = self.get_temp_dir()

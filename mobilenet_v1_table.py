@@ -3,8 +3,8 @@ r"""Prints the MobileNet V1 variants' costs and accuracies, and charts them.
 For each of the 16 width/resolution variants, shows the released models'
 published figures (Million MACs, Million Parameters, top-1/top-5, float and
 8-bit) beside the MACs and parameters counted from the graph our
-`mobilenet_v1` builds, flags where the published figure differs, and writes
-an accuracy-vs-MACs chart like the seed's mobilenet_v1.png.
+`mobilenet_v1` builds, flags where the published figure differs, and with
+--chart writes an accuracy-vs-MACs chart like the seed's mobilenet_v1.png.
 
   bazel run //:mobilenet_v1_table -- --chart=/tmp/mobilenet_v1.png
 """
@@ -23,10 +23,11 @@ import mobilenet_v1
 tf1 = tf.compat.v1
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('chart', 'mobilenet_v1.png',
-                    'Where to write the accuracy-vs-MACs chart (PNG); empty '
-                    'to skip it. Relative paths are under the directory the '
-                    'command was started in.')
+flags.DEFINE_string('chart', '',
+                    'Where to write the accuracy-vs-MACs chart (PNG), e.g. '
+                    '/tmp/mobilenet_v1.png; empty (the default) writes none. '
+                    'Relative paths are under the directory the command was '
+                    'started in.')
 
 # Published figures of the released checkpoints (2018_08_02 tarballs):
 # million MACs, million parameters, float top-1/top-5, quantized top-1/top-5
@@ -210,6 +211,8 @@ def main(argv):
                         FLAGS.chart)
     write_chart(computed, path)
     print('\nChart written to %s' % os.path.abspath(path))
+  else:
+    print('\n--chart=PATH.png also draws accuracy against MACs.')
 
 
 if __name__ == '__main__':

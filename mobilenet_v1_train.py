@@ -10,21 +10,35 @@ Quantization-aware, from a float checkpoint:
       --quantize=True --fine_tune_checkpoint=float/checkpoint/path
 
 Killed at any moment, the same command resumes from the last checkpoint in
---checkpoint_dir with its global step. Parameter-server training: start one
+--checkpoint_dir that reads back whole, with its global step. SIGINT (Ctrl-C)
+or SIGTERM saves a checkpoint at the current step first; a second signal
+exits at once. One run at a time trains into a --checkpoint_dir (a lock file
+there). Parameter-server training: start one
 process per task with the same --ps_hosts/--worker_hosts and its own
 --job_name/--task (see README.md).
 """
 
 import math
 import os
+import shlex
+import signal
 import sys
 import time
 
 from absl import flags
+import directory_lock
+
+# A second run on a --checkpoint_dir in use is refused at once, before
+# TensorFlow takes its seconds to load.
+if __name__ == '__main__':
+  directory_lock.exit_if_in_use(sys.argv, 'mobilenet_v1_train')
+
+# pylint: disable=g-import-not-at-top,wrong-import-position,g-bad-import-order
 import slim_compat  # pylint: disable=unused-import
 from slim_compat import slim
 import tensorflow as tf
 
+import batch_norm_decay
 import batch_norm_relu6
 import checkpoint_utils
 import cli
@@ -32,6 +46,7 @@ import imagenet_input
 import mobilenet_v1
 import quantize
 import tflite_emulation
+# pylint: enable=g-import-not-at-top,wrong-import-position,g-bad-import-order
 
 tf1 = tf.compat.v1
 
@@ -136,10 +151,12 @@ flags.DEFINE_float('label_smoothing', 0.0,
                    lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_float('weight_decay', 0.00004, 'L2 weight decay of conv weights.',
                    lower_bound=0.0)
-flags.DEFINE_float('batch_norm_decay', 0.9997,
-                   'Decay of batch norm\'s moving averages; lower it (e.g. '
-                   '0.99) for runs of a few thousand steps, or evaluation '
-                   'sees averages that have not caught up.',
+flags.DEFINE_float('batch_norm_decay', None,
+                   'Decay of batch norm\'s moving averages. Default: 0.9997 '
+                   '(slim\'s ImageNet value) for runs of 33,334 steps or more '
+                   'or without --number_of_steps; for shorter runs 1 - 10 / '
+                   '--number_of_steps, so that the averages converge within '
+                   'the run.',
                    lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_list('checkpoint_exclude_scopes', [],
                   'Comma-separated variable scopes not restored from '
@@ -184,6 +201,13 @@ def _num_train_examples():
   return imagenet_input.num_examples(FLAGS.dataset_dir, 'train')
 
 
+def _batch_norm_decay():
+  """--batch_norm_decay, or the decay that fits --number_of_steps."""
+  if FLAGS.batch_norm_decay is not None:
+    return FLAGS.batch_norm_decay
+  return batch_norm_decay.for_steps(FLAGS.number_of_steps)
+
+
 def build_model(images, is_training):
   """Builds the classifier the flags describe, for training or inference.
 
@@ -196,7 +220,7 @@ def build_model(images, is_training):
   """
   scope = mobilenet_v1.mobilenet_v1_arg_scope(
       is_training=is_training, weight_decay=FLAGS.weight_decay,
-      batch_norm_decay=FLAGS.batch_norm_decay)
+      batch_norm_decay=_batch_norm_decay())
   with slim.arg_scope(scope):
     logits, _ = mobilenet_v1.mobilenet_v1(
         images, num_classes=FLAGS.num_classes, is_training=is_training,
@@ -308,6 +332,7 @@ class ProgressHook(tf1.train.SessionRunHook):
     now = time.time()
     line = 'step %d  loss %.4f  lr %.3g' % (step, results['loss'],
                                             results['learning_rate'])
+    line += _skipped_records_note()
     # The first step includes graph optimization: speed is measured after it.
     if not first:
       elapsed, steps = now - self._mark[0], step - self._mark[1]
@@ -319,6 +344,41 @@ class ProgressHook(tf1.train.SessionRunHook):
               (self._last_step - step) / rate)
     self._mark = (now, step)
     print(line, flush=True)
+
+
+def _skipped_records_note():
+  """', N corrupt records skipped' once --skip_corrupt_records skipped some."""
+  skipped = imagenet_input.skipped_records.count
+  return ', %d corrupt records skipped' % skipped if skipped else ''
+
+
+class SignalStopHook(tf1.train.SessionRunHook):
+  """Ends training at the next step boundary after SIGINT or SIGTERM.
+
+  The first signal only sets `received`: the step under way completes, the
+  loop stops and the session closes as at the last step, where the chief's
+  checkpoint hook saves at the current step. It also restores the signals'
+  default action, so that a second one ends the process at once.
+  """
+
+  SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+  def __init__(self):
+    self.received = None
+
+  def begin(self):
+    for signum in self.SIGNALS:
+      signal.signal(signum, self._handle)
+
+  def _handle(self, signum, frame):
+    del frame  # unused
+    self.received = signum
+    for other in self.SIGNALS:
+      signal.signal(other, signal.SIG_DFL)
+
+  def after_run(self, run_context, run_values):
+    if self.received:
+      run_context.request_stop()
 
 
 def _format_duration(seconds):
@@ -443,6 +503,10 @@ def train():
     master = server.target
     ps_tasks = len(FLAGS.ps_hosts)
   is_chief = FLAGS.task == 0
+  if is_chief:
+    # Held until the process ends; only the chief writes checkpoints, so the
+    # other workers of its cluster share the directory.
+    directory_lock.lock(FLAGS.checkpoint_dir)
 
   num_examples = _num_train_examples()
   quant_delay = FLAGS.quant_delay
@@ -465,9 +529,20 @@ def train():
       images, labels = tf1.data.make_one_shot_iterator(dataset).get_next()
       train_op, total_loss, learning_rate = build_train_op(
           images, labels, global_step, num_examples, quant_delay)
+    batch_norm_decay.record(_batch_norm_decay())
+    if FLAGS.batch_norm_decay is None:
+      print('Batch norm decay %.6g for %s (--batch_norm_decay sets '
+            'another).' % (_batch_norm_decay(), '%d steps' %
+                           FLAGS.number_of_steps if FLAGS.number_of_steps
+                           else 'an open-ended run'), flush=True)
 
     init_fn = None
-    resuming = tf.train.latest_checkpoint(FLAGS.checkpoint_dir)
+    if is_chief:
+      resuming, skipped = checkpoint_utils.prepare_resume(FLAGS.checkpoint_dir)
+      for damaged, why in skipped:
+        print('Skipping checkpoint %s: %s.' % (damaged, why), flush=True)
+    else:
+      resuming = checkpoint_utils.latest_checkpoint(FLAGS.checkpoint_dir)
     if _is_fine_tuning() and not resuming:
       init_fn = _fine_tune_init_fn()
     if resuming:
@@ -481,10 +556,12 @@ def train():
     scaffold = tf1.train.Scaffold(
         init_fn=init_fn,
         saver=tf1.train.Saver(max_to_keep=FLAGS.max_checkpoints_to_keep,
-                              sharded=bool(ps_tasks)))
+                              sharded=bool(ps_tasks),
+                              save_relative_paths=True))
+    stopper = SignalStopHook()
     hooks = [ProgressHook(total_loss, learning_rate, global_step,
                           FLAGS.batch_size, FLAGS.log_every_n_steps,
-                          FLAGS.number_of_steps)]
+                          FLAGS.number_of_steps), stopper]
     if FLAGS.number_of_steps:
       hooks.append(tf1.train.StopAtStepHook(last_step=FLAGS.number_of_steps))
     print('Training MobileNet V1 %g@%d (%d classes%s) on %s: %d examples, '
@@ -507,11 +584,24 @@ def train():
         save_summaries_secs=FLAGS.save_summaries_secs,
         log_step_count_steps=0,
         config=config) as session:
-      while not session.should_stop():
+      while not session.should_stop() and not stopper.received:
         session.run(train_op)
-  final = tf.train.latest_checkpoint(FLAGS.checkpoint_dir)
+      if stopper.received:
+        print('Stopping on %s%s (signal again to exit at once).' % (
+            signal.Signals(stopper.received).name,
+            ': saving a checkpoint at the current step' if is_chief else ''),
+              flush=True)
+  final = checkpoint_utils.latest_checkpoint(FLAGS.checkpoint_dir)
+  if stopper.received:
+    print('Interrupted%s. To resume, run the same command again: '
+          'mobilenet_v1_train %s' % (
+              '; checkpoint %s' % final if is_chief and final else '',
+              ' '.join(shlex.quote(arg) for arg in sys.argv[1:])),
+          flush=True)
+    sys.exit(128 + stopper.received)
   if is_chief and final:
-    print('Done; checkpoint %s.' % final, flush=True)
+    print('Done; checkpoint %s%s.' % (final, _skipped_records_note()),
+          flush=True)
 
 
 def main(argv):
@@ -519,7 +609,7 @@ def main(argv):
   try:
     train()
   except KeyboardInterrupt:
-    latest = tf.train.latest_checkpoint(FLAGS.checkpoint_dir)
+    latest = checkpoint_utils.latest_checkpoint(FLAGS.checkpoint_dir)
     sys.exit('mobilenet_v1_train: interrupted; rerun the same command to '
              'resume from %s' % (latest or 'the start'))
 

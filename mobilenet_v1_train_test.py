@@ -1,6 +1,7 @@
 """Tests mobilenet_v1_train as users run it: as a program, in subprocesses."""
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -10,17 +11,28 @@ import time
 from absl.testing import flagsaver
 import numpy as np
 import slim_compat  # pylint: disable=unused-import
+from slim_compat import slim
 import tensorflow as tf
 
+import imagenet_input
+import mobilenet_v1
 import mobilenet_v1_train
 import test_data
 
-TRAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                     'mobilenet_v1_train.py')
+tf1 = tf.compat.v1
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TRAIN = os.path.join(HERE, 'mobilenet_v1_train.py')
+EVAL = os.path.join(HERE, 'mobilenet_v1_eval.py')
 # A small, fast variant; the data are 48x48 coloured images of 2 classes.
 SMALL_MODEL = ['--depth_multiplier=0.25', '--image_size=64',
                '--batch_size=8', '--num_classes=3',
                *test_data.REPRODUCIBLE_TRAINING]
+# The smallest variant, seeded, on 32x32 coloured images of 4 classes.
+TINY_CLASSES = 4
+TINY_MODEL = ['--depth_multiplier=0.25', '--image_size=32',
+              '--num_classes=%d' % (TINY_CLASSES + 1)]
+TINY_TRAIN = TINY_MODEL + ['--batch_size=16', '--random_seed=15']
 
 
 def train_command(dataset_dir, checkpoint_dir, *flags):
@@ -31,6 +43,80 @@ def train_command(dataset_dir, checkpoint_dir, *flags):
 def run(command, timeout=600):
   return subprocess.run(command, capture_output=True, text=True,
                         timeout=timeout, check=False)
+
+
+def tiny_command(dataset_dir, checkpoint_dir, *flags):
+  return [sys.executable, TRAIN, '--dataset_dir=' + dataset_dir,
+          '--checkpoint_dir=' + checkpoint_dir] + TINY_TRAIN + list(flags)
+
+
+def printed_steps(stdout):
+  return [int(line.split()[1]) for line in stdout.splitlines()
+          if line.startswith('step ')]
+
+
+def read_file(path):
+  with open(path) as f:
+    return f.read()
+
+
+def wait_for(condition, timeout, what):
+  """Polls `condition` every 10 ms until it returns a true value."""
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    value = condition()
+    if value:
+      return value
+    time.sleep(0.01)
+  raise AssertionError('timed out after %d s waiting for %s' % (timeout,
+                                                               what))
+
+
+def reads_back_whole(checkpoint):
+  """Whether every tensor of `checkpoint` reads back (lengths, checksums)."""
+  reader = tf.train.load_checkpoint(checkpoint)
+  try:
+    for name in reader.get_variable_to_shape_map():
+      reader.get_tensor(name)
+  except (tf.errors.OpError, IndexError):
+    return False
+  return True
+
+
+def truncate_data(checkpoint):
+  data = checkpoint + '.data-00000-of-00001'
+  with open(data, 'r+b') as f:
+    f.truncate(os.path.getsize(data) // 2)
+  return data
+
+
+def batch_statistics_accuracy(checkpoint, dataset_dir, split):
+  """Top-1 of `checkpoint` on a whole split, batch norm on batch statistics.
+
+  What the trained weights classify when each layer is normalized with the
+  statistics of the batch, as in training (one batch of the whole split,
+  with eval's preprocessing and no dropout), independent of the moving
+  averages.
+  """
+  examples = imagenet_input.count_records(
+      imagenet_input.list_split_files(dataset_dir, split))
+  with tf.Graph().as_default():
+    dataset = imagenet_input.build_dataset(dataset_dir, split, examples, 32,
+                                           is_training=False)
+    images, labels = tf1.data.make_one_shot_iterator(dataset).get_next()
+    with slim.arg_scope(mobilenet_v1.mobilenet_v1_arg_scope(is_training=True)):
+      logits, _ = mobilenet_v1.mobilenet_v1(
+          images, num_classes=TINY_CLASSES + 1, depth_multiplier=0.25,
+          is_training=True, dropout_keep_prob=1.0)
+    saver = tf1.train.Saver(tf1.global_variables())
+    with tf1.Session() as session:
+      saver.restore(session, checkpoint)
+      predicted, labels = session.run([tf.argmax(logits, 1), labels])
+  return float(np.mean(predicted == labels))
+
+
+def eval_accuracy(stdout):
+  return float(re.search(r'Accuracy (\d\.\d+)', stdout).group(1))
 
 
 def checkpoint_step(checkpoint_dir):
@@ -91,6 +177,166 @@ class TrainTest(tf.test.TestCase):
     super().setUpClass()
     cls.dataset_dir = os.path.join(tf.compat.v1.test.get_temp_dir(), 'data')
     test_data.write_color_dataset(cls.dataset_dir, num_classes=2)
+    cls.tiny_dir = os.path.join(tf.compat.v1.test.get_temp_dir(), 'tiny')
+    test_data.write_color_dataset(cls.tiny_dir, num_classes=TINY_CLASSES,
+                                  train_per_class=32, validation_per_class=16,
+                                  size=32)
+
+  def test_short_run_from_scratch_evaluates_as_it_trained(self):
+    # 150 steps, everything else at its default (SGD at 0.045): slim's
+    # decay 0.9997 would leave the moving averages 0.9997^150 = 96% their
+    # initial values.
+    runs = {}
+    for name, flags in (('default', []),
+                        ('imagenet_decay', ['--batch_norm_decay=0.9997'])):
+      checkpoint_dir = os.path.join(self.get_temp_dir(), 'short_' + name)
+      trained = run(tiny_command(self.tiny_dir, checkpoint_dir,
+                                 '--number_of_steps=150',
+                                 '--log_every_n_steps=150', *flags))
+      self.assertEqual(trained.returncode, 0, trained.stderr)
+      evaluated = run([sys.executable, EVAL, '--dataset_dir=' + self.tiny_dir,
+                       '--checkpoint_dir=' + checkpoint_dir] + TINY_MODEL)
+      self.assertEqual(evaluated.returncode, 0, evaluated.stderr)
+      runs[name] = (trained, evaluated, batch_statistics_accuracy(
+          tf.train.latest_checkpoint(checkpoint_dir), self.tiny_dir, 'train'))
+
+    trained, evaluated, train_accuracy = runs['default']
+    self.assertIn('Batch norm decay 0.933333 for 150 steps', trained.stdout)
+    # The model learned the colours: with batch statistics it classifies
+    # the training images (chance is 25%).
+    self.assertGreaterEqual(train_accuracy, 0.9)
+    # With moving averages that converged, eval on the validation images
+    # (the same colours, other noise) is as good: within 5 points, i.e. 3
+    # of the 64 validation images.
+    self.assertGreaterEqual(eval_accuracy(evaluated.stdout),
+                            train_accuracy - 0.05, evaluated.stdout)
+    self.assertNotIn('warning', evaluated.stderr)
+
+    # The same run with slim's ImageNet decay learns as well but evaluates
+    # near chance, and eval says why, in one line.
+    trained, evaluated, train_accuracy = runs['imagenet_decay']
+    self.assertNotIn('Batch norm decay', trained.stdout)
+    self.assertGreaterEqual(train_accuracy, 0.9)
+    self.assertLess(eval_accuracy(evaluated.stdout), 0.5, evaluated.stdout)
+    self.assertLen(evaluated.stderr.strip().splitlines(), 1, evaluated.stderr)
+    self.assertIn('cannot have converged', evaluated.stderr)
+    self.assertIn('96%', evaluated.stderr)
+
+  def test_interrupted_run_saves_its_step_and_resumes(self):
+    checkpoint_dir = os.path.join(self.get_temp_dir(), 'interrupted')
+    log_path = os.path.join(self.get_temp_dir(), 'interrupted.log')
+    # No periodic checkpoint after the first: the one at the signal is new.
+    endless = ['--number_of_steps=1000000', '--save_interval_secs=100000',
+               '--log_every_n_steps=1']
+    with open(log_path, 'w') as log:
+      first = subprocess.Popen(
+          tiny_command(self.tiny_dir, checkpoint_dir, *endless), stdout=log,
+          stderr=subprocess.PIPE, text=True)
+    try:
+      wait_for(lambda: 20 in printed_steps(read_file(log_path)), 300,
+               'step 20')
+
+      # A second run on the same directory is refused, naming the first.
+      start = time.time()
+      second = run(tiny_command(self.tiny_dir, checkpoint_dir, *endless))
+      refused_after = time.time() - start
+      self.assertEqual(second.returncode, 1, second.stderr)
+      self.assertLen(second.stderr.strip().splitlines(), 1, second.stderr)
+      self.assertIn('in use by another training run (PID %d' % first.pid,
+                    second.stderr)
+      self.assertLess(refused_after, 10)
+
+      first.send_signal(signal.SIGTERM)
+      _, first_stderr = first.communicate(timeout=300)
+    finally:
+      if first.poll() is None:
+        first.kill()
+        first.wait()
+    stdout = read_file(log_path)
+    self.assertEqual(first.returncode, 128 + signal.SIGTERM, first_stderr)
+    self.assertNotIn('Traceback', first_stderr)
+    # The checkpoint is at the last step run, not at the last periodic save.
+    last_step = printed_steps(stdout)[-1]
+    self.assertGreaterEqual(last_step, 20)
+    self.assertEqual(checkpoint_step(checkpoint_dir), last_step)
+    self.assertIn('Stopping on SIGTERM', stdout)
+    self.assertIn('To resume, run the same command again', stdout)
+
+    resumed = run(tiny_command(self.tiny_dir, checkpoint_dir,
+                               '--number_of_steps=%d' % (last_step + 3),
+                               '--log_every_n_steps=1'))
+    self.assertEqual(resumed.returncode, 0, resumed.stderr)
+    self.assertIn('Resuming from %s/model.ckpt-%d.' %
+                  (checkpoint_dir, last_step), resumed.stdout)
+    self.assertEqual(printed_steps(resumed.stdout)[0], last_step + 1)
+    self.assertEqual(checkpoint_step(checkpoint_dir), last_step + 3)
+
+    # The latest checkpoint's data truncated (a full disk, a broken copy):
+    # the next run says so and resumes from the newest that reads back.
+    damaged = tf.train.latest_checkpoint(checkpoint_dir)
+    data = truncate_data(damaged)
+    again = run(tiny_command(self.tiny_dir, checkpoint_dir,
+                             '--number_of_steps=%d' % (last_step + 5),
+                             '--log_every_n_steps=1'))
+    self.assertEqual(again.returncode, 0, again.stderr)
+    self.assertIn('Skipping checkpoint %s: its data file %s is damaged' %
+                  (damaged, data), again.stdout)
+    self.assertIn('Resuming from %s/model.ckpt-%d.' %
+                  (checkpoint_dir, last_step), again.stdout)
+    self.assertEqual(printed_steps(again.stdout)[0], last_step + 1)
+    self.assertEqual(checkpoint_step(checkpoint_dir), last_step + 5)
+
+  def test_random_kills_never_stop_a_resume(self):
+    # Ten SIGKILLs, at random moments of training or while a checkpoint is
+    # being written; each rerun must resume from the latest checkpoint.
+    rng = np.random.RandomState(15)
+    checkpoint_dir = os.path.join(self.get_temp_dir(), 'chaos')
+    command = tiny_command(self.tiny_dir, checkpoint_dir,
+                           '--number_of_steps=1000000',
+                           '--save_interval_secs=1', '--log_every_n_steps=1',
+                           '--max_checkpoints_to_keep=3')
+    killed_writing = 0
+    for attempt in range(10):
+      with self.subTest(attempt=attempt):
+        latest = tf.train.latest_checkpoint(checkpoint_dir)
+        log_path = os.path.join(self.get_temp_dir(), 'chaos%d.log' % attempt)
+        with open(log_path, 'w') as log, open(log_path + '.err', 'w') as err:
+          process = subprocess.Popen(command, stdout=log, stderr=err)
+        try:
+          wait_for(lambda: printed_steps(read_file(log_path)) or
+                   process.poll() is not None, 300, 'training to start')
+          if attempt % 2:
+            # Saver and TensorFlow's atomic writes name their files being
+            # written *.tempstate* and *.tmp*.
+            wait_for(lambda: any('.tempstate' in f or '.tmp' in f
+                                 for f in os.listdir(checkpoint_dir)) or
+                     process.poll() is not None, 60, 'a checkpoint write')
+            killed_writing += process.poll() is None
+          else:
+            time.sleep(rng.uniform(0, 2))
+        finally:
+          process.kill()
+          process.wait()
+        stdout = read_file(log_path)
+        stderr = read_file(log_path + '.err')
+        self.assertNotIn('Traceback', stderr)
+        self.assertNotIn('mobilenet_v1_train: error', stderr)
+        self.assertTrue(printed_steps(stdout), stdout + stderr)
+        if latest:
+          self.assertIn('Resuming from %s.' % latest, stdout)
+          self.assertEqual(printed_steps(stdout)[0],
+                           int(latest.rsplit('-', 1)[1]) + 1)
+    self.assertEqual(killed_writing, 5)
+
+    latest = tf.train.latest_checkpoint(checkpoint_dir)
+    target = int(latest.rsplit('-', 1)[1]) + 5
+    final = run(tiny_command(self.tiny_dir, checkpoint_dir,
+                             '--number_of_steps=%d' % target))
+    self.assertEqual(final.returncode, 0, final.stderr)
+    self.assertIn('Resuming from %s.' % latest, final.stdout)
+    self.assertEqual(checkpoint_step(checkpoint_dir), target)
+    self.assertTrue(reads_back_whole(tf.train.latest_checkpoint(
+        checkpoint_dir)))
 
   def test_killed_run_resumes_from_last_checkpoint(self):
     checkpoint_dir = os.path.join(self.get_temp_dir(), 'resume')

@@ -414,3 +414,15 @@ def _input_scale(layer_op):
   fake_quant = graph_editing.fake_quant_of(layer_op.inputs[0])
   return (None if fake_quant is None else
           graph_editing.fake_quant_scale(fake_quant))
+
+
+def is_range_variable_name(name):
+  """Whether `name` is that of a range variable the rewrites create.
+
+  Args:
+    name: a variable (or checkpoint entry) name.
+
+  Returns:
+    True for names like `MobilenetV1/MobilenetV1/Conv2d_0/act_quant/min`.
+  """
+  return bool(_RANGE_VARIABLE_RE.search(name))

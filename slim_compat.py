@@ -15,34 +15,75 @@ each is needed.
 """
 
 import contextlib
+import faulthandler
 import importlib
 import logging
 import os
+import subprocess
 import sys
 import warnings
 
+# MOBILENET_V1_DEBUG=1 shows everything: TensorFlow's native and Python
+# logging, start-up banners, deprecation warnings and (see cli.py) full
+# tracebacks, for bug reports.
+DEBUG = os.environ.get('MOBILENET_V1_DEBUG', '') not in ('', '0')
+
 # Must be set before TensorFlow loads its C++ runtime.
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+if not DEBUG:
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+# A native crash (segfault, abort, illegal instruction) prints the Python
+# stack it happened in instead of dying without a word.
+faulthandler.enable()
+
+# Holds what the parent writes to its stdin; writes it to its stderr only if
+# the stdin closes while the holder still runs, which happens when the parent
+# dies (native_stderr_silenced kills the holder when its block ends).
+_HOLDER = (
+    'import os\n'
+    'held = []\n'
+    'while True:\n'
+    '  chunk = os.read(0, 65536)\n'
+    '  if not chunk:\n'
+    '    break\n'
+    '  held.append(chunk)\n'
+    'os.write(2, b"".join(held))\n')
 
 
 @contextlib.contextmanager
 def native_stderr_silenced():
-  """Sends file descriptor 2 to /dev/null for the duration of the block.
+  """Holds back what is written to file descriptor 2 during the block.
 
   TensorFlow's C++ runtime logs start-up banners (oneDNN, missing CUDA
   drivers, cuInit failures) before `TF_CPP_MIN_LOG_LEVEL` takes effect, so the
-  only way to hide them is at the descriptor level.
+  only way to hide them is at the descriptor level. The output goes to a
+  child process that drops it when the block ends, by returning or raising
+  (a Python exception carries its own message), and writes it out if the
+  process dies inside the block: a native crash's message and faulthandler's
+  stack stay visible. With MOBILENET_V1_DEBUG=1 nothing is held back.
   """
+  if DEBUG:
+    yield
+    return
   sys.stderr.flush()
+  read_end, write_end = os.pipe()
+  # Its own session: a Ctrl-C at the terminal is not its business.
+  holder = subprocess.Popen([sys.executable, '-S', '-c', _HOLDER],
+                            stdin=read_end, stdout=subprocess.DEVNULL,
+                            start_new_session=True)
+  os.close(read_end)
   saved = os.dup(2)
-  devnull = os.open(os.devnull, os.O_WRONLY)
-  os.dup2(devnull, 2)
+  os.dup2(write_end, 2)
+  os.close(write_end)
   try:
     yield
   finally:
+    # Killed while this process still holds the pipe's write end, the
+    # holder cannot have seen its end and writes nothing.
+    holder.kill()
+    holder.wait()
     os.dup2(saved, 2)
     os.close(saved)
-    os.close(devnull)
 
 
 with native_stderr_silenced():
@@ -75,6 +116,8 @@ def restore_ops_tensor():
 
 def silence_known_noise():
   """Hides TensorFlow/tf-slim deprecation chatter that users cannot act on."""
+  if DEBUG:
+    return
   warnings.filterwarnings('ignore', category=DeprecationWarning)
   warnings.filterwarnings('ignore', category=FutureWarning)
   warnings.filterwarnings('ignore', category=UserWarning,

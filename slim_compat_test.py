@@ -8,6 +8,8 @@ interpreter, because TensorFlow caches the module of fix 1 once loaded.
 """
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -46,6 +48,20 @@ _CHILD = textwrap.dedent("""
         print(json.dumps(sess.run(outputs).tolist()))
     """)
 
+# Writes to file descriptor 2 inside native_stderr_silenced, then finishes
+# or (argv[1] == 'crash') aborts there, as a native crash would.
+_HOLD_CHILD = textwrap.dedent("""
+    import os
+    import sys
+    import slim_compat
+
+    with slim_compat.native_stderr_silenced():
+      os.write(2, b'a native banner\\n')
+      if sys.argv[1] == 'crash':
+        os.abort()
+    print('done')
+    """)
+
 _INPUTS = np.arange(2 * 3 * 3 * 4, dtype=np.float32).reshape(2, 3, 3, 4)
 
 
@@ -62,6 +78,39 @@ def _run_child(undo, path, mode):
   return subprocess.run(
       [sys.executable, '-c', _CHILD, undo, path, mode],
       capture_output=True, check=False)
+
+
+def _run_hold_child(mode, debug=False):
+  env = dict(os.environ)
+  env.pop('MOBILENET_V1_DEBUG', None)
+  if debug:
+    env['MOBILENET_V1_DEBUG'] = '1'
+  return subprocess.run([sys.executable, '-c', _HOLD_CHILD, mode],
+                        capture_output=True, env=env, check=False)
+
+
+class NativeStderrTest(tf.test.TestCase):
+
+  def test_quiet_when_all_goes_well(self):
+    # TensorFlow's import banners and the block's output are dropped.
+    result = _run_hold_child('finish')
+    self.assertEqual(result.returncode, 0, result.stderr.decode())
+    self.assertEqual(result.stdout, b'done\n')
+    self.assertEqual(result.stderr, b'')
+
+  def test_native_crash_inside_the_block_is_visible(self):
+    result = _run_hold_child('crash')
+    self.assertEqual(result.returncode, -signal.SIGABRT)
+    stderr = result.stderr.decode()
+    self.assertIn('a native banner', stderr)
+    # faulthandler's report of where it died.
+    self.assertIn('Fatal Python error: Aborted', stderr)
+    self.assertIn('File "<string>", line 9', stderr)
+
+  def test_debug_holds_nothing_back(self):
+    result = _run_hold_child('finish', debug=True)
+    self.assertEqual(result.returncode, 0, result.stderr.decode())
+    self.assertIn(b'a native banner', result.stderr)
 
 
 class SlimCompatTest(tf.test.TestCase):
