@@ -9,11 +9,17 @@ moving-average updates and checkpoints are untouched, so a model trained this
 way evaluates, exports and fine-tunes exactly as one trained without.
 
   logits = build_model(images, is_training=True)
-  batch_norm_relu6.fuse_batch_norm_relu6(tf.compat.v1.get_default_graph())
+  if batch_norm_relu6.unavailable_reason() is None:
+    batch_norm_relu6.fuse_batch_norm_relu6(tf.compat.v1.get_default_graph())
   ... loss, optimizer.minimize(loss) ...
+
+The kernels are AVX2 + FMA code, built only for x86-64 (BUILD): on other
+CPUs, or where the library was left out, `unavailable_reason` says why and
+the graph keeps TensorFlow's ops.
 """
 
 import os
+import platform
 
 import tensorflow as tf
 
@@ -26,11 +32,75 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 _SEARCH_PATH = (os.path.join(_HERE, _LIBRARY),
                 os.path.join(_HERE, 'bazel-bin', _LIBRARY))
 
+# What the library is compiled for (BUILD's copts), as Linux names them in
+# /proc/cpuinfo's flags.
+REQUIRED_CPU_FEATURES = ('avx', 'avx2', 'fma')
+# If set, the CPU feature flags to assume (space-separated) instead of the
+# CPU's own: lets tests show what happens on a CPU without AVX2.
+CPU_FEATURES_ENV = 'BATCH_NORM_RELU6_CPU_FEATURES'
+
 _ops = None
 
 
 class LibraryNotFoundError(RuntimeError):
   """The compiled kernels are missing; the message says how to build them."""
+
+
+class UnsupportedCpuError(RuntimeError):
+  """This CPU cannot run the compiled kernels."""
+
+
+def cpu_features():
+  """The CPU's feature flags, as Linux lists them in /proc/cpuinfo.
+
+  Returns:
+    A set of lower-case names ('avx2', 'fma', ...): x86's `flags` line or
+    Arm's `Features`, or the words of $BATCH_NORM_RELU6_CPU_FEATURES if it is
+    set; empty where /proc/cpuinfo is missing.
+  """
+  override = os.environ.get(CPU_FEATURES_ENV)
+  if override is not None:
+    return set(override.lower().split())
+  try:
+    with open('/proc/cpuinfo') as cpuinfo:
+      for line in cpuinfo:
+        name, _, value = line.partition(':')
+        if name.strip() in ('flags', 'Features'):
+          return set(value.lower().split())
+  except OSError:
+    pass
+  return set()
+
+
+def _library_path():
+  for path in _SEARCH_PATH:
+    if os.path.exists(path):
+      return path
+  return None
+
+
+def _cpu_problem():
+  """What keeps this CPU from running the kernels, or None."""
+  machine = platform.machine().lower()
+  if machine not in ('x86_64', 'amd64'):
+    return 'they are x86-64 code and this CPU is %s' % machine
+  missing = [f for f in REQUIRED_CPU_FEATURES if f not in cpu_features()]
+  if missing:
+    return 'this CPU lacks %s' % ' and '.join(f.upper() for f in missing)
+  return None
+
+
+def unavailable_reason():
+  """Why the fused kernels cannot run in this process, or None if they can.
+
+  Returns:
+    None, or a phrase naming what is missing: an x86-64 CPU, one of
+    REQUIRED_CPU_FEATURES, or the built library.
+  """
+  problem = _cpu_problem()
+  if problem is None and _library_path() is None:
+    problem = '%s is not built (bazel build //:%s)' % (_LIBRARY, _LIBRARY)
+  return problem
 
 
 def load_ops():
@@ -41,18 +111,20 @@ def load_ops():
     fused_batch_norm_relu6_grad.
 
   Raises:
+    UnsupportedCpuError: if this CPU cannot run them.
     LibraryNotFoundError: if the library was not built.
   """
   global _ops
   if _ops is None:
-    for path in _SEARCH_PATH:
-      if os.path.exists(path):
-        _ops = tf.load_op_library(path)
-        break
-    else:
+    problem = _cpu_problem()
+    if problem is not None:
+      raise UnsupportedCpuError('the fused batch norm + ReLU6 kernels cannot '
+                                'run here: %s' % problem)
+    path = _library_path()
+    if path is None:
       raise LibraryNotFoundError(
-          '%s is not built; run `bazel build //:%s` (or train with '
-          '--nofuse_batch_norm_relu6)' % (_LIBRARY, _LIBRARY))
+          '%s is not built; run `bazel build //:%s`' % (_LIBRARY, _LIBRARY))
+    _ops = tf.load_op_library(path)
   return _ops
 
 
@@ -95,7 +167,8 @@ def fuse_batch_norm_relu6(graph):
     How many batch norm + ReLU6 pairs were fused.
 
   Raises:
-    LibraryNotFoundError: if the fused kernels were not built.
+    UnsupportedCpuError: if this CPU cannot run the fused kernels.
+    LibraryNotFoundError: if they were not built.
   """
   ops = load_ops()
   fused = 0

@@ -1,6 +1,7 @@
 """Tests the fused batch norm + ReLU6 kernels against NumPy and TensorFlow."""
 
 import os
+from unittest import mock
 
 # The whole-graph comparison is against TensorFlow's reference (Eigen)
 # kernels: oneDNN's batch-norm gradient sums less exactly (measured on this
@@ -217,6 +218,28 @@ class FuseGraphTest(tf.test.TestCase):
         mobilenet_v1.mobilenet_v1(images, num_classes=5,
                                   depth_multiplier=0.25, is_training=False)
     self.assertEqual(batch_norm_relu6.fuse_batch_norm_relu6(graph), 0)
+
+  def test_cpu_without_avx2_is_refused_before_loading(self):
+    saved = batch_norm_relu6._ops
+    try:
+      batch_norm_relu6._ops = None
+      with mock.patch.dict(os.environ, {
+          batch_norm_relu6.CPU_FEATURES_ENV: 'fpu sse2 avx fma'}):
+        self.assertEqual(batch_norm_relu6.unavailable_reason(),
+                         'this CPU lacks AVX2')
+        with self.assertRaisesRegex(batch_norm_relu6.UnsupportedCpuError,
+                                    'lacks AVX2'):
+          batch_norm_relu6.load_ops()
+        self.assertIsNone(batch_norm_relu6._ops)
+      # This machine's own flags, as /proc/cpuinfo lists them.
+      with open('/proc/cpuinfo') as cpuinfo:
+        flags = next(line for line in cpuinfo if line.startswith('flags'))
+      want = set(flags.split(':', 1)[1].split())
+      self.assertEqual(batch_norm_relu6.cpu_features(), want)
+      self.assertEqual(batch_norm_relu6.unavailable_reason() is None,
+                       {'avx', 'avx2', 'fma'} <= want)
+    finally:
+      batch_norm_relu6._ops = saved
 
   def test_missing_library_names_the_build_command(self):
     saved = batch_norm_relu6._ops, batch_norm_relu6._SEARCH_PATH

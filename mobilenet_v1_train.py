@@ -18,6 +18,7 @@ process per task with the same --ps_hosts/--worker_hosts and its own
 --job_name/--task (see README.md).
 """
 
+import copy
 import math
 import os
 import shlex
@@ -32,6 +33,49 @@ import directory_lock
 # TensorFlow takes its seconds to load.
 if __name__ == '__main__':
   directory_lock.exit_if_in_use(sys.argv, 'mobilenet_v1_train')
+
+FLAGS = flags.FLAGS
+
+# oneDNN reads its math mode from the environment once, when TensorFlow
+# creates its first oneDNN primitive. Run as a program, the trainer sets it
+# from its own command line below, before it imports TensorFlow; importing
+# this module (tests, benchmarks) leaves the process's mode alone.
+ONEDNN_MATH_MODE_ENV = 'ONEDNN_DEFAULT_FPMATH_MODE'
+flags.DEFINE_bool('bfloat16_convolutions', True,
+                  'Train with oneDNN\'s bfloat16 math mode (sets '
+                  '$ONEDNN_DEFAULT_FPMATH_MODE to BF16, else STRICT): on CPUs '
+                  'with AMX or AVX512-BF16 the convolutions round their '
+                  'inputs (activations, weights, gradients) to bfloat16, '
+                  '8 significant bits, before multiplying, and accumulate in '
+                  'float32; variables, batch norm, the loss and the '
+                  'optimizer stay float32. Faster there; no effect on other '
+                  'CPUs. Evaluation and export always compute in float32.')
+
+
+def onednn_math_mode(bfloat16_convolutions):
+  """The $ONEDNN_DEFAULT_FPMATH_MODE that --bfloat16_convolutions asks for."""
+  return 'BF16' if bfloat16_convolutions else 'STRICT'
+
+
+def bfloat16_convolutions_in(argv):
+  """--bfloat16_convolutions as absl will parse it from `argv`.
+
+  Args:
+    argv: the command line, program name first; --flagfile is read.
+
+  Returns:
+    The flag's value (its default if argv does not set it).
+  """
+  early = flags.FlagValues()
+  flags.DEFINE_flag(copy.deepcopy(FLAGS['bfloat16_convolutions']),
+                    flag_values=early)
+  early(argv, known_only=True)
+  return early['bfloat16_convolutions'].value
+
+
+if __name__ == '__main__':
+  os.environ[ONEDNN_MATH_MODE_ENV] = onednn_math_mode(
+      bfloat16_convolutions_in(sys.argv))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position,g-bad-import-order
 import slim_compat  # pylint: disable=unused-import
@@ -49,8 +93,6 @@ import tflite_emulation
 # pylint: enable=g-import-not-at-top,wrong-import-position,g-bad-import-order
 
 tf1 = tf.compat.v1
-
-FLAGS = flags.FLAGS
 
 # The original script's flags.
 flags.DEFINE_string('master', '',
@@ -128,11 +170,6 @@ flags.DEFINE_bool('symmetric_weights', True,
                   'model (much faster on CPUs); false keeps '
                   'contrib.quantize\'s asymmetric [min, max] ranges (uint8 '
                   'model only).')
-flags.DEFINE_bool('bfloat16_convolutions', True,
-                  'Let oneDNN multiply in bfloat16 inside convolutions '
-                  '(float32 accumulation, variables and everything else) on '
-                  'CPUs with AMX or AVX512-BF16; no effect on others. '
-                  'Evaluation and export always compute in float32.')
 flags.DEFINE_bool('fuse_batch_norm_relu6', True,
                   'Train float models through one fused batch norm + ReLU6 '
                   'kernel per layer (batch_norm_relu6_ops.cc): the same '
@@ -186,8 +223,6 @@ IMAGENET_TRAIN_EXAMPLES = 1281167
 SCRATCH_LEARNING_RATE = 0.045
 FINE_TUNE_LEARNING_RATE = 1e-4
 SCRATCH_QUANT_DELAY = 250000
-# oneDNN's default floating-point math mode (STRICT: float32 throughout).
-_ONEDNN_MATH_MODE = 'ONEDNN_DEFAULT_FPMATH_MODE'
 
 
 def _is_fine_tuning():
@@ -414,10 +449,12 @@ def build_train_op(images, labels, global_step, num_examples, quant_delay):
   # path and a CPU op in the middle of the model would cost transfers.
   if (FLAGS.fuse_batch_norm_relu6 and not FLAGS.quantize and
       not tf.config.list_physical_devices('GPU')):
-    try:
+    unavailable = batch_norm_relu6.unavailable_reason()
+    if unavailable:
+      print('Batch norm + ReLU6 run as TensorFlow\'s ops, not fused: %s.' %
+            unavailable, flush=True)
+    else:
       batch_norm_relu6.fuse_batch_norm_relu6(logits.graph)
-    except batch_norm_relu6.LibraryNotFoundError as e:
-      raise cli.UserError(str(e)) from None
   if FLAGS.quantize:
     quantize.create_training_graph(quant_delay=quant_delay,
                                    symmetric_weights=FLAGS.symmetric_weights)
@@ -440,22 +477,15 @@ def build_train_op(images, labels, global_step, num_examples, quant_delay):
 def session_config():
   """The session options training runs with.
 
-  Also sets oneDNN's math mode for the process as --bfloat16_convolutions
-  says. oneDNN reads it when it creates its first primitive, so call this
-  before the first session runs.
+  oneDNN's math mode (--bfloat16_convolutions) is not among them: it is
+  process-wide, set in the environment before TensorFlow is imported.
 
   Returns:
     The tf.compat.v1.ConfigProto.
   """
-  # Measured on 2 cores (bench/train_bench.py): oneDNN's bfloat16 auto
-  # mixed precision was slower than float32 for this model (its casts cost
-  # more than the faster convolutions save, and it moved the logits by
-  # ~10%), NCHW about half as fast, and XLA auto-clustering much slower on
-  # CPU. oneDNN's bfloat16 math mode instead converts inside the
-  # convolution kernels, with no cast ops: forward and input-gradient 1x1
-  # convolutions ran 2-2.5x faster on AMX (filter gradients unchanged).
-  os.environ[_ONEDNN_MATH_MODE] = (
-      'BF16' if FLAGS.bfloat16_convolutions else 'STRICT')
+  # The rest stays at TensorFlow's defaults: bfloat16 auto mixed precision,
+  # NCHW, XLA auto-clustering and fewer inter-op threads were all slower
+  # (README, "Speed").
   return tf1.ConfigProto(allow_soft_placement=True)
 
 

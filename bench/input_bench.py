@@ -16,8 +16,9 @@ The pipeline should deliver at least --goal times the synthetic training rate
 `synthetic` shows what the input costs training in practice.
 
 Without --dataset_dir the bench writes a small temporary train split of
-realistic JPEGs (500x375, smooth natural-looking content, ImageNet-like file
-sizes) as slim-format TFRecords, and deletes it afterwards.
+realistic JPEGs (sample_records: 500x375, smooth natural-looking content,
+ImageNet-like file sizes) as slim-format TFRecords, and deletes it
+afterwards.
 
   .venv/bin/python bench/input_bench.py
   .venv/bin/python bench/input_bench.py --dataset_dir=/data/imagenet
@@ -38,6 +39,7 @@ sys.path.insert(0, _ROOT)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import peer_process
+import sample_records
 import slim_compat  # pylint: disable=unused-import
 import numpy as np
 import tensorflow as tf
@@ -72,77 +74,6 @@ flags.DEFINE_integer('peer_timeout', 600, 'Seconds before a measurement\'s '
                      lower_bound=10)
 flags.DEFINE_string('child', '', 'Internal: run one measurement (input, '
                     'synthetic or real) here and print its result as JSON.')
-
-_GENERATED_WIDTH, _GENERATED_HEIGHT = 500, 375
-
-
-def _natural_image(rng, height, width):
-  """A smooth, textured uint8 image that compresses like a photograph.
-
-  Pure noise would make JPEGs several times larger (and slower to decode)
-  than photographs; a sum of upsampled noise octaves has their mix of broad
-  areas and fine detail.
-  """
-  image = np.zeros([height, width, 3], np.float32)
-  for cells, weight in ((4, 1.0), (16, 0.6), (64, 0.4), (250, 0.3)):
-    coarse = rng.uniform(-1, 1, [cells * height // width + 1, cells, 3])
-    image += weight * tf.image.resize(
-        coarse[np.newaxis], [height, width], method='bicubic')[0].numpy()
-  # Grain: brings the JPEG size (~75 KB at quality 90) near ImageNet's.
-  image += rng.normal(0, 0.2, image.shape)
-  image = (image - image.min()) / (image.max() - image.min() + 1e-6)
-  return (image * 255).astype(np.uint8)
-
-
-def _feature(values, kind):
-  if kind == 'bytes':
-    return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
-  if kind == 'int64':
-    return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
-  return tf.train.Feature(float_list=tf.train.FloatList(value=values))
-
-
-def write_dataset(directory, num_images, num_shards):
-  """Writes train-*-of-* TFRecords of generated JPEGs, as the slim tools do.
-
-  Args:
-    directory: where the shards go.
-    num_images: how many images.
-    num_shards: how many files.
-
-  Returns:
-    Mean JPEG size in bytes.
-  """
-  rng = np.random.RandomState(0)
-  writers = [tf.io.TFRecordWriter(os.path.join(
-      directory, 'train-%05d-of-%05d' % (i, num_shards)))
-             for i in range(num_shards)]
-  total_bytes = 0
-  for index in range(num_images):
-    # Half landscape, half portrait, as in ImageNet.
-    height, width = _GENERATED_HEIGHT, _GENERATED_WIDTH
-    if index % 2:
-      height, width = width, height
-    encoded = tf.io.encode_jpeg(_natural_image(rng, height, width),
-                                quality=90).numpy()
-    total_bytes += len(encoded)
-    example = tf.train.Example(features=tf.train.Features(feature={
-        'image/encoded': _feature([encoded], 'bytes'),
-        'image/format': _feature([b'JPEG'], 'bytes'),
-        'image/class/label': _feature([1 + index % 1000], 'int64'),
-        'image/height': _feature([height], 'int64'),
-        'image/width': _feature([width], 'int64'),
-        'image/object/bbox/xmin': _feature([], 'float'),
-        'image/object/bbox/ymin': _feature([], 'float'),
-        'image/object/bbox/xmax': _feature([], 'float'),
-        'image/object/bbox/ymax': _feature([], 'float'),
-        'image/object/class/label': _feature([], 'int64'),
-    }))
-    writers[index % num_shards].write(example.SerializeToString())
-  for writer in writers:
-    writer.close()
-  return total_bytes / num_images
-
 
 def _time_runs(session, fetch, count):
   """Runs `fetch` --warmup times, then `count` timed times; images/s."""
@@ -269,10 +200,12 @@ def main(argv):
   if not FLAGS.dataset_dir:
     generated = tempfile.mkdtemp(prefix='input_bench_')
     start = time.perf_counter()
-    mean_bytes = write_dataset(generated, FLAGS.num_images, FLAGS.num_shards)
+    mean_bytes = sample_records.write_dataset(
+        generated, 'train', FLAGS.num_images, FLAGS.num_shards)
     print('Wrote %d generated %dx%d JPEGs (mean %.0f KB) in %d shards to %s '
-          '(%.0fs).' % (FLAGS.num_images, _GENERATED_WIDTH, _GENERATED_HEIGHT,
-                        mean_bytes / 1024, FLAGS.num_shards, generated,
+          '(%.0fs).' % (FLAGS.num_images, sample_records.WIDTH,
+                        sample_records.HEIGHT, mean_bytes / 1024,
+                        FLAGS.num_shards, generated,
                         time.perf_counter() - start), flush=True)
     FLAGS.dataset_dir = generated
   try:

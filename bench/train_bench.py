@@ -9,23 +9,29 @@ clusters):
             its `session_config()`: what `mobilenet_v1_train` trains with.
   slim      the same slim model, plain GradientDescent `minimize`, default
             ConfigProto.
-  slim_xla  as `slim`, with XLA auto-clustering (global_jit_level ON_1 and
-            TF_XLA_FLAGS=--tf_xla_cpu_global_jit, without which CPU ops are
-            not clustered).
   tf_keras  `tf_keras.applications.MobileNet` compiled with SGD, `fit`.
   keras3    Keras 3 `keras.applications.MobileNet` compiled with SGD, `fit`.
+  slim_xla  (on request) as `slim`, with XLA auto-clustering (global_jit_level
+            ON_1 and TF_XLA_FLAGS=--tf_xla_cpu_global_jit, without which CPU
+            ops are not clustered).
 
-A float32 matmul measures what the two cores can do at best; the table shows
-each peer's effective training GFLOP/s against it (training costs about three
-forward passes: 3 x 2 x forward MACs per image).
+Peers are compared at the same precision: one table with every peer in
+oneDNN's float32 math mode ($ONEDNN_DEFAULT_FPMATH_MODE=STRICT, what the
+trainer runs with --nobfloat16_convolutions), and, on CPUs with bfloat16
+instructions (AVX512-BF16 or AMX), one with every peer in oneDNN's bfloat16
+math mode (BF16, as with --bfloat16_convolutions). Matmuls measure what the cores can do at best in
+each precision; the tables show each peer's effective training GFLOP/s
+against the float32 one (training costs about three forward passes:
+3 x 2 x forward MACs per image).
 
   .venv/bin/python bench/train_bench.py
   .venv/bin/python bench/train_bench.py --depth_multiplier=0.25 \
-      --image_size=128 --steps=60
+      --image_size=128 --steps=60 --rounds=3
 
-The machine is shared by whatever else runs on it: the table prints the load
-average seen around each peer, and per-step medians next to means, because a
-busy neighbour shows up as a gap between the two.
+The machine is shared by whatever else runs on it: the tables print the load
+average seen around each peer and per-step medians next to means, because a
+busy neighbour shows up as a gap between the two; --rounds runs the peers
+round-robin several times and keeps each one's best round.
 """
 
 import os
@@ -44,33 +50,39 @@ import peer_process
 import slim_compat  # pylint: disable=unused-import
 import mobilenet_v1_table
 # Importing the trainer defines its flags here too: --depth_multiplier,
-# --image_size, --batch_size, --num_classes, --optimizer,
-# --bfloat16_convolutions and --fuse_batch_norm_relu6 mean the same in this
-# bench as in training.
+# --image_size, --batch_size, --num_classes, --optimizer and
+# --fuse_batch_norm_relu6 mean the same in this bench as in training
+# (the math mode of --bfloat16_convolutions is set per table instead).
 import mobilenet_v1_train
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
 
 # Flags of the trainer that shape the benchmarked step; passed on to peers
-# (the last two only change `ours`: compare with e.g.
-# --nofuse_batch_norm_relu6).
+# (the last one only changes `ours`: compare with --nofuse_batch_norm_relu6).
 _TRAINER_FLAGS = ('depth_multiplier', 'image_size', 'batch_size',
-                  'num_classes', 'optimizer', 'bfloat16_convolutions',
-                  'fuse_batch_norm_relu6')
+                  'num_classes', 'optimizer', 'fuse_batch_norm_relu6')
+# The oneDNN math modes a table can run its peers in.
+_PRECISIONS = ('float32', 'bfloat16')
 
 flags.DEFINE_integer('steps', 40, 'Timed training steps per peer.',
                      lower_bound=2)
 flags.DEFINE_integer('warmup', 5, 'Untimed steps first (graph optimization, '
                      'XLA compilation, oneDNN primitive creation).',
                      lower_bound=1)
-flags.DEFINE_list('peers', ['ours', 'slim', 'slim_xla', 'tf_keras', 'keras3'],
+flags.DEFINE_list('peers', ['ours', 'slim', 'tf_keras', 'keras3'],
                   'Peers to run, in order; the first is the reference of the '
                   'ratio column. Known: ours, slim, slim_xla, tf_keras, '
                   'keras3.')
-flags.DEFINE_integer('matmul_size', 4096, 'Size of the square float32 '
-                     'matmul that measures the ceiling; 0 skips it.',
-                     lower_bound=0)
+flags.DEFINE_list('precisions', list(_PRECISIONS),
+                  'Tables to print: float32 (oneDNN math mode STRICT) and '
+                  'bfloat16 (math mode BF16; only on CPUs with AVX512-BF16 '
+                  'or AMX, skipped with a note elsewhere).')
+flags.DEFINE_integer('rounds', 1, 'Times each table\'s peers run, '
+                     'round-robin; each peer\'s best round is shown.',
+                     lower_bound=1)
+flags.DEFINE_integer('matmul_size', 4096, 'Size of the square matmuls that '
+                     'measure the ceilings; 0 skips them.', lower_bound=0)
 flags.DEFINE_integer('peer_timeout', 600, 'Seconds before a peer\'s '
                      'subprocess is killed and reported as failed.',
                      lower_bound=10)
@@ -206,7 +218,7 @@ def _run_keras(keras):
 
 
 def _run_matmul():
-  """Best float32 (and bfloat16, for reference) square matmul GFLOP/s."""
+  """Best float32 and bfloat16 square matmul GFLOP/s in this math mode."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   n = FLAGS.matmul_size
   result = {}
@@ -250,9 +262,19 @@ def _run_child(name):
   raise ValueError('unknown peer %r' % name)
 
 
-def _spawn(name):
-  """Runs one peer in a fresh interpreter; returns (result or None, error)."""
+def _spawn(name, precision):
+  """Runs one peer in a fresh interpreter; returns (result or None, error).
+
+  Args:
+    name: the peer, or 'matmul'.
+    precision: 'float32' or 'bfloat16': oneDNN's math mode for the child,
+      in its environment before TensorFlow loads, exactly as
+      mobilenet_v1_train sets it for --[no]bfloat16_convolutions.
+  """
+  bfloat16 = precision == 'bfloat16'
   env_updates = {
+      mobilenet_v1_train.ONEDNN_MATH_MODE_ENV:
+          mobilenet_v1_train.onednn_math_mode(bfloat16),
       # Keras 3 must not be swapped for tf_keras by a leftover setting.
       'TF_USE_LEGACY_KERAS': None,
       'KERAS_BACKEND': os.environ.get('KERAS_BACKEND', 'tensorflow'),
@@ -268,11 +290,84 @@ def _spawn(name):
       _ROOT, FLAGS.peer_timeout, env_updates)
 
 
+def _cpu():
+  """(model name, feature flags) from /proc/cpuinfo."""
+  model, features = 'unknown CPU', set()
+  with open('/proc/cpuinfo') as cpuinfo:
+    for line in cpuinfo:
+      key, _, value = line.partition(':')
+      if key.strip() == 'model name' and model == 'unknown CPU':
+        model = value.strip()
+      elif key.strip() == 'flags' and not features:
+        features = set(value.split())
+  return model, features
+
+
 def _training_gflop_per_image():
   """3 x 2 x forward MACs per image (forward, input and weight gradients)."""
   macs = sum(cost.macs for cost in mobilenet_v1_table.layer_costs(
       FLAGS.depth_multiplier, FLAGS.image_size, FLAGS.num_classes))
   return macs, 3 * 2 * macs / 1e9
+
+
+def _run_table(precision, gflop_per_image, ceiling):
+  """Runs the peers in one math mode; prints their table and ratio.
+
+  Returns:
+    ours / best peer images/s, or None if a side failed.
+  """
+  print('\n%s: every peer in oneDNN math mode %s.' % (
+      precision, mobilenet_v1_train.onednn_math_mode(precision == 'bfloat16')),
+        flush=True)
+  best = {}  # name -> (result, wall, load) of its fastest round
+  errors = {}
+  for round_index in range(FLAGS.rounds):
+    for name in FLAGS.peers:
+      load_before = peer_process.load_average()
+      start = time.perf_counter()
+      result, error = _spawn(name, precision)
+      wall = time.perf_counter() - start
+      load = max(load_before, peer_process.load_average())
+      if result:
+        print('  round %d  %-10s %7.1f images/s  (%.0fs, load %.1f)' %
+              (round_index + 1, name, result['images_per_sec'], wall, load),
+              flush=True)
+        if (name not in best or result['images_per_sec'] >
+            best[name][0]['images_per_sec']):
+          best[name] = (result, wall, load)
+      else:
+        print('  round %d  %-10s failed: %s' % (round_index + 1, name, error),
+              flush=True)
+        errors[name] = error
+
+  reference_name = FLAGS.peers[0]
+  reference = best.get(reference_name, (None,))[0]
+  header = ('%-10s %-46s %9s %9s %8s %8s %7s %6s' %
+            ('peer', 'what', 'images/s', 'median/s', 'vs ' + reference_name,
+             'GFLOP/s', '%ceil', 'load'))
+  print()
+  print(header)
+  print('-' * len(header))
+  for name in FLAGS.peers:
+    if name not in best:
+      print('%-10s %-46s failed: %s' % (name, _DESCRIPTIONS.get(name, ''),
+                                        errors.get(name)))
+      continue
+    result, _, load = best[name]
+    rate = result['images_per_sec']
+    gflops = rate * gflop_per_image
+    ratio = '%.2fx' % (rate / reference['images_per_sec']) if reference else '-'
+    share = '%.0f%%' % (100 * gflops / ceiling) if ceiling else '-'
+    print('%-10s %-46s %9.1f %9.1f %8s %8.0f %7s %6.1f' %
+          (name, _DESCRIPTIONS.get(name, ''), rate,
+           result['median_images_per_sec'], ratio, gflops, share, load))
+  peers = [best[n][0]['images_per_sec'] for n in FLAGS.peers[1:] if n in best]
+  if not (reference and peers):
+    return None
+  ratio = reference['images_per_sec'] / max(peers)
+  print('%s: %s / best peer %.2fx (goal 1.30x).' % (precision, reference_name,
+                                                    ratio))
+  return ratio
 
 
 def main(argv):
@@ -281,69 +376,50 @@ def main(argv):
     result = _run_child(FLAGS.child)
     peer_process.report(result)
     return
+  unknown = set(FLAGS.precisions) - set(_PRECISIONS)
+  if unknown:
+    raise app.UsageError('--precisions: unknown %s (known: %s)' %
+                         (','.join(sorted(unknown)), ','.join(_PRECISIONS)))
 
   macs, gflop_per_image = _training_gflop_per_image()
+  model, features = _cpu()
+  bfloat16_units = sorted(features & {'avx512_bf16', 'amx_bf16'})
   print('MobileNet V1 %g@%d, %d classes, batch %d: %.1fM forward MACs, '
         '%.2f GFLOP per trained image; %d warm-up + %d timed steps per peer.' %
         (FLAGS.depth_multiplier, FLAGS.image_size, FLAGS.num_classes,
          FLAGS.batch_size, macs / 1e6, gflop_per_image, FLAGS.warmup,
          FLAGS.steps))
-  print('CPU: %d cores visible; load average %.2f at start.' %
-        (os.cpu_count(), peer_process.load_average()), flush=True)
+  print('CPU: %s, %d cores visible, bfloat16 instructions: %s; load average '
+        '%.2f at start.' % (model, os.cpu_count(),
+                            ', '.join(bfloat16_units) or 'none',
+                            peer_process.load_average()), flush=True)
+
+  precisions = [p for p in _PRECISIONS if p in FLAGS.precisions]
+  if 'bfloat16' in precisions and not bfloat16_units:
+    print('No bfloat16 table: this CPU has neither AVX512-BF16 nor AMX, so '
+          'oneDNN\'s bfloat16 math mode computes exactly as float32.')
+    precisions.remove('bfloat16')
 
   ceiling = None
   if FLAGS.matmul_size:
-    matmul, error = _spawn('matmul')
+    matmul, error = _spawn('matmul', 'float32')
     if matmul:
       ceiling = matmul['float32']
-      print('Ceiling: %d^3 matmul %.0f GFLOP/s float32 (%.0f bfloat16).' %
-            (FLAGS.matmul_size, matmul['float32'], matmul['bfloat16']),
-            flush=True)
+      print('Ceilings: %d^3 matmul %.0f GFLOP/s float32, %.0f GFLOP/s '
+            'bfloat16.' % (FLAGS.matmul_size, matmul['float32'],
+                           matmul['bfloat16']), flush=True)
     else:
-      print('Ceiling: matmul failed: %s' % error)
+      print('Ceilings: matmul failed: %s' % error)
 
-  results = []
-  for name in FLAGS.peers:
-    load_before = peer_process.load_average()
-    start = time.perf_counter()
-    result, error = _spawn(name)
-    wall = time.perf_counter() - start
-    load = max(load_before, peer_process.load_average())
-    results.append((name, result, error, wall, load))
-    if result:
-      print('  %-14s %7.1f images/s  (%.0fs, load %.1f)' %
-            (name, result['images_per_sec'], wall, load), flush=True)
-    else:
-      print('  %-14s failed: %s' % (name, error), flush=True)
-
-  reference = results[0][1] if results and results[0][1] else None
+  ratios = {p: _run_table(p, gflop_per_image, ceiling) for p in precisions}
   print()
-  header = ('%-14s %-46s %9s %9s %8s %8s %7s %6s' %
-            ('peer', 'what', 'images/s', 'median/s', 'vs %s' % results[0][0],
-             'GFLOP/s', '%ceil', 'load'))
-  print(header)
-  print('-' * len(header))
-  for name, result, error, wall, load in results:
-    if not result:
-      print('%-14s %-46s failed: %s' % (name, _DESCRIPTIONS.get(name, ''),
-                                        error))
-      continue
-    rate = result['images_per_sec']
-    gflops = rate * gflop_per_image
-    ratio = '%.2fx' % (rate / reference['images_per_sec']) if reference else '-'
-    share = '%.0f%%' % (100 * gflops / ceiling) if ceiling else '-'
-    print('%-14s %-46s %9.1f %9.1f %8s %8.0f %7s %6.1f' %
-          (name, _DESCRIPTIONS.get(name, ''), rate,
-           result['median_images_per_sec'], ratio, gflops, share, load))
-  peers = [r for n, r, _, _, _ in results[1:] if r]
-  if reference and peers:
-    best = max(peers, key=lambda r: r['images_per_sec'])
-    print('\n%s / best peer: %.2fx (goal 1.30x).' %
-          (results[0][0], reference['images_per_sec'] / best['images_per_sec']))
-  if max(load for _, _, _, _, load in results) > 0.5 + 1:
-    print('Note: other processes were running (load average above 1.5 on '
-          '%d cores); rates are lower than on an idle machine and their '
-          'ratios noisier.' % os.cpu_count())
+  for precision, ratio in ratios.items():
+    print('%-8s %s / best peer: %s' % (
+        precision, FLAGS.peers[0], '%.2fx' % ratio if ratio else 'failed'))
+  if peer_process.load_average() > 0.5 + os.cpu_count() / 2:
+    print('Note: other processes were running (load average %.1f on %d '
+          'cores); rates are lower than on an idle machine and their ratios '
+          'noisier.' % (peer_process.load_average(), os.cpu_count()))
 
 
 if __name__ == '__main__':
