@@ -8,6 +8,7 @@ import slim_compat  # pylint: disable=unused-import
 from slim_compat import slim
 import tensorflow as tf
 
+import fold_batch_norms
 import mobilenet_v1
 import quantize
 import quantize_test_util as util
