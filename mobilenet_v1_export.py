@@ -393,10 +393,11 @@ def export():
   name = FLAGS.model_name or model_name(FLAGS.depth_multiplier,
                                         FLAGS.image_size, FLAGS.quantize)
   with _staged(FLAGS.output_dir, name) as staging:
-    checkpoint, written = _write_bundle(checkpoint, name,
-                                        os.path.join(staging, name))
-  return checkpoint, [os.path.join(FLAGS.output_dir, os.path.basename(path))
-                      for path in written]
+    checkpoint, step, written = _write_bundle(checkpoint, name,
+                                              os.path.join(staging, name))
+  return checkpoint, step, [
+      os.path.join(FLAGS.output_dir, os.path.basename(path))
+      for path in written]
 
 
 def _write_bundle(checkpoint, name, prefix):
@@ -408,7 +409,7 @@ def _write_bundle(checkpoint, name, prefix):
     prefix: the path of the files without their suffixes.
 
   Returns:
-    (the checkpoint exported, the paths written).
+    (the checkpoint exported, its global step or None, the paths written).
   """
   graph, images, predictions = build_inference_graph(
       FLAGS.depth_multiplier, FLAGS.image_size, FLAGS.num_classes,
