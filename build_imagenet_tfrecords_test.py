@@ -398,7 +398,7 @@ class InterruptedRebuildTest(_BinaryTestCase):
     self.assertEqual(new_counts, new.split_counts)
     self.assert_readable_as(new_files, new_counts, new_labels)
 
-  def test_ctrl_c_says_one_line_and_leaves_nothing_behind(self):
+  def test_sigint_says_one_line_and_leaves_nothing_behind(self):
     self.convert_in_process(seed=0)
     old_files = _top_level_files(self.output_dir)
     process = self.run_binary('--seed=1', signal_at='INT:staged:3')
