@@ -386,6 +386,10 @@ class _ProgressBar(object):
   def close(self, done):
     """Draws the final state and ends the line."""
     self.update(done, force=True)
+    self.end_line()
+
+  def end_line(self):
+    """Ends the bar's line on a tty, so that what follows starts its own."""
     if self._is_tty:
       self._stream.write('\n')
       self._stream.flush()
@@ -835,9 +839,14 @@ def _write_staged(staging_dir, splits, class_names, shards, num_workers, seed,
     rng.shuffle(sources)
     num_shards = min(shards[split] or _auto_num_shards(len(sources)),
                      len(sources))
-    shard_files[split], split_counts[split] = _write_split(
-        staging_dir, split, sources, num_shards, num_workers, skipped,
-        on_image_done)
+    try:
+      shard_files[split], split_counts[split] = _write_split(
+          staging_dir, split, sources, num_shards, num_workers, skipped,
+          on_image_done)
+    except BaseException:
+      if show_progress:
+        progress.end_line()
+      raise
   if show_progress:
     progress.close(images_done[0])
   if len(skipped) > _MAX_REPORTED_SKIPS:

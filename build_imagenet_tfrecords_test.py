@@ -331,10 +331,13 @@ class InterruptedRebuildTest(_BinaryTestCase):
     old_labels = {split: _labels_by_filename(self.output_dir, split)
                   for split in old.split_counts}
     # Another seed is another conversion: a different split and order.
+    # Killed with the 4 train and 1 of the 2 validation shards staged, then
+    # (the rerun first discarding that) with all of it staged and committed.
     for point in ('KILL:staged:5', 'KILL:committed:1'):
       process = self.run_binary('--seed=1', signal_at=point)
       self.assertEqual(-signal.SIGKILL, process.returncode, process.stderr)
       self.assert_readable_as(old_files, old.split_counts, old_labels)
+    self.assertIn('Removing what an interrupted run left', process.stdout)
     # Killed after the commit: the staging directory holds the new dataset.
     new_files = _top_level_files(self.staging_dir)
     new_counts = json.loads(
@@ -398,7 +401,7 @@ class InterruptedRebuildTest(_BinaryTestCase):
     self.assertEqual(new_counts, new.split_counts)
     self.assert_readable_as(new_files, new_counts, new_labels)
 
-  def test_ctrl_c_says_one_line_and_leaves_nothing_behind(self):
+  def test_sigint_says_one_line_and_leaves_nothing_behind(self):
     self.convert_in_process(seed=0)
     old_files = _top_level_files(self.output_dir)
     process = self.run_binary('--seed=1', signal_at='INT:staged:3')
