@@ -21,7 +21,6 @@ our .tflite on the photo views (TFLite's reference kernels on both sides).
 """
 
 import os
-import re
 import subprocess
 import sys
 import tempfile
