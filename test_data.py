@@ -5,6 +5,8 @@ build_imagenet_tfrecords, so tests of the reader do not trust the writer.
 """
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import slim_compat  # pylint: disable=unused-import
@@ -85,3 +87,39 @@ def write_color_dataset(output_dir, num_classes=2, train_per_class=16,
                        .SerializeToString())
           labels[split].append(label)
   return labels
+
+
+def write_encoded_split(dataset_dir, split, encoded_images, labels):
+  """Writes one `<split>-00000-of-00001` shard of given images and labels.
+
+  Args:
+    dataset_dir: created if needed.
+    split: 'train' or 'validation'.
+    encoded_images: JPEG or PNG bytes, one per example.
+    labels: the examples' labels.
+  """
+  os.makedirs(dataset_dir, exist_ok=True)
+  path = os.path.join(dataset_dir, '%s-00000-of-00001' % split)
+  with tf.io.TFRecordWriter(path) as writer:
+    for image, label in zip(encoded_images, labels):
+      height, width = tf.io.decode_image(image, channels=3).shape[:2]
+      writer.write(image_example(image, int(label), height, width)
+                   .SerializeToString())
+
+
+def run_binary(script, *flags, timeout=900):
+  """Runs one of the project's Python binaries, as users do.
+
+  Returns:
+    Its stdout.
+
+  Raises:
+    AssertionError: it failed; the message has its stderr.
+  """
+  process = subprocess.run([sys.executable, script] + list(flags),
+                           capture_output=True, text=True, timeout=timeout,
+                           check=False)
+  if process.returncode:
+    raise AssertionError('%s exited with %d:\n%s' % (
+        os.path.basename(script), process.returncode, process.stderr))
+  return process.stdout
