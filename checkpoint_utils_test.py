@@ -9,6 +9,7 @@ import slim_compat  # pylint: disable=unused-import
 import tensorflow as tf
 
 import checkpoint_utils
+import test_data
 
 tf1 = tf.compat.v1
 
@@ -30,13 +31,6 @@ def save_checkpoints(directory, steps, value=1.0):
         session.run(global_step.assign(step))
         saver.save(session, os.path.join(directory, 'model.ckpt'),
                    global_step=step)
-
-
-def truncate_data(prefix):
-  data = prefix + '.data-00000-of-00001'
-  with open(data, 'r+b') as f:
-    f.truncate(os.path.getsize(data) // 2)
-  return data
 
 
 def step_of(prefix):
@@ -93,7 +87,7 @@ class DamageTest(tf.test.TestCase):
     save_checkpoints(directory, [1])
     prefix = os.path.join(directory, 'model.ckpt-1')
     self.assertIsNone(checkpoint_utils.damage(prefix))
-    data = truncate_data(prefix)
+    data = test_data.truncate_checkpoint_data(prefix)
     self.assertIn(data, checkpoint_utils.damage(prefix))
 
   def test_corrupted_data_is_named(self):
@@ -109,7 +103,7 @@ class DamageTest(tf.test.TestCase):
   def test_resume_skips_damaged_latest_and_rewrites_state(self):
     directory = os.path.join(self.get_temp_dir(), 'resume')
     save_checkpoints(directory, [10, 20, 30])
-    data = truncate_data(os.path.join(directory, 'model.ckpt-30'))
+    data = test_data.truncate_checkpoint_data(os.path.join(directory, 'model.ckpt-30'))
     resume, skipped = checkpoint_utils.prepare_resume(directory)
     self.assertEqual(resume, os.path.join(directory, 'model.ckpt-20'))
     (skipped_prefix, why), = skipped
@@ -126,7 +120,7 @@ class DamageTest(tf.test.TestCase):
   def test_resume_refuses_when_nothing_reads_back(self):
     directory = os.path.join(self.get_temp_dir(), 'hopeless')
     save_checkpoints(directory, [1])
-    truncate_data(os.path.join(directory, 'model.ckpt-1'))
+    test_data.truncate_checkpoint_data(os.path.join(directory, 'model.ckpt-1'))
     with self.assertRaisesRegex(checkpoint_utils.CheckpointError,
                                 'model.ckpt-1: its data file'):
       checkpoint_utils.prepare_resume(directory)

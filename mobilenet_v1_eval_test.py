@@ -82,13 +82,6 @@ def run_eval(*flags, timeout=300):
                         check=False)
 
 
-def truncate_data(checkpoint):
-  data = checkpoint + '.data-00000-of-00001'
-  with open(data, 'r+b') as f:
-    f.truncate(os.path.getsize(data) // 2)
-  return data
-
-
 def result_lines(stdout):
   return [line for line in stdout.splitlines() if 'Accuracy' in line]
 
@@ -192,7 +185,7 @@ class EvalTest(tf.test.TestCase):
   def test_damaged_checkpoint_is_named(self):
     checkpoint_dir = os.path.join(self.get_temp_dir(), 'damaged')
     checkpoint = write_ranking_checkpoint(checkpoint_dir, [1], step=3)
-    data = truncate_data(checkpoint)
+    data = test_data.truncate_checkpoint_data(checkpoint)
     result = run_eval('--dataset_dir=' + self.dataset_dir,
                       '--checkpoint_dir=' + checkpoint_dir)
     self.assertEqual(result.returncode, 1, result.stderr)

@@ -83,13 +83,6 @@ def reads_back_whole(checkpoint):
   return True
 
 
-def truncate_data(checkpoint):
-  data = checkpoint + '.data-00000-of-00001'
-  with open(data, 'r+b') as f:
-    f.truncate(os.path.getsize(data) // 2)
-  return data
-
-
 def batch_statistics_accuracy(checkpoint, dataset_dir, split):
   """Top-1 of `checkpoint` on a whole split, batch norm on batch statistics.
 
@@ -274,7 +267,7 @@ class TrainTest(tf.test.TestCase):
     # The latest checkpoint's data truncated (a full disk, a broken copy):
     # the next run says so and resumes from the newest that reads back.
     damaged = tf.train.latest_checkpoint(checkpoint_dir)
-    data = truncate_data(damaged)
+    data = test_data.truncate_checkpoint_data(damaged)
     again = run(tiny_command(self.tiny_dir, checkpoint_dir,
                              '--number_of_steps=%d' % (last_step + 5),
                              '--log_every_n_steps=1'))

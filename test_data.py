@@ -123,3 +123,15 @@ def run_binary(script, *flags, timeout=900):
     raise AssertionError('%s exited with %d:\n%s' % (
         os.path.basename(script), process.returncode, process.stderr))
   return process.stdout
+
+
+def truncate_checkpoint_data(prefix):
+  """Cuts a checkpoint's data file to half its size, as a full disk would.
+
+  Returns:
+    The data file's path.
+  """
+  data = prefix + '.data-00000-of-00001'
+  with open(data, 'r+b') as f:
+    f.truncate(os.path.getsize(data) // 2)
+  return data
