@@ -103,7 +103,8 @@ class DamageTest(tf.test.TestCase):
   def test_resume_skips_damaged_latest_and_rewrites_state(self):
     directory = os.path.join(self.get_temp_dir(), 'resume')
     save_checkpoints(directory, [10, 20, 30])
-    data = test_data.truncate_checkpoint_data(os.path.join(directory, 'model.ckpt-30'))
+    data = test_data.truncate_checkpoint_data(
+        os.path.join(directory, 'model.ckpt-30'))
     resume, skipped = checkpoint_utils.prepare_resume(directory)
     self.assertEqual(resume, os.path.join(directory, 'model.ckpt-20'))
     (skipped_prefix, why), = skipped
@@ -120,7 +121,8 @@ class DamageTest(tf.test.TestCase):
   def test_resume_refuses_when_nothing_reads_back(self):
     directory = os.path.join(self.get_temp_dir(), 'hopeless')
     save_checkpoints(directory, [1])
-    test_data.truncate_checkpoint_data(os.path.join(directory, 'model.ckpt-1'))
+    test_data.truncate_checkpoint_data(
+        os.path.join(directory, 'model.ckpt-1'))
     with self.assertRaisesRegex(checkpoint_utils.CheckpointError,
                                 'model.ckpt-1: its data file'):
       checkpoint_utils.prepare_resume(directory)
