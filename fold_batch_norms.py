@@ -63,9 +63,11 @@ _MAX_UPDATE_DISTANCE = 4
 #   inference_variance: the moving variance, in either mode.
 #   beta: the batch norm's offset parameter, or None where the match does not
 #     expose it (unfused batch norms).
+#   moving_mean: the moving mean's value for a training batch norm whose beta
+#     is at hand, else None.
 _BatchNorm = collections.namedtuple('_BatchNorm', [
     'output', 'multiplier', 'offset', 'reciprocal_sigma', 'epsilon',
-    'moving_variance', 'inference_variance', 'beta'
+    'moving_variance', 'inference_variance', 'beta', 'moving_mean'
 ])
 
 
@@ -99,7 +101,7 @@ def fold_batch_norms(input_graph=None):
   return folded
 
 
-def fold_batch_norm(layer_op, context, input_scale=None):
+def fold_batch_norm(layer_op, context, input_scale=None, freeze=None):
   """Folds the batch norm after `layer_op` into a new layer op.
 
   See the module docstring for the formulas. The new ops live in the
@@ -111,6 +113,10 @@ def fold_batch_norm(layer_op, context, input_scale=None):
     input_scale: the quantization step of the layer's input, or None. When
       given, channels drowned by the input's quantization noise are folded
       to the constant they output (see `_signal_mask`).
+    freeze: for a training batch norm, a boolean tensor: while true, fold
+      with the moving statistics instead of the batch's, as inference does
+      (contrib.quantize's batch norm freezing); None never freezes. Only
+      fused batch norms, whose beta is at hand, are frozen.
 
   Returns:
     (new layer op, folded output tensor), or None if no batch norm follows
@@ -133,6 +139,15 @@ def fold_batch_norm(layer_op, context, input_scale=None):
       multiplier = tf.multiply(multiplier, correction,
                                name='moving_multiplier')
       output_scale = tf.math.reciprocal(correction, name='output_scale')
+  offset = batch_norm.offset
+  if (freeze is not None and batch_norm.moving_variance is not None and
+      batch_norm.beta is not None):
+    with graph.name_scope(context + '/BatchNorm_Fold/'):
+      output_scale = tf.where(freeze, tf.ones_like(output_scale),
+                              output_scale, name='frozen_output_scale')
+      offset = tf.where(
+          freeze, batch_norm.beta - batch_norm.moving_mean * multiplier,
+          offset, name='frozen_offset')
 
   weights = layer_op.inputs[1]
   with graph.name_scope(context + '/'):
@@ -141,7 +156,6 @@ def fold_batch_norm(layer_op, context, input_scale=None):
                               name='scale_reshape')
     elif layer_op.type == 'MatMul' and layer_op.get_attr('transpose_b'):
       multiplier = tf.reshape(multiplier, [-1, 1], name='scale_reshape')
-    offset = batch_norm.offset
     if input_scale is not None and batch_norm.beta is not None:
       mask = _signal_mask(layer_op, batch_norm, input_scale)
       multiplier = multiplier * tf.reshape(mask, multiplier.shape)
@@ -233,6 +247,7 @@ def _match_fused_batch_norm(bn_op):
   if not bn_op.get_attr('is_training'):
     mean, variance = bn_op.inputs[3], bn_op.inputs[4]
     moving_variance = None
+    moving_mean = None
     inference_variance = variance
   else:
     if bn_op.get_attr('exponential_avg_factor') != 1.0:
@@ -247,13 +262,15 @@ def _match_fused_batch_norm(bn_op):
     axes = [0] + list(range(2, rank)) if data_format.startswith(
         'NC') else list(range(rank - 1))
     mean, variance = tf.nn.moments(bn_op.inputs[0], axes, name='batch_moments')
-    moving_variance = _moving_variance(bn_op.outputs[2])
+    moving_variance = _moving_statistic(bn_op.outputs[2], 'moving_variance')
+    moving_mean = _moving_statistic(bn_op.outputs[1], 'moving_mean')
     inference_variance = moving_variance
   reciprocal_sigma = tf.math.rsqrt(variance + epsilon)
   multiplier = tf.multiply(gamma, reciprocal_sigma, name='multiplier')
   offset = tf.subtract(beta, mean * multiplier, name='offset')
   return _BatchNorm(bn_op.outputs[0], multiplier, offset, reciprocal_sigma,
-                    epsilon, moving_variance, inference_variance, beta)
+                    epsilon, moving_variance, inference_variance, beta,
+                    moving_mean)
 
 
 def _match_unfused_batch_norm(tensor, mul_op):
@@ -299,45 +316,44 @@ def _match_unfused_batch_norm(tensor, mul_op):
       not add_op.outputs[0].consumers()):
     return None
   moving_variance = (None if graph_editing.reads_variable(variance) else
-                     _moving_variance(variance))
+                     _moving_statistic(variance, 'moving_variance'))
   return _BatchNorm(add_op.outputs[0], multiplier, offset[0],
                     rsqrt_op.outputs[0], epsilon, moving_variance,
                     moving_variance if moving_variance is not None else
-                    variance, None)
+                    variance, None, None)
 
 
-def _moving_variance(batch_variance):
-  """Reads the moving variance that `batch_variance` updates.
+def _moving_statistic(batch_statistic, name):
+  """Reads the moving average that `batch_statistic` updates.
 
-  A training batch norm's data path does not read its moving variance; the
-  variable is the target of the assign op nearest to the batch variance
-  among its consumers (the moving-average update, three ops away for
-  `assign_moving_average`).
+  A training batch norm's data path does not read its moving mean and
+  variance; each variable is the target of the assign op nearest to the
+  batch statistic among its consumers (the moving-average update, three ops
+  away for `assign_moving_average`).
 
   Args:
-    batch_variance: the batch variance tensor a batch norm computes.
+    batch_statistic: the batch mean or variance tensor a batch norm computes.
+    name: the name of the read op (`moving_mean`, `moving_variance`).
 
   Returns:
-    A tensor with the moving variance's value.
+    A tensor with the moving average's value.
 
   Raises:
     ValueError: if no assign op within a few ops updates a variable.
   """
-  frontier = batch_variance.consumers()
+  frontier = batch_statistic.consumers()
   seen = set()
   for _ in range(_MAX_UPDATE_DISTANCE):
     for op in frontier:
       if op.type in _RESOURCE_ASSIGN_TYPES:
         return tf.raw_ops.ReadVariableOp(resource=op.inputs[0],
                                          dtype=op.get_attr('dtype'),
-                                         name='moving_variance')
+                                         name=name)
       if op.type in _REF_ASSIGN_TYPES:
-        return tf.identity(op.inputs[0], name='moving_variance')
+        return tf.identity(op.inputs[0], name=name)
     seen.update(op.name for op in frontier)
     frontier = [consumer for op in frontier for output in op.outputs
                 for consumer in output.consumers()
                 if consumer.name not in seen]
-  raise ValueError('Cannot find the moving variance updated from %s.' %
-                   batch_variance.name)
-
-
+  raise ValueError('Cannot find the %s updated from %s.' %
+                   (name.replace('_', ' '), batch_statistic.name))

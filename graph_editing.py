@@ -98,10 +98,11 @@ def skip_batch_to_space(tensor):
 def fake_quant_of(tensor):
   """The fake quant op that produces `tensor`, or None.
 
-  Looks back through Identity ops (e.g. inference-mode dropout) and through
-  the quant_delay switch to its quantized branch.
+  Looks back through ops that keep values on their grid (Identity, e.g.
+  inference-mode dropout; the Reshape or Transpose around per-channel weight
+  quantization) and through the quant_delay switch to its quantized branch.
   """
-  while tensor.op.type == 'Identity':
+  while tensor.op.type in ('Identity', 'Reshape', 'Transpose'):
     tensor = tensor.op.inputs[0]
   op = tensor.op
   if op.type == 'SelectV2':  # the quant_delay switch

@@ -91,7 +91,7 @@ import re
 import slim_compat  # pylint: disable=unused-import
 import tensorflow as tf
 
-from tensorflow_model_optimization.python.core.quantization.keras import quant_ops
+from tensorflow.python.training import moving_averages
 import fold_batch_norms
 import graph_editing
 import tflite_emulation
@@ -105,6 +105,29 @@ WEIGHTS_QUANT = 'weights_quant'
 ACT_QUANT = 'act_quant'
 CONV_QUANT = 'conv_quant'
 ADD_QUANT = 'add_quant'
+
+# How weights are quantized:
+#   per_channel: one range per output channel, symmetric about zero (TFLite's
+#     int8 scheme: zero point 0, int8 codes in [-127, 127]); converts to a
+#     full-integer int8 model.
+#   symmetric: one range per tensor, symmetric about zero (uint8 zero point
+#     128): the uint8 model, and its int8 twin.
+#   asymmetric: one range per tensor, the weights' own [min, max], as
+#     contrib.quantize did: uint8 only.
+PER_CHANNEL = 'per_channel'
+SYMMETRIC = 'symmetric'
+ASYMMETRIC = 'asymmetric'
+WEIGHT_SCHEMES = (PER_CHANNEL, SYMMETRIC, ASYMMETRIC)
+
+# A scalar variable that records, in the checkpoint, that the model was
+# trained with drowned channels masked (see fold_batch_norms._signal_mask),
+# so that its eval graph masks them too.
+MASK_VARIABLE = 'quantize/drowned_channel_mask'
+
+# The smallest per-channel weight bound: a channel of zero weights would
+# otherwise get a zero scale, which TFLite refuses. Any larger weight keeps
+# its own bound.
+_MIN_WEIGHT_BOUND = 1e-5
 
 _RANGE_VARIABLE_RE = re.compile(r'/(%s|%s|%s|%s)/(min|max)$' % (
     WEIGHTS_QUANT, ACT_QUANT, CONV_QUANT, ADD_QUANT))
@@ -120,11 +143,12 @@ _INIT_RANGE = (-6.0, 6.0)
 _INIT_RELU_RANGE = (0.0, 6.0)
 
 def create_training_graph(input_graph=None, quant_delay=0,
-                          symmetric_weights=True):
+                          weights=PER_CHANNEL, freeze_bn_delay=None,
+                          mask_drowned_channels=False):
   """Rewrites a float training graph in place for quantization-aware training.
 
-  Folds batch norms with batch statistics and the correction described in the
-  module docstring, and adds fake quantization that updates its ranges on
+  Folds batch norms with batch statistics and the correction described in
+  fold_batch_norms, and adds fake quantization that updates its ranges on
   every run.
 
   Args:
@@ -132,38 +156,75 @@ def create_training_graph(input_graph=None, quant_delay=0,
     quant_delay: global step from which weights and activations are
       quantized; before it they pass through unchanged. 0 quantizes from the
       start. A positive delay uses (and creates if needed) the global step.
-    symmetric_weights: quantize weights over a range symmetric about zero
-      (uint8 zero point 128, exactly convertible to int8); False takes the
-      weights' own min and max, as contrib.quantize did by default.
+    weights: one of WEIGHT_SCHEMES.
+    freeze_bn_delay: global step from which batch norms are folded with
+      their moving statistics rather than the batch's (contrib.quantize's
+      freeze_bn_delay), so that training computes the function inference
+      will; None never freezes them.
+    mask_drowned_channels: fold channels drowned by their input's rounding
+      noise to constants (fold_batch_norms._signal_mask), and record that in
+      the MASK_VARIABLE variable so the eval graph does the same.
 
   Raises:
-    ValueError: if `quant_delay` is negative, the graph is already quantized
-      or folded, already has gradients, or has no layer to quantize.
+    ValueError: if `quant_delay` or `freeze_bn_delay` is negative, `weights`
+      is unknown, the graph is already quantized or folded, already has
+      gradients, or has no layer to quantize.
   """
   if quant_delay is None or quant_delay < 0:
     raise ValueError('quant_delay must be a non-negative step, got %r.' %
                      (quant_delay,))
+  if freeze_bn_delay is not None and freeze_bn_delay < 0:
+    raise ValueError('freeze_bn_delay must be a non-negative step or None, '
+                     'got %r.' % (freeze_bn_delay,))
   _rewrite(input_graph, is_training=True, quant_delay=quant_delay,
-           symmetric_weights=symmetric_weights)
+           weights=weights, freeze_bn_delay=freeze_bn_delay,
+           mask_drowned_channels=mask_drowned_channels)
 
 
-def create_eval_graph(input_graph=None):
+def create_eval_graph(input_graph=None, per_channel_weights=True,
+                      mask_drowned_channels=False):
   """Rewrites a float inference graph in place to simulate 8-bit inference.
 
   Folds batch norms (of a graph built with is_training=False, so with their
   moving statistics) and adds fake quantization that reads its ranges from
   the range variables (restore them from a checkpoint of the training
-  graph). The result freezes and converts to a uint8 TFLite model.
+  graph). The result freezes and converts to an integer TFLite model. Build
+  it as the checkpoint was trained: `eval_options(checkpoint)` says how.
 
   Args:
     input_graph: the tf.Graph to rewrite; the default graph when None.
+    per_channel_weights: weight ranges per output channel (vectors) rather
+      than per tensor (scalars).
+    mask_drowned_channels: mask drowned channels, as training did.
 
   Raises:
     ValueError: if the graph is already quantized or folded, already has
       gradients, or has no layer to quantize.
   """
   _rewrite(input_graph, is_training=False, quant_delay=0,
-           symmetric_weights=False)
+           weights=PER_CHANNEL if per_channel_weights else ASYMMETRIC,
+           freeze_bn_delay=None, mask_drowned_channels=mask_drowned_channels)
+
+
+def eval_options(variable_shapes):
+  """How to build the eval graph of a quantized checkpoint.
+
+  Args:
+    variable_shapes: the checkpoint's variable name -> shape map
+      (`tf.train.load_checkpoint(path).get_variable_to_shape_map()`).
+
+  Returns:
+    The keyword arguments of `create_eval_graph` (per_channel_weights,
+    mask_drowned_channels) that rebuild the function the checkpoint was
+    trained as: per-channel weights where its weight ranges are vectors,
+    the drowned-channel mask only where it records training with it.
+  """
+  weight_ranges = [shape for name, shape in variable_shapes.items()
+                   if name.endswith('/%s/min' % WEIGHTS_QUANT)]
+  return {
+      'per_channel_weights': any(len(shape) == 1 for shape in weight_ranges),
+      'mask_drowned_channels': MASK_VARIABLE in variable_shapes,
+  }
 
 
 def range_variables(graph=None):
@@ -201,7 +262,8 @@ def range_variables_by_scope(graph=None):
   return by_scope
 
 
-def _rewrite(input_graph, is_training, quant_delay, symmetric_weights):
+def _rewrite(input_graph, is_training, quant_delay, weights, freeze_bn_delay,
+             mask_drowned_channels):
   """Folds batch norms and inserts fake quantization; see the docstring."""
   graph = input_graph or tf1.get_default_graph()
   # A fixed-range fake quant (quantize_input's) is an input, not a rewrite.
@@ -223,11 +285,26 @@ def _rewrite(input_graph, is_training, quant_delay, symmetric_weights):
   if not layers:
     raise ValueError('The graph has no layer to quantize (Conv2D, '
                      'DepthwiseConv2dNative or MatMul of a variable).')
+  if weights not in WEIGHT_SCHEMES:
+    raise ValueError('weights must be one of %s, got %r.' %
+                     (', '.join(WEIGHT_SCHEMES), weights))
   with graph.as_default():
-    quantizer = _Quantizer(graph, is_training, quant_delay, symmetric_weights)
+    if mask_drowned_channels:
+      _mask_variable()
+    freeze_bn = None
+    if freeze_bn_delay is not None:
+      global_step = tf1.train.get_or_create_global_step(graph)
+      with graph.name_scope('freeze_bn/'):
+        freeze_bn = tf.greater_equal(
+            global_step,
+            tf.cast(freeze_bn_delay, global_step.dtype.base_dtype),
+            name='use_moving_statistics')
+    quantizer = _Quantizer(graph, is_training, quant_delay, weights)
     for layer_op, context in layers:
-      folded = fold_batch_norms.fold_batch_norm(layer_op, context,
-                                                _input_scale(layer_op))
+      folded = fold_batch_norms.fold_batch_norm(
+          layer_op, context,
+          _input_scale(layer_op) if mask_drowned_channels else None,
+          freeze=freeze_bn)
       if folded is None:
         output = graph_editing.skip_batch_to_space(layer_op.outputs[0])
       else:
@@ -239,10 +316,21 @@ def _rewrite(input_graph, is_training, quant_delay, symmetric_weights):
       tflite_emulation.round_biases(graph, quantizer.biases)
 
 
+def _mask_variable():
+  """Creates the variable recording that drowned channels are masked."""
+  with tf1.variable_scope(tf1.VariableScope(reuse=False, name=''),
+                          auxiliary_name_scope=False):
+    return tf1.get_variable(
+        MASK_VARIABLE, shape=[], dtype=tf.bool,
+        initializer=tf1.constant_initializer(True), trainable=False,
+        collections=[tf1.GraphKeys.GLOBAL_VARIABLES,
+                     tf1.GraphKeys.MODEL_VARIABLES])
+
+
 class _Quantizer(object):
   """Inserts fake quantization ops into one graph."""
 
-  def __init__(self, graph, is_training, quant_delay, symmetric_weights):
+  def __init__(self, graph, is_training, quant_delay, weights):
     """Creates a quantizer.
 
     Args:
@@ -250,10 +338,10 @@ class _Quantizer(object):
       is_training: update ranges from the data (training) or only read them
         (eval).
       quant_delay: global step before which quantization is bypassed.
-      symmetric_weights: training sets weight ranges symmetric about zero.
+      weights: one of WEIGHT_SCHEMES.
     """
     self._graph = graph
-    self._symmetric_weights = symmetric_weights
+    self._weights = weights
     self._is_training = is_training
     # Name of each tensor quantized so far -> its quantized replacement.
     self._quantized = {}
@@ -262,16 +350,6 @@ class _Quantizer(object):
     # (layer op, its bias add, layer scope) of each layer with a bias.
     self._biases = []
     self._use_quant = None
-    self._ema_decay = EMA_DECAY
-    if is_training:
-      # Like tf.train.ExponentialMovingAverage's num_updates: a short memory
-      # in the first steps, so ranges start from the data rather than from
-      # their initial values (an EMA of 0.999 from [0, 6] needs thousands of
-      # steps, which a fine-tune from a float model may not have).
-      step = tf.cast(tf1.train.get_or_create_global_step(graph), tf.float32)
-      with graph.name_scope('quant_ema_decay/'):
-        self._ema_decay = tf.minimum(EMA_DECAY, (1.0 + step) / (10.0 + step),
-                                     name='decay')
     if quant_delay > 0:
       global_step = tf1.train.get_or_create_global_step(graph)
       with graph.name_scope('quant_delay/'):
@@ -289,9 +367,7 @@ class _Quantizer(object):
         (after folding, the folded batch norm's output).
       context: the layer's name scope.
     """
-    self._insert(layer_op.inputs[1], context + '/' + WEIGHTS_QUANT,
-                 moving_average=False, narrow_range=True,
-                 init_range=_INIT_RANGE, consumers=[layer_op])
+    self._quantize_weights(layer_op, context + '/' + WEIGHTS_QUANT)
 
     output = graph_editing.skip_identities(output)
     if output.op.type == 'BiasAdd':  # a folded batch norm's offset
@@ -354,9 +430,78 @@ class _Quantizer(object):
     self._quantized.update(replacements)
     self._replacements.update(t.name for t in replacements.values())
 
+  def _quantize_weights(self, layer_op, scope):
+    """Fake-quantizes a layer's weights with last-value ranges.
+
+    Per-channel ranges cover each output channel's weights: a Conv2D's last
+    axis, a depthwise weight [h, w, in, k] reshaped to [h, w, 1, in * k] (its
+    output channels, in the order the op outputs them), a MatMul's output
+    axis.
+
+    Args:
+      layer_op: the (possibly folded) layer op; its second input is the
+        weights.
+      scope: the name scope of the new ops and range variables.
+    """
+    weights = layer_op.inputs[1]
+    if weights.name in self._quantized:
+      return
+    if self._weights != PER_CHANNEL:
+      self._insert(weights, scope, moving_average=False, narrow_range=True,
+                   init_range=_INIT_RANGE, consumers=[layer_op])
+      return
+    with self._graph.name_scope(scope + '/'):
+      transpose = (layer_op.type == 'MatMul' and
+                   layer_op.get_attr('transpose_b'))
+      channels_last = weights
+      if layer_op.type == 'DepthwiseConv2dNative':
+        height, width, inputs, multiplier = weights.shape.as_list()
+        channels_last = tf.reshape(
+            weights, [height, width, 1, inputs * multiplier],
+            name='channels_last')
+      elif transpose:
+        channels_last = tf.transpose(weights, name='channels_last')
+      channels = channels_last.shape[-1]
+    min_var, max_var = self._range_variables(
+        scope, _INIT_RANGE, shape=[channels])
+    with self._graph.name_scope(scope + '/'):
+      if self._is_training:
+        # The range is a statistic of the weights, not a path for their
+        # gradients: the straight-through estimator passes gradients to the
+        # weights inside their range.
+        bound = tf.maximum(tf.stop_gradient(tf.reduce_max(
+            tf.abs(channels_last),
+            axis=list(range(channels_last.shape.rank - 1)))),
+                           _MIN_WEIGHT_BOUND, name='bound')
+        low = tf1.assign(min_var, -bound, name='AssignMin')
+        high = tf1.assign(max_var, bound, name='AssignMax')
+      else:
+        low, high = min_var.value(), max_var.value()
+      quantized = tf.quantization.fake_quant_with_min_max_vars_per_channel(
+          channels_last, low, high, num_bits=NUM_BITS, narrow_range=True)
+      if layer_op.type == 'DepthwiseConv2dNative':
+        quantized = tf.reshape(quantized, weights.shape, name='quantized')
+      elif transpose:
+        quantized = tf.transpose(quantized, name='quantized')
+      if self._use_quant is not None:
+        quantized = tf.where(self._use_quant, quantized, weights,
+                             name='delayed_quant')
+    graph_editing.reroute(weights, quantized, [layer_op])
+    self._quantized[weights.name] = quantized
+    self._replacements.add(quantized.name)
+
   def _insert(self, tensor, scope, moving_average, narrow_range, init_range,
               consumers=None):
-    """Puts a fake quant op between `tensor` and its consumers.
+    """Puts a per-tensor fake quant op between `tensor` and its consumers.
+
+    Training graphs update the ranges as contrib.quantize did: weights take
+    their last value (the weights' [min, max] with 0 inside, or
+    [-max|W|, max|W|] for symmetric weights), activations an exponential
+    moving average of each batch's [min, max] (with 0 inside), zero-debiased
+    so that it starts from the data, with its slots
+    (`<scope>/<scope>/{min,max}/{biased,local_step}`) saved alongside the
+    ranges, so that fine-tuning from a quantized checkpoint carries its
+    averages on.
 
     Args:
       tensor: the float tensor to quantize.
@@ -372,24 +517,39 @@ class _Quantizer(object):
     if consumers is None:
       consumers = tensor.consumers()
     min_var, max_var = self._range_variables(scope, init_range)
-    kwargs = dict(name_prefix=scope + '/', is_training=self._is_training,
-                  num_bits=NUM_BITS, narrow_range=narrow_range)
-    if moving_average:
-      quantized = quant_ops.MovingAvgQuantize(
-          tensor, min_var, max_var, ema_decay=self._ema_decay, **kwargs)
-    else:
-      quantized = quant_ops.LastValueQuantize(
-          tensor, min_var, max_var, symmetric=self._symmetric_weights,
-          **kwargs)
-    if self._use_quant is not None:
-      with self._graph.name_scope(scope + '/'):
+    with self._graph.name_scope(scope + '/'):
+      if not self._is_training:
+        low, high = min_var.value(), max_var.value()
+      else:
+        batch_min = tf.minimum(tf.reduce_min(tensor), 0.0, name='BatchMin')
+        batch_max = tf.maximum(tf.reduce_max(tensor), 0.0, name='BatchMax')
+        if moving_average:
+          with tf1.variable_scope(tf1.VariableScope(reuse=False, name=scope),
+                                  auxiliary_name_scope=False):
+            low = moving_averages.assign_moving_average(
+                min_var, batch_min, EMA_DECAY, zero_debias=True,
+                name='AssignMinEma')
+            high = moving_averages.assign_moving_average(
+                max_var, batch_max, EMA_DECAY, zero_debias=True,
+                name='AssignMaxEma')
+        else:
+          if self._weights == SYMMETRIC:
+            batch_max = tf.maximum(-batch_min, batch_max)
+            batch_min = -batch_max
+          low = tf1.assign(min_var, tf.stop_gradient(batch_min),
+                           name='AssignMinLast')
+          high = tf1.assign(max_var, tf.stop_gradient(batch_max),
+                            name='AssignMaxLast')
+      quantized = tf.quantization.fake_quant_with_min_max_vars(
+          tensor, low, high, num_bits=NUM_BITS, narrow_range=narrow_range)
+      if self._use_quant is not None:
         quantized = tf.where(self._use_quant, quantized, tensor,
                              name='delayed_quant')
     graph_editing.reroute(tensor, quantized, consumers)
     self._quantized[tensor.name] = quantized
     self._replacements.add(quantized.name)
 
-  def _range_variables(self, scope, init_range):
+  def _range_variables(self, scope, init_range, shape=()):
     """Creates the `<scope>/min` and `<scope>/max` range variables."""
     # A VariableScope object is entered as an absolute scope, whatever
     # variable scope the caller is in, so names match across graphs.
@@ -397,7 +557,7 @@ class _Quantizer(object):
                             auxiliary_name_scope=False):
       return [
           tf1.get_variable(
-              name, shape=[], dtype=tf.float32,
+              name, shape=list(shape), dtype=tf.float32,
               initializer=tf1.constant_initializer(value), trainable=False,
               collections=[tf1.GraphKeys.GLOBAL_VARIABLES,
                            tf1.GraphKeys.MODEL_VARIABLES])
