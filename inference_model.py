@@ -36,7 +36,8 @@ def define_flags(quantize_help):
   flags.DEFINE_bool('quantize', False, quantize_help)
 
 
-def build(images, num_classes, depth_multiplier, quantized):
+def build(images, num_classes, depth_multiplier, quantized,
+          quantize_options=None):
   """Builds the inference graph in the default graph.
 
   Args:
@@ -44,6 +45,9 @@ def build(images, num_classes, depth_multiplier, quantized):
     num_classes: classes of the logits layer.
     depth_multiplier: width multiplier.
     quantized: rewrite into the quantized eval graph.
+    quantize_options: keyword arguments of `quantize.create_eval_graph`, as
+      `quantize_options(checkpoint)` reads them from the checkpoint to
+      restore; None for its defaults.
 
   Returns:
     The logits, [batch, num_classes].
@@ -55,8 +59,27 @@ def build(images, num_classes, depth_multiplier, quantized):
         images, num_classes=num_classes, is_training=False,
         depth_multiplier=depth_multiplier)
   if quantized:
-    quantize.create_eval_graph()
+    quantize.create_eval_graph(**(quantize_options or {}))
   return logits
+
+
+def quantize_options(checkpoint):
+  """How the quantized eval graph of `checkpoint` is built.
+
+  Args:
+    checkpoint: a checkpoint prefix.
+
+  Returns:
+    The keyword arguments of `quantize.create_eval_graph` that rebuild the
+    function the checkpoint was trained as (`quantize.eval_options`); its
+    defaults for a checkpoint that does not read (restoring it reports the
+    problem).
+  """
+  try:
+    shapes = checkpoint_utils.saved_variable_shapes(checkpoint)
+  except checkpoint_utils.CheckpointError:
+    return {}
+  return quantize.eval_options(shapes)
 
 
 def verify_checkpoint(checkpoint, graph, variables, num_classes,

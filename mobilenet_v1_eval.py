@@ -54,7 +54,13 @@ flags.DEFINE_bool('skip_corrupt_records', False,
 class Evaluator(object):
   """The eval graph, built once and run over the split per checkpoint."""
 
-  def __init__(self):
+  def __init__(self, quantize_options=None):
+    """Builds the graph.
+
+    Args:
+      quantize_options: with --quantize, how the checkpoints to evaluate
+        were quantized (`inference_model.quantize_options`).
+    """
     self.graph = tf.Graph()
     with self.graph.as_default():
       dataset = imagenet_input.build_dataset(
@@ -63,7 +69,8 @@ class Evaluator(object):
       self._iterator = tf1.data.make_initializable_iterator(dataset)
       images, labels = self._iterator.get_next()
       logits = inference_model.build(images, FLAGS.num_classes,
-                                     FLAGS.depth_multiplier, FLAGS.quantize)
+                                     FLAGS.depth_multiplier, FLAGS.quantize,
+                                     quantize_options)
       self._correct = {
           'Accuracy': tf.math.in_top_k(labels, logits, 1),
           'Recall_5': tf.math.in_top_k(labels, logits, 5),
@@ -155,7 +162,8 @@ def main(argv):
                         'checkpoint) or --checkpoint_path')
   eval_dir = FLAGS.eval_dir or os.path.join(
       FLAGS.checkpoint_dir or os.path.dirname(FLAGS.checkpoint_path), 'eval')
-  evaluator = Evaluator()
+  # One graph per way of quantizing: a watched directory keeps one.
+  evaluators = {}
   for checkpoint in _checkpoints():
     start = time.time()
     if not FLAGS.quantize and inference_model.has_quantization_ranges(
@@ -164,8 +172,13 @@ def main(argv):
             '(add --quantize=True to measure the quantized model)' %
             os.path.basename(checkpoint))
     imagenet_input.skipped_records.reset()
+    options = (inference_model.quantize_options(checkpoint)
+               if FLAGS.quantize else {})
+    key = tuple(sorted(options.items()))
+    if key not in evaluators:
+      evaluators[key] = Evaluator(options)
     try:
-      metrics, examples, step = evaluator.evaluate(checkpoint)
+      metrics, examples, step = evaluators[key].evaluate(checkpoint)
     except checkpoint_utils.CheckpointError as e:
       # A training run may have written a bad checkpoint; watching goes on.
       if not FLAGS.continuous:

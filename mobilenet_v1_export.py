@@ -19,15 +19,20 @@ writes into --output_dir, with NAME as in the seed's table
                        assign or initializer ops.
   NAME_info.txt        input and output names, shapes and types, and the
                        TFLite model's quantization parameters.
-  NAME.tflite          float32 for a float model; fully uint8 (input and
-                       output too) for a --quantize model.
-  NAME_int8.tflite     --quantize models trained with symmetric weight ranges
-                       (mobilenet_v1_train's default): the uint8 model made
-                       int8 inside (tflite_int8), with the same uint8 input
-                       and output. It computes the same numbers, and
-                       TFLite's default CPU delegate (XNNPACK) runs int8, not
-                       uint8: about 3x faster than float where uint8 is
-                       slower than float.
+  NAME.tflite          the model to deploy. float32 for a float model. For a
+                       --quantize model trained with per-channel weights
+                       (mobilenet_v1_train's default): full-integer int8
+                       inside (TFLite's int8 scheme, per-axis weight scales;
+                       XNNPACK runs it), with uint8 input and output as the
+                       released _quant models have (int8 with
+                       --quantized_io_type=int8). For one trained with
+                       per-tensor weights: uint8 throughout, as
+                       contrib.quantize's models are.
+  NAME_int8.tflite     per-tensor --quantize models with symmetric weight
+                       ranges (--weight_quantization=symmetric): the uint8
+                       model made int8 inside (tflite_int8), with the same
+                       uint8 input and output. It computes the same numbers,
+                       and XNNPACK runs int8, not uint8.
 
 Both graphs take `input`, float32 [1, size, size, 3] with pixels mapped to
 [-1, 1] (pixel / 127.5 - 1), and produce `MobilenetV1/Predictions/Reshape_1`,
@@ -68,6 +73,9 @@ tf1 = tf.compat.v1
 
 FLAGS = flags.FLAGS
 
+UINT8 = 'uint8'
+INT8 = 'int8'
+
 inference_model.define_flags(
     'The checkpoint was trained with --quantize: export the '
     'quantized eval graph and a fully uint8 TFLite model.')
@@ -86,6 +94,12 @@ flags.DEFINE_list('post_training', [],
                   'float model to write as well: dynamic (8-bit weights), '
                   'float16 (16-bit weights), int8 (fully integer; needs '
                   '--dataset_dir for calibration).')
+flags.DEFINE_enum('quantized_io_type', UINT8, [UINT8, INT8],
+                  'Input and output type of the int8 .tflite of a model '
+                  'trained with per-channel weights (--weight_quantization='
+                  'per_channel, the default): uint8 takes pixel values as '
+                  'Google\'s released _quant models do; int8 takes them '
+                  'minus 128.')
 flags.DEFINE_integer('calibration_examples', 200,
                      'Images the int8 post-training quantization measures '
                      'activation ranges on.', lower_bound=1)
@@ -118,7 +132,7 @@ def model_name(depth_multiplier, image_size, quantized):
 
 
 def build_inference_graph(depth_multiplier, image_size, num_classes,
-                          quantized):
+                          quantized, quantize_options=None):
   """Builds the exported graph: `input` placeholder to softmax predictions.
 
   Args:
@@ -127,6 +141,8 @@ def build_inference_graph(depth_multiplier, image_size, num_classes,
     num_classes: classes of the logits layer.
     quantized: build the quantized eval graph (folded batch norms, fake
       quantization reading the range variables).
+    quantize_options: how the checkpoint was quantized
+      (`inference_model.quantize_options`); None for the defaults.
 
   Returns:
     (graph, input tensor, output tensor).
@@ -135,7 +151,8 @@ def build_inference_graph(depth_multiplier, image_size, num_classes,
   with graph.as_default():
     images = tf1.placeholder(tf.float32, [1, image_size, image_size, 3],
                              name=INPUT_NAME)
-    inference_model.build(images, num_classes, depth_multiplier, quantized)
+    inference_model.build(images, num_classes, depth_multiplier, quantized,
+                          quantize_options)
     tf1.train.get_or_create_global_step()
   return graph, images, graph.get_tensor_by_name(OUTPUT_NAME + ':0')
 
@@ -184,13 +201,18 @@ def _run_converter(converter):
     logging.set_verbosity(verbosity)
 
 
-def convert(frozen_graph_def, quantized):
+def convert(frozen_graph_def, quantized, per_channel=False, io_type=UINT8):
   """Converts a frozen graph to TFLite.
 
   Args:
     frozen_graph_def: what `freeze` returned.
-    quantized: the graph has fake quantization: convert it to a fully uint8
-      model (uint8 input in pixel values, uint8 output).
+    quantized: the graph has fake quantization: convert it to a full-integer
+      model.
+    per_channel: the quantized graph has per-channel weight ranges: the
+      model is int8 inside (TFLite's int8 scheme, per-axis weight scales);
+      otherwise it is uint8 throughout, as contrib.quantize's models are.
+    io_type: the per-channel model's input and output type, UINT8 (pixel
+      values in, as the released quantized models take) or INT8.
 
   Returns:
     The TFLite flatbuffer, bytes.
@@ -198,10 +220,18 @@ def convert(frozen_graph_def, quantized):
   if quantized:
     frozen_graph_def = tflite_emulation.without_pool_tie_breaks(frozen_graph_def)
   converter = _converter(frozen_graph_def)
-  if quantized:
+  if not quantized:
+    return _run_converter(converter)
+  converter.quantized_input_stats = {INPUT_NAME: (INPUT_MEAN, INPUT_STD)}
+  if not per_channel:
     converter.inference_type = tf.uint8
-    converter.quantized_input_stats = {INPUT_NAME: (INPUT_MEAN, INPUT_STD)}
-  return _run_converter(converter)
+    return _run_converter(converter)
+  # The TF1 converter writes an int8 model's input and output in int8; the
+  # uint8 interface is added after it.
+  converter.inference_type = tf.int8
+  content = _run_converter(converter)
+  return tflite_int8.with_uint8_interface(content) if io_type == UINT8 else (
+      content)
 
 
 def convert_post_training(frozen_graph_def, kind, representative_images=None):
@@ -411,9 +441,12 @@ def _write_bundle(checkpoint, name, prefix):
   Returns:
     (the checkpoint exported, its global step or None, the paths written).
   """
+  options = (inference_model.quantize_options(checkpoint) if FLAGS.quantize
+             else {})
+  per_channel = options.get('per_channel_weights', False)
   graph, images, predictions = build_inference_graph(
       FLAGS.depth_multiplier, FLAGS.image_size, FLAGS.num_classes,
-      FLAGS.quantize)
+      FLAGS.quantize, options)
   # Taken before the Saver adds its save/restore ops, which inference does
   # not need.
   eval_graph_def = graph.as_graph_def()
@@ -438,9 +471,10 @@ def _write_bundle(checkpoint, name, prefix):
   outputs = [
       (prefix + '_eval.pbtxt', str(eval_graph_def)),
       (prefix + '_frozen.pb', frozen.SerializeToString()),
-      (prefix + '.tflite', convert(frozen, FLAGS.quantize)),
+      (prefix + '.tflite', convert(frozen, FLAGS.quantize, per_channel,
+                                   FLAGS.quantized_io_type)),
   ]
-  if FLAGS.quantize:
+  if FLAGS.quantize and not per_channel:
     try:
       outputs.append((prefix + '_int8.tflite',
                       tflite_int8.from_uint8(outputs[-1][1])))

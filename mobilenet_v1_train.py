@@ -164,12 +164,23 @@ flags.DEFINE_integer('quant_delay', None,
                      'Steps before quantization starts (with --quantize); '
                      'default 250000 from scratch, 0 when fine-tuning.',
                      lower_bound=0)
-flags.DEFINE_bool('symmetric_weights', True,
-                  'With --quantize: quantize weights over a range symmetric '
-                  'about zero, so the export also writes an int8 TFLite '
-                  'model (much faster on CPUs); false keeps '
-                  'contrib.quantize\'s asymmetric [min, max] ranges (uint8 '
-                  'model only).')
+flags.DEFINE_enum('weight_quantization', quantize.PER_CHANNEL,
+                  list(quantize.WEIGHT_SCHEMES),
+                  'With --quantize, how weights are quantized: per_channel '
+                  '(one symmetric range per output channel, TFLite\'s int8 '
+                  'scheme; the export writes a full-integer int8 model, the '
+                  'most accurate), symmetric (one range per tensor, '
+                  'symmetric about zero: a uint8 model and its int8 twin) '
+                  'or asymmetric (one [min, max] per tensor, as '
+                  'contrib.quantize: a uint8 model only).')
+flags.DEFINE_integer('freeze_bn_delay', None,
+                     'With --quantize: step from which batch norms are '
+                     'folded with their moving statistics instead of each '
+                     'batch\'s, so that training computes what the exported '
+                     'model will (contrib.quantize\'s freeze_bn_delay). '
+                     'Default 0 when fine-tuning (the released statistics '
+                     'are better estimates than a small batch\'s); never '
+                     'from scratch.', lower_bound=0)
 flags.DEFINE_bool('fuse_batch_norm_relu6', True,
                   'Train float models through one fused batch norm + ReLU6 '
                   'kernel per layer (batch_norm_relu6_ops.cc): the same '
@@ -234,6 +245,13 @@ def _num_train_examples():
   if FLAGS.num_train_examples:
     return FLAGS.num_train_examples
   return imagenet_input.num_examples(FLAGS.dataset_dir, 'train')
+
+
+def _freeze_bn_delay():
+  """--freeze_bn_delay, or its default for this run (None: never)."""
+  if FLAGS.freeze_bn_delay is not None:
+    return FLAGS.freeze_bn_delay
+  return 0 if _is_fine_tuning() else None
 
 
 def _batch_norm_decay():
@@ -456,8 +474,11 @@ def build_train_op(images, labels, global_step, num_examples, quant_delay):
     else:
       batch_norm_relu6.fuse_batch_norm_relu6(logits.graph)
   if FLAGS.quantize:
-    quantize.create_training_graph(quant_delay=quant_delay,
-                                   symmetric_weights=FLAGS.symmetric_weights)
+    quantize.create_training_graph(
+        quant_delay=quant_delay, weights=FLAGS.weight_quantization,
+        freeze_bn_delay=_freeze_bn_delay(),
+        mask_drowned_channels=(
+            FLAGS.weight_quantization != quantize.PER_CHANNEL))
   tf1.losses.softmax_cross_entropy(
       tf.one_hot(labels, FLAGS.num_classes), logits,
       label_smoothing=FLAGS.label_smoothing)

@@ -6,6 +6,8 @@ the quantized model start from a realistic model rather than from the
 rewrite's initial ranges.
 """
 
+import numpy as np
+
 import quantize
 
 
@@ -13,8 +15,9 @@ def calibrate_ranges(session, feeds, symmetric_weights=True, graph=None):
   """Sets an eval graph's range variables from its weights and sample inputs.
 
   What training would set them to, without training: the weight ranges are
-  the (folded) weights' min and max, made symmetric about zero as
-  `quantize.create_training_graph` does by default, and then the activation
+  the (folded) weights' min and max (per output channel where the ranges
+  are vectors; symmetric about zero there, as training makes them), and then
+  the activation
   ranges are the min and max of what reaches each activation's fake quant over
   `feeds`, with the weights quantized. Accuracy is that of post-training
   quantization; benchmarks and tests use it to give a freshly initialized
@@ -24,23 +27,29 @@ def calibrate_ranges(session, feeds, symmetric_weights=True, graph=None):
     session: a session of the eval graph, its other variables initialized or
       restored.
     feeds: feed dicts, one per sample batch.
-    symmetric_weights: make weight ranges symmetric about zero.
+    symmetric_weights: make per-tensor weight ranges symmetric about zero.
     graph: the eval graph; `session.graph` when None.
   """
   graph = graph or session.graph
   by_scope = quantize.range_variables_by_scope(graph)
   fake_quants = {op.name.rpartition('/')[0]: op for op in graph.get_operations()
-                 if op.type == 'FakeQuantWithMinMaxVars'}
+                 if op.type in ('FakeQuantWithMinMaxVars',
+                                'FakeQuantWithMinMaxVarsPerChannel')}
 
   def calibrate(scopes, symmetric):
     values = [session.run([fake_quants[s].inputs[0] for s in scopes], feed)
               for feed in feeds]
     for index, scope in enumerate(scopes):
+      per_channel = fake_quants[scope].type.endswith('PerChannel')
+      # Per channel: over every axis but the last, the channels' axis.
+      axes = tuple(range(values[0][index].ndim - 1)) if per_channel else None
       # TFLite needs 0 inside every range, and a range that is not empty.
-      low = min(0.0, min(float(v[index].min()) for v in values))
-      high = max(1e-3, max(float(v[index].max()) for v in values))
-      if symmetric:
-        high = max(high, -low)
+      low = np.minimum(0.0, np.min([v[index].min(axis=axes) for v in values],
+                                   axis=0))
+      high = np.maximum(1e-3, np.max([v[index].max(axis=axes)
+                                      for v in values], axis=0))
+      if symmetric or per_channel:
+        high = np.maximum(high, -low)
         low = -high
       by_scope[scope]['min'].load(low, session)
       by_scope[scope]['max'].load(high, session)

@@ -124,6 +124,33 @@ def from_uint8(model_content, global_pool_as_mean=True):
   return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
+def with_uint8_interface(model_content):
+  """A full-integer int8 model fed and read in uint8.
+
+  The values stay those of the int8 model: the uint8 input and output have
+  its scales and zero points plus 128 (see the module docstring).
+
+  Args:
+    model_content: an int8 TFLite flatbuffer with int8 input and output, as
+      the converter writes for a per-channel quantized eval graph.
+
+  Returns:
+    The model with uint8 input and output, a TFLite flatbuffer as bytes.
+
+  Raises:
+    ValueError: the model is not a single-graph model with int8 input.
+  """
+  model = flatbuffer_utils.convert_bytearray_to_object(model_content)
+  if len(model.subgraphs) != 1:
+    raise ValueError('expected one subgraph, the model has %d' %
+                     len(model.subgraphs))
+  subgraph = model.subgraphs[0]
+  if subgraph.tensors[subgraph.inputs[0]].type != schema.TensorType.INT8:
+    raise ValueError('the model input is not int8: not an int8 model')
+  _add_uint8_interface(model, subgraph)
+  return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
 def _check_weights(subgraph, codes):
   """Raises ValueError unless every weight tensor has zero point 128."""
   for operator in subgraph.operators:
