@@ -9,6 +9,7 @@ from slim_compat import slim
 import tensorflow as tf
 
 import fold_batch_norms
+import graph_editing
 import mobilenet_v1
 import quantize
 import quantize_test_util as util
@@ -33,8 +34,13 @@ class MobilenetQuantizeTest(tf.test.TestCase):
     self.assertLen(layers, 28)  # 27 body convolutions and the logits.
     self.assertLen(relu6s, 27)
     for op in layers:
-      self.assertEqual(op.inputs[1].op.type, util.FAKE_QUANT, op.name)
-      self.assertTrue(op.inputs[1].op.get_attr('narrow_range'), op.name)
+      weights_quant = graph_editing.fake_quant_of(op.inputs[1])
+      # Per output channel by default: one range each.
+      self.assertEqual(weights_quant.type, util.FAKE_QUANT + 'PerChannel',
+                       op.name)
+      self.assertTrue(weights_quant.get_attr('narrow_range'), op.name)
+      channels = op.outputs[0].shape[-1]
+      self.assertEqual(weights_quant.inputs[1].shape.as_list(), [channels])
     bias_add = graph.get_operation_by_name(_LOGITS_BIAS_ADD)
     for op in relu6s + [bias_add]:
       consumers = op.outputs[0].consumers()
@@ -123,9 +129,9 @@ class MobilenetQuantizeTest(tf.test.TestCase):
         with tf.Graph().as_default() as graph:
           images_in, _ = util.build_mobilenet(is_training, quantized_input=True)
           if is_training:
-            quantize.create_training_graph()
+            quantize.create_training_graph(mask_drowned_channels=True)
           else:
-            quantize.create_eval_graph()
+            quantize.create_eval_graph(mask_drowned_channels=True)
           values = util.model_values(graph)
           values[layer + 'BatchNorm/moving_variance'][dead] = 1e-7
           values[layer + 'depthwise_weights'][:, :, dead, 0] *= 20
@@ -163,7 +169,7 @@ class MobilenetQuantizeTest(tf.test.TestCase):
         restored = util.range_values(sess)
     self.assertEqual(sorted(restored), sorted(trained))
     for name, value in trained.items():
-      self.assertEqual(restored[name], value, name)
+      self.assertAllEqual(restored[name], value, name)
 
   def test_rewriting_twice_raises(self):
     for rewrite in (quantize.create_eval_graph,
@@ -205,34 +211,39 @@ class MobilenetQuantizeTest(tf.test.TestCase):
 class GenericPatternsTest(tf.test.TestCase):
   """Hand-built layers: unfused batch norm, MatMul, residual Adds."""
 
-  def test_first_training_steps_take_ranges_from_the_data(self):
+  def test_activation_ranges_are_a_zero_debiased_moving_average(self):
     with tf.Graph().as_default():
       images, output = util.build_generic_layers(is_training=True)
       quantize.create_training_graph(quant_delay=0)
-      global_step = tf1.train.get_global_step()
-      activation = tf1.get_default_graph().get_tensor_by_name(
-          'fc/Relu:0')
+      activation = tf1.get_default_graph().get_tensor_by_name('fc/Relu:0')
       act_max, = [v for v in quantize.range_variables()
                   if v.op.name == 'fc/act_quant/max']
-      batch = np.random.RandomState(3).uniform(-1, 1, [4, 8, 8, 3])
+      rng = np.random.RandomState(3)
+      batches = [rng.uniform(-1, 1, [4, 8, 8, 3]) * (1 + i) for i in range(3)]
       with tf1.Session() as sess:
         sess.run(tf1.global_variables_initializer())
-        for step in (0, 5000):
-          sess.run(global_step.assign(step))
-          sess.run(act_max.assign(6.0))
+        maxima, ranges = [], []
+        for batch in batches:
           # The range update runs with the forward pass; read it afterwards.
-          batch_max = sess.run([activation, output],
-                               {images: batch})[0].max()
-          new_max = sess.run(act_max)
-          decay = min(0.999, (1.0 + step) / (10.0 + step))
-          self.assertAllClose(new_max, decay * 6.0 + (1 - decay) * batch_max,
-                              rtol=1e-5)
+          maxima.append(sess.run([activation, output],
+                                 {images: batch})[0].max())
+          ranges.append(sess.run(act_max))
+    # contrib.quantize's average: biased_k = d biased_{k-1} + (1 - d) x_k
+    # from 0, divided by 1 - d^k, so the initial 6.0 plays no part and the
+    # first value is the first batch's.
+    biased = 0.0
+    for k, (batch_max, value) in enumerate(zip(maxima, ranges), start=1):
+      biased = quantize.EMA_DECAY * biased + (1 - quantize.EMA_DECAY) * batch_max
+      self.assertAllClose(value, biased / (1 - quantize.EMA_DECAY**k),
+                          rtol=1e-4)
+    # float32's 1 - 0.999 is 1.3e-5 off, so the first is that close.
+    self.assertAllClose(ranges[0], maxima[0], rtol=2e-5)
 
-  def test_training_sets_weight_ranges_symmetric_or_own(self):
-    for symmetric in (True, False):
+  def test_training_sets_weight_ranges_per_scheme(self):
+    for scheme in quantize.WEIGHT_SCHEMES:
       with tf.Graph().as_default():
         images, output = util.build_generic_layers(is_training=True)
-        quantize.create_training_graph(symmetric_weights=symmetric)
+        quantize.create_training_graph(weights=scheme)
         weights, = [v for v in tf1.global_variables()
                     if v.op.name == 'fc/weights']
         ranges = {v.op.name: v for v in quantize.range_variables()}
@@ -245,12 +256,38 @@ class GenericPatternsTest(tf.test.TestCase):
           sess.run(output, {images: np.zeros([4, 8, 8, 3])})
           low, high = sess.run([ranges['fc/weights_quant/min'],
                                 ranges['fc/weights_quant/max']])
-      with self.subTest(symmetric=symmetric):
-        if symmetric:
+      with self.subTest(scheme=scheme):
+        if scheme == quantize.PER_CHANNEL:
+          # One range per output channel (MatMul weights are [in, out]).
+          bound = np.abs(values).max(axis=0)
+          self.assertAllEqual(high, bound)
+          self.assertAllEqual(low, -bound)
+        elif scheme == quantize.SYMMETRIC:
           bound = np.abs(values).max()
           self.assertEqual((low, high), (-bound, bound))
         else:
           self.assertEqual((low, high), (values.min(), values.max()))
+
+  def test_depthwise_ranges_are_per_output_channel(self):
+    with tf.Graph().as_default():
+      images = tf1.placeholder(tf.float32, [2, 6, 6, 3])
+      with tf1.variable_scope('dw'):
+        depthwise = tf1.get_variable('depthwise_weights', [3, 3, 3, 2])
+        output = tf.nn.relu6(tf.nn.depthwise_conv2d(
+            images, depthwise, [1, 1, 1, 1], 'SAME'))
+      quantize.create_training_graph(weights=quantize.PER_CHANNEL)
+      high, = [v for v in quantize.range_variables()
+               if v.op.name == 'dw/weights_quant/max']
+      with tf1.Session() as sess:
+        sess.run(tf1.global_variables_initializer())
+        values = np.random.RandomState(1).normal(size=[3, 3, 3, 2]) * [
+            [[[1.0, 10.0]]]]
+        depthwise.load(values, sess)
+        sess.run(output, {images: np.ones([2, 6, 6, 3])})
+        bound = sess.run(high)
+    # Output channel c * 2 + k of a depthwise convolution comes from input
+    # channel c and multiplier k: one range each, in that order.
+    self.assertAllClose(bound, np.abs(values).max(axis=(0, 1)).reshape(-1))
 
   def test_rewrite_names(self):
     with tf.Graph().as_default() as graph:

@@ -97,8 +97,9 @@ def ancestors(tensor):
 
 
 def count_fake_quants(graph):
-  """How many FakeQuantWithMinMaxVars ops `graph` has."""
-  return sum(op.type == FAKE_QUANT for op in graph.get_operations())
+  """How many fake quant ops with range variables `graph` has."""
+  return sum(op.type in (FAKE_QUANT, FAKE_QUANT + 'PerChannel')
+             for op in graph.get_operations())
 
 
 def range_values(sess):
@@ -145,13 +146,13 @@ def images(batch_size=BATCH, seed=1):
 
 
 def fake_quant_range(sess, fake_quant):
-  """(min, max) of a FakeQuantWithMinMax{Args,Vars} op."""
+  """(min, max) of a FakeQuantWithMinMax{Args,Vars,VarsPerChannel} op."""
   if fake_quant.type == 'FakeQuantWithMinMaxArgs':
     return fake_quant.get_attr('min'), fake_quant.get_attr('max')
   return sess.run(list(fake_quant.inputs[1:]))
 
 
-def train_and_save(test, checkpoint, steps):
+def train_and_save(test, checkpoint, steps, weights=quantize.PER_CHANNEL):
   """Trains a quantized MobileNet from scratch on `colour_task`, saves it.
 
   Batch norm's moving averages decay fast (0.9), so that after a few dozen
@@ -161,6 +162,7 @@ def train_and_save(test, checkpoint, steps):
     test: the running test case (for assertions).
     checkpoint: the checkpoint path to save to.
     steps: how many training steps to run.
+    weights: the weight quantization scheme (quantize.WEIGHT_SCHEMES).
 
   Returns:
     The range variables' values after training (name -> value).
@@ -171,7 +173,7 @@ def train_and_save(test, checkpoint, steps):
                                          batch_size=2 * BATCH,
                                          batch_norm_decay=0.9)
     labels_in = tf1.placeholder(tf.int64, [2 * BATCH])
-    quantize.create_training_graph(quant_delay=0)
+    quantize.create_training_graph(quant_delay=0, weights=weights)
     loss = tf1.losses.sparse_softmax_cross_entropy(labels_in, logits)
     global_step = tf1.train.get_or_create_global_step()
     with tf.control_dependencies(tf1.get_collection(
@@ -189,11 +191,12 @@ def train_and_save(test, checkpoint, steps):
   # Weight ranges follow the weights. Activation ranges move by EMA steps,
   # except bounds that the data keeps at their initial value: 0 as the
   # minimum after a ReLU, 6 as the maximum of a saturated ReLU6.
-  moved = {name for name, value in trained.items() if value != initial[name]}
+  moved = {name for name, value in trained.items()
+           if np.any(value != initial[name])}
   weight_bounds = {name for name in trained if _WEIGHTS_QUANT_SCOPE in name}
   test.assertContainsSubset(weight_bounds, moved)
   test.assertNotEmpty(moved - weight_bounds)
-  test.assertTrue(np.all(np.isfinite(list(trained.values()))))
+  test.assertTrue(all(np.all(np.isfinite(v)) for v in trained.values()))
   return trained
 
 

@@ -24,7 +24,6 @@ import numpy as np
 import slim_compat  # pylint: disable=unused-import
 from slim_compat import slim
 import tensorflow as tf
-from tensorflow.python.framework import tensor_util
 
 from ai_edge_litert.interpreter import Interpreter
 import mobilenet_v1
@@ -58,8 +57,6 @@ class ReleasedModelTest(tf.test.TestCase):
       reason = 'needs the network: %s' % e
       print('released_model_test skipped: ' + reason, file=sys.stderr)
       self.skipTest(reason)
-    released = {node.name: tensor_util.MakeNdarray(node.attr['value'].tensor)
-                for node in graph_def.node if node.op == 'Const'}
     encoded = []
     for path in released_models.photo_paths():
       with open(path, 'rb') as f:
@@ -76,12 +73,7 @@ class ReleasedModelTest(tf.test.TestCase):
 
     # The released variables as a checkpoint, as the tarballs ship them.
     checkpoint = os.path.join(self.get_temp_dir(), 'mobilenet_v1_1.0_224.ckpt')
-    with tf.Graph().as_default():
-      build_model()
-      with tf1.Session() as session:
-        for variable in tf1.global_variables():
-          variable.load(released[variable.op.name], session)
-        tf1.train.Saver().save(session, checkpoint, write_meta_graph=False)
+    released = released_models.write_float_checkpoint(graph_def, checkpoint)
 
     with tf.Graph().as_default():
       inputs, logits = build_model()

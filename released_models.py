@@ -26,12 +26,15 @@ import tarfile
 
 import numpy as np
 import slim_compat  # pylint: disable=unused-import
+from slim_compat import slim
 import tensorflow as tf
+from tensorflow.python.framework import tensor_util
 
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter
 from ai_edge_litert.interpreter import OpResolverType
 import imagenet_input
+import mobilenet_v1
 
 tf1 = tf.compat.v1
 
@@ -98,6 +101,33 @@ def fetch_float_graph(directory):
   graph_def = tf1.GraphDef()
   graph_def.ParseFromString(data)
   return graph_def
+
+
+def write_float_checkpoint(graph_def, prefix):
+  """Writes the float release's variables as the release tarballs hold them.
+
+  Args:
+    graph_def: the released graph, from `fetch_float_graph`.
+    prefix: the checkpoint prefix to write.
+
+  Returns:
+    {variable name: value} of the 137 model variables written (no global
+    step, as in Google's tarballs).
+  """
+  released = {node.name: tensor_util.MakeNdarray(node.attr['value'].tensor)
+              for node in graph_def.node if node.op == 'Const'}
+  with tf.Graph().as_default():
+    images = tf1.placeholder(tf.float32, [None, 224, 224, 3])
+    with slim.arg_scope(
+        mobilenet_v1.mobilenet_v1_arg_scope(is_training=False)):
+      mobilenet_v1.mobilenet_v1(images, num_classes=1001, is_training=False)
+    variables = tf1.global_variables()
+    with tf1.Session() as session:
+      for variable in variables:
+        variable.load(released[variable.op.name], session)
+      tf1.train.Saver().save(session, prefix, write_meta_graph=False,
+                             write_state=False)
+  return {v.op.name: released[v.op.name] for v in variables}
 
 
 def read_verified(path, sha256):

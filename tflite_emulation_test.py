@@ -1,6 +1,7 @@
 """Tests for tflite_emulation: the eval graph computes the uint8 model."""
 
 import os
+import re
 
 import numpy as np
 
@@ -8,6 +9,7 @@ import slim_compat  # pylint: disable=unused-import
 import tensorflow as tf
 
 from ai_edge_litert import interpreter as tflite
+import graph_editing
 import quantize
 import quantize_test_util as util
 import tflite_emulation
@@ -42,19 +44,43 @@ class TfliteEmulationTest(tf.test.TestCase):
     self.assertLen(stripped.node, len(graph_def.node) - 1)
 
   def test_uint8_tflite_model_computes_what_the_fake_quant_graph_does(self):
+    self._assert_tflite_model_computes_what_the_fake_quant_graph_does(
+        quantize.SYMMETRIC, tf.uint8)
+
+  def test_int8_tflite_model_computes_what_the_fake_quant_graph_does(self):
+    self._assert_tflite_model_computes_what_the_fake_quant_graph_does(
+        quantize.PER_CHANNEL, tf.int8)
+
+  def _assert_tflite_model_computes_what_the_fake_quant_graph_does(
+      self, weights, inference_type):
+    """Trains with `weights`, converts to `inference_type`, compares.
+
+    Args:
+      weights: the weight quantization scheme of training.
+      inference_type: tf.uint8 (per-tensor weights) or tf.int8 (per-channel
+        weights, TFLite's int8 scheme).
+    """
     checkpoint = os.path.join(self.get_temp_dir(), 'model.ckpt')
-    util.train_and_save(self, checkpoint, steps=100)
+    util.train_and_save(self, checkpoint, steps=100, weights=weights)
     batch_size = 32
     quantized_images, labels = util.colour_task(batch_size, seed=3)
+    if inference_type == tf.int8:
+      quantized_images = (quantized_images.astype(np.int16) - 128).astype(
+          np.int8)
 
     with tf.Graph().as_default() as graph:
       images_in, logits = util.build_mobilenet(is_training=False,
-                                           batch_size=None,
-                                           quantized_input=True)
-      quantize.create_eval_graph()
+                                               batch_size=None,
+                                               quantized_input=True)
+      quantize.create_eval_graph(
+          per_channel_weights=weights == quantize.PER_CHANNEL)
       with self.session(graph=graph) as sess:
         tf1.train.Saver().restore(sess, checkpoint)
         self._assert_biases_on_the_integer_grid(sess, logits)
+        weight_ranges = {
+            scope: sess.run(variables['max'])
+            for scope, variables in quantize.range_variables_by_scope(
+                graph).items() if scope.endswith(quantize.WEIGHTS_QUANT)}
         frozen = tf1.graph_util.convert_variables_to_constants(
             sess, graph.as_graph_def(), [logits.op.name])
     # Converted as the export converts it: without the eval graph's pool
@@ -65,15 +91,15 @@ class TfliteEmulationTest(tf.test.TestCase):
         converter = tf1.lite.TFLiteConverter.from_session(
             sess, [graph.get_tensor_by_name(images_in.name)],
             [graph.get_tensor_by_name(logits.name)])
-        converter.inference_type = tf.uint8
-        converter.inference_input_type = tf.uint8
+        converter.inference_type = inference_type
         converter.quantized_input_stats = {
             images_in.op.name: (127.5, 127.5)}
         model = converter.convert()
+    self._assert_weights_quantized_as(model, weights, weight_ranges)
 
     reference = _run_all_tensors(model, quantized_images,
                                  tflite.OpResolverType.BUILTIN_REF)
-    # TFLite's optimized uint8 kernels (ruy's integer matrix products, the
+    # TFLite's optimized integer kernels (ruy's integer matrix products, the
     # same fixed-point requantization) compute what its reference kernels
     # do, exactly, on any CPU.
     optimized = _run_all_tensors(
@@ -155,7 +181,7 @@ class TfliteEmulationTest(tf.test.TestCase):
         checked += 1
         continue
       weights, bias = sess.run([layer.inputs[1], layer_output.op.inputs[1]])
-      weights_quant = layer.inputs[1].op
+      weights_quant = graph_editing.fake_quant_of(layer.inputs[1])
       weights_min, weights_max = sess.run(list(weights_quant.inputs[1:]))
       weights_scale = np.reshape((weights_max - weights_min) / 254, [-1])
       input_scale = reference[_tflite_name(layer_input.op.inputs[0])][1][0]
@@ -172,8 +198,8 @@ class TfliteEmulationTest(tf.test.TestCase):
       bound = ((products + 6) * u + 2 * _convolution_input_rounding()) * (
           magnitudes + np.abs(bias)) / scale + 2 * u * 256 + (
               input_scale * weights_scale / scale + 2.0**-31 * np.abs(position))
-      levels = 2**fake_quant.get_attr('num_bits') - 1
-      excess = np.abs(np.clip(position, 0, levels) - codes) - 0.5
+      limits = np.iinfo(reference[_tflite_name(output)][0].dtype)
+      excess = np.abs(np.clip(position, limits.min, limits.max) - codes) - 0.5
       self.assertLessEqual(np.max(excess - bound), 0.0, layer.name)
       worst = max(worst, np.max(excess / bound))
       mismatches += np.count_nonzero(tf_codes != codes)
@@ -181,6 +207,42 @@ class TfliteEmulationTest(tf.test.TestCase):
     print('layer values on the other code: %d; beyond the half-way point by '
           'at most %.2f of the bound' % (mismatches, worst))
     return checked
+
+  def _assert_weights_quantized_as(self, model, weights, weight_ranges):
+    """Checks every layer's weight tensor against the scheme `weights`.
+
+    Per-channel: int8 with one scale per output channel (the axis TFLite
+    quantizes on: 0 for a convolution's OHWI weights, 3 for a depthwise
+    one's 1HWC), max_c / 127 of the channel's trained range, and zero points
+    0. Per tensor: uint8, one scale, zero point 128 (symmetric).
+
+    Args:
+      model: the TFLite flatbuffer.
+      weights: the weight quantization scheme it was trained with.
+      weight_ranges: {weights_quant scope: its max variable's value}.
+    """
+    interpreter = tflite.Interpreter(model_content=model)
+    tensors = interpreter.get_tensor_details()
+    layers = [op for op in interpreter._get_ops_details()  # pylint: disable=protected-access
+              if op['op_name'] in ('CONV_2D', 'DEPTHWISE_CONV_2D')]
+    self.assertLen(layers, 28)
+    for op in layers:
+      tensor = tensors[op['inputs'][1]]
+      parameters = tensor['quantization_parameters']
+      scales, zero_points = parameters['scales'], parameters['zero_points']
+      if weights == quantize.PER_CHANNEL:
+        axis = 3 if op['op_name'] == 'DEPTHWISE_CONV_2D' else 0
+        self.assertEqual(tensor['dtype'], np.int8, tensor['name'])
+        self.assertEqual(parameters['quantized_dimension'], axis)
+        self.assertLen(scales, tensor['shape'][axis])
+        self.assertAllEqual(zero_points, np.zeros_like(zero_points))
+        scope, = re.findall(r'([^;]*/%s)/' % quantize.WEIGHTS_QUANT,
+                            tensor['name'])
+        self.assertAllClose(scales, weight_ranges[scope] / 127, rtol=1e-6)
+      else:
+        self.assertEqual(tensor['dtype'], np.uint8, tensor['name'])
+        self.assertLen(scales, 1)
+        self.assertAllEqual(zero_points, [128])
 
   def _assert_biases_on_the_integer_grid(self, sess, logits):
     """Each bias is a whole number of input scale x weight scale units."""
@@ -194,7 +256,8 @@ class TfliteEmulationTest(tf.test.TestCase):
       while layer_input.op.type == 'Identity':  # inference-mode dropout
         layer_input = layer_input.op.inputs[0]
       input_min, input_max = util.fake_quant_range(sess, layer_input.op)
-      weights_min, weights_max = util.fake_quant_range(sess, layer.inputs[1].op)
+      weights_min, weights_max = util.fake_quant_range(
+          sess, graph_editing.fake_quant_of(layer.inputs[1]))
       unit = (input_max - input_min) / 255 * (weights_max - weights_min) / 254
       units = sess.run(bias_add.inputs[1]) / unit
       self.assertGreater(np.abs(units).max(), 10, layer.name)
@@ -204,16 +267,16 @@ class TfliteEmulationTest(tf.test.TestCase):
 
 
 def _run_all_tensors(model, images, resolver):
-  """Runs a uint8 TFLite model on a batch, keeping every uint8 tensor.
+  """Runs an integer TFLite model on a batch, keeping every 8-bit tensor.
 
   Args:
     model: the flatbuffer.
-    images: uint8 input batch.
+    images: uint8 or int8 input batch, as the model takes.
     resolver: the OpResolverType of the kernels to run.
 
   Returns:
-    {tensor name: (uint8 values, (scale, zero point))}; a tensor the
-    converter fused from several ops is named by the first of them.
+    {tensor name: (codes, (scale, zero point))}; a tensor the converter
+    fused from several ops is named by the first of them.
   """
   interpreter = tflite.Interpreter(model_content=model,
                             experimental_op_resolver_type=resolver,
@@ -226,7 +289,8 @@ def _run_all_tensors(model, images, resolver):
   return {detail['name'].split(';')[0]: (
       interpreter.get_tensor(detail['index']).copy(), detail['quantization'])
           for detail in interpreter.get_tensor_details()
-          if detail['dtype'] == np.uint8 and len(detail['shape']) > 1 and
+          if detail['dtype'] in (np.uint8, np.int8) and
+          len(detail['shape']) > 1 and
           detail['name']}  # Unnamed: the optimized kernels' scratch.
 
 

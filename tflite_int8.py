@@ -162,7 +162,7 @@ def _check_weights(subgraph, codes):
       raise ValueError(
           'weights %s have zero point %s, not %d: they were quantized over an '
           'asymmetric range; int8 needs symmetric weights (train with '
-          '--symmetric_weights)' % (weights.name.decode(),
+          '--weight_quantization=symmetric)' % (weights.name.decode(),
                                     sorted(zero_points)[0], _SHIFT))
 
 

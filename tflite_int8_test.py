@@ -53,7 +53,8 @@ def round_scales_to_powers_of_two(session, graph):
 def uint8_model(symmetric_weights, power_of_two_scales=False):
   """Our uint8 TFLite model of a fresh 0.25@96 network, ranges calibrated."""
   graph, images_in, _ = mobilenet_v1_export.build_inference_graph(
-      0.25, IMAGE_SIZE, NUM_CLASSES, quantized=True)
+      0.25, IMAGE_SIZE, NUM_CLASSES, quantized=True,
+      quantize_options={'per_channel_weights': False})
   rng = np.random.RandomState(0)
   with tf1.Session(graph=graph) as session:
     session.run(tf1.variables_initializer(

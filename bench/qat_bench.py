@@ -1,0 +1,363 @@
+r"""Quantization-aware fine-tuning of the released 1.0_224, against a peer.
+
+On real ImageNet images, in one run on one machine: Google's released
+MobileNet_v1_1.0_224 float checkpoint, fine-tuned quantization-aware by our
+trainer and by tensorflow-model-optimization, with top-1 of every model a
+user could ship and training images/s of both QAT runs:
+
+  float          the released checkpoint (mobilenet_v1_eval).
+  ptq_int8       mobilenet_v1_export --post_training=int8, calibrated on
+                 --calibration_examples training images.
+  ours_int8      mobilenet_v1_train --quantize=True with default flags
+                 (per-channel weights), then mobilenet_v1_export: the
+                 full-integer int8 .tflite.
+  ours_uint8     the same with --weight_quantization=asymmetric (per-tensor
+                 ranges, contrib.quantize's scheme): the uint8 .tflite.
+  peer_int8      the released weights in tf_keras.applications.MobileNet
+                 (the same network; its 1000 logits are ours without the
+                 background class), tfmot.quantization.keras.quantize_model,
+                 fit with SGD at the same learning rate, batch and steps on
+                 the same images and preprocessing, converted to int8.
+
+Every top-1 is that of a .tflite (except float's, whose .tflite computes the
+same) on the validation split, run by TFLite's interpreter.
+
+Data: the 1,000 ImageNet images of github.com/EliSchwartz/imagenet-sample-
+images (one per class, named by synset), split by class: the classes at even
+positions in sorted order train, the others validate, so no class is in
+both and every validation image is one the models never saw. Give a
+checkout of that repository with --sample_images; the split and its
+TFRecords are made once in --work_dir. The released weights come from PyPI
+(released_models.fetch_float_graph), also once.
+
+  .venv/bin/python bench/qat_bench.py --sample_images=imagenet-sample-images
+
+Every step writes into --work_dir and is skipped when its result is there,
+so an interrupted run resumes; delete a step's directory to redo it.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _ROOT)
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import peer_process
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string('sample_images', '', 'A checkout of '
+                    'github.com/EliSchwartz/imagenet-sample-images (needed '
+                    'once, to make the TFRecords).')
+flags.DEFINE_string('work_dir', '/tmp/qat_bench', 'Where the data, the '
+                    'released checkpoint and every run are kept.')
+flags.DEFINE_integer('steps', 300, 'Fine-tuning steps of every QAT run.',
+                     lower_bound=1)
+flags.DEFINE_integer('batch_size', 16, 'Batch of every QAT run.',
+                     lower_bound=1)
+flags.DEFINE_float('learning_rate', 1e-4, 'SGD learning rate of every QAT '
+                   'run (mobilenet_v1_train\'s fine-tuning default).',
+                   lower_bound=0.0)
+flags.DEFINE_integer('calibration_examples', 200, 'Training images the '
+                     'post-training int8 model is calibrated on.',
+                     lower_bound=1)
+flags.DEFINE_list('runs', ['float', 'ptq_int8', 'ours_int8', 'ours_uint8',
+                           'peer_int8'], 'Rows to measure, in order.')
+flags.DEFINE_string('child', '', 'Internal: run the peer in this process.')
+
+_IMAGE_SIZE = 224
+_NUM_CLASSES = 1001
+_LOG_EVERY = 20
+
+
+def _path(*parts):
+  return os.path.join(FLAGS.work_dir, *parts)
+
+
+def _run(binary, *args):
+  """Runs one of our binaries as a user would; returns its stdout.
+
+  Raises:
+    RuntimeError: it failed (with its last lines of output).
+  """
+  argv = [sys.executable, os.path.join(_ROOT, binary + '.py')] + list(args)
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+  done = subprocess.run(argv, cwd=_ROOT, env=env, capture_output=True,
+                        text=True, check=False)
+  if done.returncode:
+    raise RuntimeError('%s failed:\n%s' % (
+        binary, '\n'.join((done.stdout + done.stderr).splitlines()[-15:])))
+  return done.stdout
+
+
+def _make_data():
+  """The class-split TFRecords of the sample images, made once."""
+  data = _path('data')
+  if os.path.exists(os.path.join(data, 'conversion_complete.json')):
+    return data
+  if not FLAGS.sample_images:
+    raise app.UsageError('give --sample_images (a checkout of '
+                         'github.com/EliSchwartz/imagenet-sample-images)')
+  images = sorted(name for name in os.listdir(FLAGS.sample_images)
+                  if name.startswith('n') and name.endswith('.JPEG'))
+  if len(images) != 1000:
+    raise app.UsageError('%s has %d synset-named JPEGs, expected 1000' %
+                         (FLAGS.sample_images, len(images)))
+  for index, name in enumerate(images):
+    synset = name.split('_')[0]
+    for split in ('train', 'val'):
+      # Every class folder in both, so that both splits share labels.txt.
+      os.makedirs(_path('images', split, synset), exist_ok=True)
+    split = 'train' if index % 2 == 0 else 'val'
+    shutil.copy(os.path.join(FLAGS.sample_images, name),
+                _path('images', split, synset, name))
+  _run('build_imagenet_tfrecords', '--image_dir=' + _path('images', 'train'),
+       '--validation_dir=' + _path('images', 'val'), '--output_dir=' + data)
+  return data
+
+
+def _released_checkpoint():
+  """The released float 1.0_224 as Google's tarball holds it, made once."""
+  prefix = _path('released', 'mobilenet_v1_1.0_224.ckpt')
+  if not os.path.exists(prefix + '.index'):
+    import released_models  # pylint: disable=g-import-not-at-top
+    os.makedirs(os.path.dirname(prefix), exist_ok=True)
+    graph_def = released_models.fetch_float_graph(_path('released'))
+    released_models.write_float_checkpoint(graph_def, prefix)
+  return prefix
+
+
+def _accuracy(stdout):
+  return float(re.findall(r'Accuracy (\d\.\d+)', stdout)[-1])
+
+
+def _tflite_top1(path, data):
+  return _accuracy(_run('mobilenet_v1_tflite_eval', '--dataset_dir=' + data,
+                        '--tflite_path=' + path))
+
+
+def _train_speed(log):
+  """Median of the trainer's images/s reports (each over _LOG_EVERY steps)."""
+  rates = sorted(float(r) for r in re.findall(r'([\d.]+) images/s', log))
+  return rates[len(rates) // 2] if rates else None
+
+
+def _ours(name, data, checkpoint, extra_flags):
+  """Fine-tunes, exports and evaluates one of our QAT models."""
+  run_dir = _path(name)
+  log_path = os.path.join(run_dir, 'train_log.txt')
+  if not os.path.exists(log_path):
+    train_dir = os.path.join(run_dir, 'train')
+    shutil.rmtree(train_dir, ignore_errors=True)
+    log = _run('mobilenet_v1_train', '--dataset_dir=' + data,
+               '--checkpoint_dir=' + train_dir, '--quantize=True',
+               '--fine_tune_checkpoint=' + checkpoint,
+               '--num_classes=%d' % _NUM_CLASSES,
+               '--batch_size=%d' % FLAGS.batch_size,
+               '--learning_rate=%g' % FLAGS.learning_rate,
+               '--number_of_steps=%d' % FLAGS.steps,
+               '--log_every_n_steps=%d' % _LOG_EVERY, *extra_flags)
+    bundle = os.path.join(run_dir, 'bundle')
+    _run('mobilenet_v1_export', '--checkpoint_dir=' + train_dir,
+         '--output_dir=' + bundle, '--quantize=True')
+    with open(log_path, 'w') as f:
+      f.write(log)
+  with open(log_path) as f:
+    log = f.read()
+  tflite = os.path.join(run_dir, 'bundle', 'mobilenet_v1_1.0_224_quant.tflite')
+  return {'top1': _tflite_top1(tflite, data),
+          'images_per_second': _train_speed(log)}
+
+
+def _float(data, checkpoint):
+  return {'top1': _accuracy(_run(
+      'mobilenet_v1_eval', '--dataset_dir=' + data,
+      '--checkpoint_path=' + checkpoint, '--eval_dir=' + _path('float_eval')))}
+
+
+def _ptq_int8(data, checkpoint):
+  bundle = _path('ptq_int8')
+  tflite = os.path.join(bundle, 'mobilenet_v1_1.0_224_ptq_int8.tflite')
+  if not os.path.exists(tflite):
+    _run('mobilenet_v1_export', '--checkpoint_path=' + checkpoint,
+         '--output_dir=' + bundle, '--post_training=int8',
+         '--dataset_dir=' + data,
+         '--calibration_examples=%d' % FLAGS.calibration_examples)
+  return {'top1': _tflite_top1(tflite, data)}
+
+
+def _keras_mobilenet(tf_keras, checkpoint):
+  """tf_keras's MobileNet with the released weights (1000 classes)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  reader = tf.train.load_checkpoint(checkpoint)
+  model = tf_keras.applications.MobileNet(
+      input_shape=(_IMAGE_SIZE, _IMAGE_SIZE, 3), weights=None,
+      classes=_NUM_CLASSES - 1)
+
+  def released(name):
+    return reader.get_tensor('MobilenetV1/' + name)
+
+  def batch_norm(scope):
+    return [released(scope + '/BatchNorm/' + v) for v in
+            ('gamma', 'beta', 'moving_mean', 'moving_variance')]
+
+  model.get_layer('conv1').set_weights([released('Conv2d_0/weights')])
+  model.get_layer('conv1_bn').set_weights(batch_norm('Conv2d_0'))
+  for block in range(1, 14):
+    depthwise = 'Conv2d_%d_depthwise' % block
+    pointwise = 'Conv2d_%d_pointwise' % block
+    model.get_layer('conv_dw_%d' % block).set_weights(
+        [released(depthwise + '/depthwise_weights')])
+    model.get_layer('conv_dw_%d_bn' % block).set_weights(
+        batch_norm(depthwise))
+    model.get_layer('conv_pw_%d' % block).set_weights(
+        [released(pointwise + '/weights')])
+    model.get_layer('conv_pw_%d_bn' % block).set_weights(
+        batch_norm(pointwise))
+  # Class 0 of ours is the background class, which Keras's logits lack.
+  model.get_layer('conv_preds').set_weights([
+      released('Logits/Conv2d_1c_1x1/weights')[..., 1:],
+      released('Logits/Conv2d_1c_1x1/biases')[1:]])
+  return model
+
+
+def _run_peer():
+  """tfmot QAT of the released weights in tf_keras; top-1 and images/s."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import slim_compat  # pylint: disable=g-import-not-at-top,unused-import
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow_model_optimization as tfmot  # pylint: disable=g-import-not-at-top
+  import tf_keras  # pylint: disable=g-import-not-at-top
+  from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
+  import imagenet_input  # pylint: disable=g-import-not-at-top
+  import mobilenet_v1_tflite_eval  # pylint: disable=g-import-not-at-top
+  data, checkpoint = _path('data'), _path('released',
+                                          'mobilenet_v1_1.0_224.ckpt')
+  model = tfmot.quantization.keras.quantize_model(
+      _keras_mobilenet(tf_keras, checkpoint))
+  model.compile(optimizer=tf_keras.optimizers.SGD(FLAGS.learning_rate),
+                loss='sparse_categorical_crossentropy')
+  train = imagenet_input.build_dataset(
+      data, 'train', FLAGS.batch_size, _IMAGE_SIZE, is_training=True).map(
+          lambda images, labels: (images, labels - 1))
+
+  class StepTimer(tf_keras.callbacks.Callback):
+    """Records the wall time at the end of every batch."""
+
+    def __init__(self):
+      super().__init__()
+      self.times = []
+
+    def on_train_batch_end(self, batch, logs=None):
+      self.times.append(time.perf_counter())
+
+  timer = StepTimer()
+  model.fit(train, epochs=1, steps_per_epoch=FLAGS.steps, callbacks=[timer],
+            verbose=0)
+  # As the trainer reports it: steps after the first (graph building,
+  # kernel set-up) over their wall time.
+  marks = timer.times
+  images_per_second = (FLAGS.batch_size * (len(marks) - 1) /
+                       (marks[-1] - marks[0]))
+  converter = tf.lite.TFLiteConverter.from_keras_model(model)
+  converter.optimizations = [tf.lite.Optimize.DEFAULT]
+  converter.inference_input_type = tf.int8
+  converter.inference_output_type = tf.int8
+  content = converter.convert()
+  with open(_path('peer_int8.tflite'), 'wb') as f:
+    f.write(content)
+  interpreter = Interpreter(model_content=content)
+  interpreter.allocate_tensors()
+  input_details = interpreter.get_input_details()[0]
+  output_index = interpreter.get_output_details()[0]['index']
+  correct = examples = 0
+  validation = imagenet_input.build_dataset(data, 'validation', 50,
+                                            _IMAGE_SIZE, is_training=False)
+  for images, labels in validation.as_numpy_iterator():
+    for image, label in zip(
+        mobilenet_v1_tflite_eval.quantize_input(images, input_details),
+        labels):
+      interpreter.set_tensor(input_details['index'], image[np.newaxis])
+      interpreter.invoke()
+      scores = interpreter.get_tensor(output_index)[0]
+      correct += mobilenet_v1_tflite_eval.in_top_k(scores, label - 1, 1)
+      examples += 1
+  return {'top1': correct / examples, 'images_per_second': images_per_second}
+
+
+def _cpu_model():
+  with open('/proc/cpuinfo') as cpuinfo:
+    for line in cpuinfo:
+      if line.startswith('model name'):
+        return line.partition(':')[2].strip()
+  return 'unknown CPU'
+
+
+_DESCRIPTIONS = {
+    'float': 'released float checkpoint',
+    'ptq_int8': 'post-training int8 (per-channel), export --post_training',
+    'ours_int8': 'our QAT, default flags (per-channel int8)',
+    'ours_uint8': 'our QAT, --weight_quantization=asymmetric (uint8)',
+    'peer_int8': 'tfmot quantize_model on tf_keras MobileNet (int8)',
+}
+
+
+def main(argv):
+  del argv  # unused
+  if FLAGS.child:
+    peer_process.report(_run_peer())
+    return
+  data = _make_data()
+  checkpoint = _released_checkpoint()
+  print('QAT of the released MobileNet_v1_1.0_224: %d steps, batch %d, SGD '
+        'learning rate %g; CPU %s, %d cores' % (
+            FLAGS.steps, FLAGS.batch_size, FLAGS.learning_rate, _cpu_model(),
+            os.cpu_count()), flush=True)
+  results = {}
+  for name in FLAGS.runs:
+    start = time.time()
+    if name == 'float':
+      result = _float(data, checkpoint)
+    elif name == 'ptq_int8':
+      result = _ptq_int8(data, checkpoint)
+    elif name == 'ours_int8':
+      result = _ours(name, data, checkpoint, [])
+    elif name == 'ours_uint8':
+      result = _ours(name, data, checkpoint,
+                     ['--weight_quantization=asymmetric'])
+    elif name == 'peer_int8':
+      result, error = peer_process.run(
+          __file__, 'peer', ('work_dir', 'steps', 'batch_size',
+                             'learning_rate'), _ROOT, 6 * 3600)
+      if result is None:
+        print('%-10s failed: %s' % (name, error), flush=True)
+        continue
+    else:
+      raise app.UsageError('unknown run %r' % name)
+    results[name] = result
+    print('%-10s top-1 %5.1f%%%s  (%s; %.0f s, load %.1f)' % (
+        name, 100 * result['top1'],
+        '  %5.2f train images/s' % result['images_per_second']
+        if result.get('images_per_second') else '',
+        _DESCRIPTIONS[name], time.time() - start,
+        peer_process.load_average()), flush=True)
+  ours, peer = results.get('ours_int8'), results.get('peer_int8')
+  if ours and peer:
+    print('QAT training speed, ours / peer: %.2fx' % (
+        ours['images_per_second'] / peer['images_per_second']))
+  with open(_path('results.json'), 'w') as f:
+    json.dump(results, f, indent=1)
+
+
+if __name__ == '__main__':
+  app.run(main)
