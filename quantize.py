@@ -425,8 +425,11 @@ class _Quantizer(object):
 
   def quantize_average_pools(self):
     """Rounds each average pool of a quantized tensor to its input's grid."""
+    # Per-channel models convert to int8, whose pool rounds ties apart from
+    # the uint8 one's.
     replacements = tflite_emulation.quantize_average_pools(
-        self._graph, self._replacements, self._use_quant)
+        self._graph, self._replacements, self._use_quant,
+        int8=self._weights == PER_CHANNEL)
     self._quantized.update(replacements)
     self._replacements.update(t.name for t in replacements.values())
 

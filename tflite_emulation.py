@@ -81,7 +81,8 @@ def round_biases(graph, biases):
     graph_editing.update_input(bias_add, index, rounded)
 
 
-def quantize_average_pools(graph, quantized_names, use_quant=None):
+def quantize_average_pools(graph, quantized_names, use_quant=None,
+                           int8=False):
   """Rounds each average pool of a quantized tensor to its input's grid.
 
   A quantized average pool (TFLite's AVERAGE_POOL_2D, or the MEAN it becomes)
@@ -90,11 +91,14 @@ def quantize_average_pools(graph, quantized_names, use_quant=None):
   and no range variables of its own, makes the TF graph compute the same
   thing.
 
-  TFLite rounds the mean of n grid values half up, in integers. Over an
-  even window the mean often lies exactly half way between two steps,
-  and in float it may come out a hair below and round down. A quarter of
-  1/n of a step (the smallest distance of any other mean from a half) is
-  added first, so that halves round up and nothing else moves.
+  TFLite's uint8 pool rounds the mean of n codes half up, in integers; its
+  int8 pool rounds it half away from zero: up where the sum of the int8
+  codes is positive, down elsewhere. Over an even window the mean often
+  lies exactly half way between two steps, and in float it may come out a
+  hair to either side. A quarter of 1/n of a step (the smallest distance of
+  any other mean from a half) is added first, or for int8 taken away where
+  the mean code is not positive, so that halves round as TFLite's do and
+  nothing else moves.
 
   Args:
     graph: the rewritten tf.Graph, the default graph.
@@ -102,6 +106,7 @@ def quantize_average_pools(graph, quantized_names, use_quant=None):
       is rounded.
     use_quant: a boolean tensor switching quantization on (quant_delay), or
       None for always.
+    int8: round ties as the int8 pool does, rather than the uint8 one.
 
   Returns:
     {pool output name: its rounded replacement}.
@@ -117,9 +122,15 @@ def quantize_average_pools(graph, quantized_names, use_quant=None):
     consumers = output.consumers()
     window = np.prod(op.get_attr('ksize'))
     with graph.name_scope(op.name + '/' + POOL_QUANT + '/'):
-      half_up = tf.add(
-          output, graph_editing.fake_quant_scale(fake_quant) / (4 * window),
-          name=_HALF_UP)
+      scale = graph_editing.fake_quant_scale(fake_quant)
+      tie_break = scale / (4 * window)
+      if int8:
+        # The int8 code of the mean: x / s plus the uint8 zero point (the
+        # fake quant's, nudged onto the grid) minus 128.
+        code = output / scale + tf.round(-fake_quant.inputs[1] / scale) - 128
+        tie_break = tf.where(code > 0, tie_break, -tie_break,
+                             name='tie_break')
+      half_up = tf.add(output, tie_break, name=_HALF_UP)
       quantized = tf.quantization.fake_quant_with_min_max_vars(
           half_up, fake_quant.inputs[1], fake_quant.inputs[2],
           num_bits=NUM_BITS, narrow_range=False)

@@ -29,19 +29,25 @@ class TfliteEmulationTest(tf.test.TestCase):
     self.assertLessEqual(np.abs(quantized - values).max(), 1.0 / 255 + 1e-6)
 
   def test_pool_tie_breaks_are_removed_for_the_converter(self):
-    with tf.Graph().as_default() as graph:
-      util.build_mobilenet(is_training=False, quantized_input=True)
-      quantize.create_eval_graph()
-      graph_def = graph.as_graph_def()
-    stripped = tflite_emulation.without_pool_tie_breaks(graph_def)
-    pool, = [n.name for n in graph_def.node if n.op == 'AvgPool']
-    # The eval graph rounds the pool through the tie-break add; the copy
-    # has the pool's fake quant read the pool itself, and nothing else.
-    self.assertEqual([n.op for n in graph_def.node if pool in n.input],
-                     ['AddV2'])
-    self.assertEqual([n.op for n in stripped.node if pool in n.input],
-                     ['FakeQuantWithMinMaxVars'])
-    self.assertLen(stripped.node, len(graph_def.node) - 1)
+    # uint8 models' pools add a constant tie-break; int8 (per-channel)
+    # models' one whose sign follows the mean's code, computed from it.
+    for per_channel, tie_break_reads in ((False, []), (True, ['RealDiv'])):
+      with self.subTest(per_channel=per_channel):
+        with tf.Graph().as_default() as graph:
+          util.build_mobilenet(is_training=False, quantized_input=True)
+          quantize.create_eval_graph(per_channel_weights=per_channel)
+          graph_def = graph.as_graph_def()
+        stripped = tflite_emulation.without_pool_tie_breaks(graph_def)
+        pool, = [n.name for n in graph_def.node if n.op == 'AvgPool']
+        # The eval graph rounds the pool through the tie-break add; the copy
+        # has the pool's fake quant read the pool itself instead.
+        self.assertCountEqual(
+            [n.op for n in graph_def.node if pool in n.input],
+            ['AddV2'] + tie_break_reads)
+        self.assertCountEqual(
+            [n.op for n in stripped.node if pool in n.input],
+            ['FakeQuantWithMinMaxVars'] + tie_break_reads)
+        self.assertLen(stripped.node, len(graph_def.node) - 1)
 
   def test_uint8_tflite_model_computes_what_the_fake_quant_graph_does(self):
     self._assert_tflite_model_computes_what_the_fake_quant_graph_does(
@@ -99,15 +105,26 @@ class TfliteEmulationTest(tf.test.TestCase):
 
     reference = _run_all_tensors(model, quantized_images,
                                  tflite.OpResolverType.BUILTIN_REF)
-    # TFLite's optimized integer kernels (ruy's integer matrix products, the
-    # same fixed-point requantization) compute what its reference kernels
-    # do, exactly, on any CPU.
+    # TFLite's optimized integer kernels compute the same int32 sums as its
+    # reference kernels (integer arithmetic is exact) and requantize them
+    # with the same multiplier, but may round its fixed-point product
+    # differently (ruy's single rounding against the reference's doubling
+    # high multiply and rounding shift). Each result is within 0.5 +
+    # M + 2^-31 |y / s| codes of the exact y / s + z (see
+    # _assert_each_layer_computes_the_integer_result), under 1 in total, so
+    # the two can differ by one code at most, and only where y / s lies that
+    # close to a half-way point.
     optimized = _run_all_tensors(
         model, quantized_images,
         tflite.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     self.assertCountEqual(optimized, reference)
+    apart = 0
     for name, (codes, _) in reference.items():
-      self.assertAllEqual(optimized[name][0], codes, msg=name)
+      difference = np.abs(optimized[name][0].astype(np.int32) - codes)
+      self.assertLessEqual(difference.max(), 1, msg=name)
+      apart += np.count_nonzero(difference)
+    print('optimized kernels one code from the reference ones: %d values' %
+          apart)
 
     with tf.Graph().as_default() as graph:
       tf.import_graph_def(frozen, name='')
@@ -236,8 +253,8 @@ class TfliteEmulationTest(tf.test.TestCase):
         self.assertEqual(parameters['quantized_dimension'], axis)
         self.assertLen(scales, tensor['shape'][axis])
         self.assertAllEqual(zero_points, np.zeros_like(zero_points))
-        scope, = re.findall(r'([^;]*/%s)/' % quantize.WEIGHTS_QUANT,
-                            tensor['name'])
+        scope, = set(re.findall(r'([^;]*/%s)/' % quantize.WEIGHTS_QUANT,
+                                tensor['name']))
         self.assertAllClose(scales, weight_ranges[scope] / 127, rtol=1e-6)
       else:
         self.assertEqual(tensor['dtype'], np.uint8, tensor['name'])
