@@ -35,9 +35,14 @@ writes into --output_dir, with NAME as in the seed's table
                        and XNNPACK runs int8, not uint8.
 
 Both graphs take `input`, float32 [1, size, size, 3] with pixels mapped to
-[-1, 1] (pixel / 127.5 - 1), and produce `MobilenetV1/Predictions/Reshape_1`,
-the softmax [1, num_classes]: the names and the batch of 1 of the released
-frozen graphs, which is what TFLite runs on a device.
+[-1, 1], and produce `MobilenetV1/Predictions/Reshape_1`, the softmax
+[1, num_classes]: the names and the batch of 1 of the released frozen
+graphs, which is what TFLite runs on a device. Float models take
+(pixel - 127.5) / 127.5, as evaluation preprocesses images. Quantized models
+have the input convention of Google's released quantized models, mean 128
+and std 128: the uint8 TFLite input is the pixel itself, standing for
+(pixel - 128) / 128 in [-1, 127/128], which is what the eval graph rounds
+its float input to (tflite_emulation.quantize_input).
 
 --post_training (float models only) also writes post-training quantized
 variants of the float TFLite model: NAME_ptq_dynamic.tflite (8-bit weights,
@@ -109,9 +114,11 @@ flags.DEFINE_string('calibration_split', imagenet_input.TRAIN_SPLIT,
 
 INPUT_NAME = 'input'
 OUTPUT_NAME = 'MobilenetV1/Predictions/Reshape_1'
-# The float input is pixel / 127.5 - 1: TFLite's (pixel - mean) / std.
-INPUT_MEAN = 127.5
-INPUT_STD = 127.5
+# A float model's input is pixel / 127.5 - 1 (evaluation's preprocessing):
+# TFLite's (pixel - mean) / std. Quantized models take
+# tflite_emulation.INPUT_MEAN and INPUT_STD.
+FLOAT_INPUT_MEAN = 127.5
+FLOAT_INPUT_STD = 127.5
 POST_TRAINING_KINDS = ('dynamic', 'float16', 'int8')
 
 
@@ -222,7 +229,8 @@ def convert(frozen_graph_def, quantized, per_channel=False, io_type=UINT8):
   converter = _converter(frozen_graph_def)
   if not quantized:
     return _run_converter(converter)
-  converter.quantized_input_stats = {INPUT_NAME: (INPUT_MEAN, INPUT_STD)}
+  converter.quantized_input_stats = {
+      INPUT_NAME: (tflite_emulation.INPUT_MEAN, tflite_emulation.INPUT_STD)}
   if not per_channel:
     converter.inference_type = tf.uint8
     return _run_converter(converter)
@@ -293,7 +301,7 @@ def _describe_tensor(details):
   return text
 
 
-def info_lines(name, input_tensor, output_tensor, tflite_models):
+def info_lines(name, input_tensor, output_tensor, quantized, tflite_models):
   """The lines of NAME_info.txt, each 'Key: value'.
 
   The first three lines are those of the released info files.
@@ -302,20 +310,30 @@ def info_lines(name, input_tensor, output_tensor, tflite_models):
     name: the model name.
     input_tensor: the graphs' input tensor.
     output_tensor: the graphs' output tensor.
+    quantized: the model is quantized (its input convention is the released
+      quantized models', not the float models').
     tflite_models: [(file name, flatbuffer)], NAME.tflite first.
 
   Returns:
     A list of strings.
   """
+  if quantized:
+    mean, std = tflite_emulation.INPUT_MEAN, tflite_emulation.INPUT_STD
+    low, high = tflite_emulation.input_range()
+    values = ('(pixel - %g) / %g, in [%.8g, %.8g]; the uint8 TFLite input is '
+              'the pixel itself' % (mean, std, low, high))
+  else:
+    mean, std = FLOAT_INPUT_MEAN, FLOAT_INPUT_STD
+    values = '(pixel - %g) / %g, in [-1, 1]' % (mean, std)
   lines = [
       'Model: %s' % name,
       'Input: %s' % input_tensor.op.name,
       'Output: %s' % output_tensor.op.name,
       'Input shape: %s' % input_tensor.shape.as_list(),
       'Input dtype: %s' % input_tensor.dtype.name,
-      'Input values: (pixel - mean) / std, in [-1, 1]',
-      'Input mean: %g' % INPUT_MEAN,
-      'Input std: %g' % INPUT_STD,
+      'Input values: %s' % values,
+      'Input mean: %g' % mean,
+      'Input std: %g' % std,
       'Output shape: %s' % output_tensor.shape.as_list(),
       'Output dtype: %s' % output_tensor.dtype.name,
       'Output values: softmax probabilities of the classes',
@@ -489,7 +507,8 @@ def _write_bundle(checkpoint, name, prefix):
   tflite_models = [(os.path.basename(path), content)
                    for path, content in outputs if path.endswith('.tflite')]
   outputs.append((prefix + '_info.txt', '\n'.join(
-      info_lines(name, images, predictions, tflite_models)) + '\n'))
+      info_lines(name, images, predictions, FLAGS.quantize,
+                 tflite_models)) + '\n'))
   for path, content in outputs:
     _write(path, content)
   return checkpoint, step, sorted(written) + [path for path, _ in outputs]

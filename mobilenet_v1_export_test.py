@@ -160,8 +160,8 @@ def run_tflite(path, images):
     quantized = mobilenet_v1_tflite_eval.quantize_input(image,
                                                         input_details)
     if in_scale:
-      # What the integer input stands for: TFLite rounds the zero point of
-      # mean 127.5 to 128, so this is not exactly `image`.
+      # What the integer input stands for: `image` rounded to the input's
+      # grid (1/128 for the quantized models, as the eval graph rounds it).
       image = (quantized.astype(np.float32) - in_zero) * in_scale
     seen.append(image)
     interpreter.set_tensor(input_details['index'], quantized[None])
@@ -370,12 +370,20 @@ class ExportTest(tf.test.TestCase):
       self.assertEqual(outputs.shape, (2, NUM_CLASSES))
     float_info = read_info(self.path(False, '_info.txt'))
     self.assertEqual(float_info['TFLite input'], 'float32 [1, 64, 64, 3]')
+    self.assertEqual(float_info['Input mean'], '127.5')
+    self.assertEqual(float_info['Input std'], '127.5')
+    self.assertEqual(float_info['Input values'],
+                     '(pixel - 127.5) / 127.5, in [-1, 1]')
+    # The released quantized models' convention: the uint8 input is the
+    # pixel, standing for (pixel - 128) / 128.
     quant_info = read_info(self.path(True, '_info.txt'))
-    self.assertEqual(quant_info['Input mean'], '127.5')
-    self.assertEqual(quant_info['Input std'], '127.5')
-    self.assertRegex(quant_info['TFLite input'],
-                     r'^uint8 \[1, 64, 64, 3\] scale=0.00784313\d* '
-                     r'zero_point=128$')
+    self.assertEqual(quant_info['Input mean'], '128')
+    self.assertEqual(quant_info['Input std'], '128')
+    self.assertEqual(quant_info['Input values'],
+                     '(pixel - 128) / 128, in [-1, 0.9921875]; the uint8 '
+                     'TFLite input is the pixel itself')
+    self.assertEqual(quant_info['TFLite input'],
+                     'uint8 [1, 64, 64, 3] scale=0.0078125 zero_point=128')
     self.assertEqual(quant_info['TFLite output'],
                      'uint8 [1, 4] scale=0.00390625 zero_point=0')
 
@@ -415,6 +423,12 @@ class ExportTest(tf.test.TestCase):
         'RESHAPE', 'SOFTMAX'})
     self.assertLessEqual(os.path.getsize(path),
                          0.3 * os.path.getsize(self.path(False, '.tflite')))
+    # Inside, the same input convention: int8, scale 1/128, zero point 0.
+    int8_inputs = [
+        d['quantization'] for d in Interpreter(
+            model_path=path).get_tensor_details()
+        if d['dtype'] == np.int8 and list(d['shape']) == [1, 64, 64, 3]]
+    self.assertEqual(int8_inputs, [(1 / 128, 0)])
     uint8_outputs, seen, _ = run_tflite(self.path(True, '.tflite'),
                                         self.images)
     int8_outputs, _, output_scale = run_tflite(path, self.images)

@@ -118,15 +118,18 @@ def quantize_input(images, details):
 
   Returns:
     `images` unchanged for a float input; for an integer input,
-    round(x / scale + zero_point) clipped to the type's range.
+    x / scale + zero_point rounded half up, as the eval graph's input fake
+    quant rounds (tflite_emulation.quantize_input), and clipped to the
+    type's range. With the quantized models' scale of 1 / 128 the float32
+    arithmetic is the fake quant's, so both see the same input codes.
   """
   dtype = np.dtype(details['dtype'])
   if dtype.kind == 'f':
     return images.astype(dtype)
   scale, zero_point = details['quantization']
   limits = np.iinfo(dtype)
-  return np.clip(np.round(images / scale + zero_point), limits.min,
-                 limits.max).astype(dtype)
+  return np.clip(np.floor(images / np.float32(scale) + zero_point + 0.5),
+                 limits.min, limits.max).astype(dtype)
 
 
 def image_size(interpreter):

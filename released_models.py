@@ -201,23 +201,6 @@ def reference_interpreter(model_content, preserve_all_tensors=False):
   return interpreter
 
 
-def quantize_images(images, input_details):
-  """Float images in [-1, 1] as a uint8 model's input codes.
-
-  Rounds half up, as a fake quant does.
-
-  Args:
-    images: float32 [N, size, size, 3].
-    input_details: the model's input details (its scale and zero point).
-
-  Returns:
-    uint8 array of the same shape.
-  """
-  scale, zero_point = input_details['quantization']
-  codes = np.floor(images.astype(np.float64) / scale + zero_point + 0.5)
-  return np.clip(codes, 0, 255).astype(np.uint8)
-
-
 def run_uint8(model_content, codes):
   """Runs a uint8 model image by image with the reference kernels.
 

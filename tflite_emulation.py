@@ -22,32 +22,50 @@ tf1 = tf.compat.v1
 
 NUM_BITS = 8
 
+# The quantized models' input convention, Google's released quantized
+# MobileNets' and the converter's documented one (its quantized_input_stats):
+# uint8 code q stands for (q - INPUT_MEAN) / INPUT_STD, so a uint8 input is
+# the pixel itself and the float input (pixel - 128) / 128. Mean = std =
+# 127.5, the float models' preprocessing, would give scale 1 / 127.5 but
+# zero point 128 (zero points are integers): code p would stand for pixel
+# p - 0.5, and the model would answer differently from the released ones.
+INPUT_MEAN = 128
+INPUT_STD = 128
+
 # Name scope of the average pool's rounding, and of the add that makes its
 # halves round up.
 POOL_QUANT = 'act_quant'
 _HALF_UP = 'half_up'
 
 
-def quantize_input(images, input_range=(-1.0, 1.0)):
+def quantize_input(images):
   """Fake-quantizes a model input to the uint8 grid TFLite will feed it.
 
-  The converter quantizes the model input from its mean and std statistics:
-  for images in [-1, 1], mean = std = 127.5, which TFLite stores as zero
-  point 128 and scale 1 / 127.5, the grid a fake quant over [-1, 1] nudges
-  to. Applied before the model is built and rewritten, it lets the eval
-  graph see the input values the uint8 model sees, and round the first
-  layer's bias like every other layer's (see `round_biases`).
+  The converter quantizes the model input from its mean and std statistics
+  (`INPUT_MEAN`, `INPUT_STD`): scale 1 / 128, zero point 128, the grid of a
+  fake quant over [-1, 127/128], which needs no nudging. Applied before the
+  model is built and rewritten, it lets the eval graph (and training) see
+  the input values the uint8 model sees, and round the first layer's bias
+  like every other layer's (see `round_biases`). Of images in [-1, 1] only
+  the values above 127/128 change by more than half a step: they become
+  127/128.
 
   Args:
-    images: the float model input.
-    input_range: (min, max) of the input values.
+    images: the float model input, in [-1, 1].
 
   Returns:
-    `images` rounded to the 8-bit grid over `input_range`.
+    `images` rounded to the uint8 input grid.
   """
+  low, high = input_range()
   return tf.quantization.fake_quant_with_min_max_args(
-      images, min=input_range[0], max=input_range[1], num_bits=NUM_BITS,
-      narrow_range=False, name='input_quant')
+      images, min=low, max=high, num_bits=NUM_BITS, narrow_range=False,
+      name='input_quant')
+
+
+def input_range():
+  """(min, max) of the uint8 model input's real values: [-1, 127/128]."""
+  return (-INPUT_MEAN / INPUT_STD,
+          (2**NUM_BITS - 1 - INPUT_MEAN) / INPUT_STD)
 
 
 def round_biases(graph, biases):

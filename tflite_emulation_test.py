@@ -22,11 +22,16 @@ class TfliteEmulationTest(tf.test.TestCase):
   def test_input_is_rounded_to_the_uint8_grid(self):
     values = np.linspace(-1.0, 1.0, 1001, dtype=np.float32)
     quantized = tflite_emulation.quantize_input(tf.constant(values)).numpy()
-    # TFLite's uint8 input for [-1, 1]: scale 2 / 255, zero point 128 (the
-    # nudged grid), codes 0..255.
-    codes = quantized / (2.0 / 255) + 128
-    self.assertAllClose(codes, np.round(codes), atol=1e-3)
-    self.assertLessEqual(np.abs(quantized - values).max(), 1.0 / 255 + 1e-6)
+    # The released models' uint8 input, mean 128 and std 128: scale 1/128,
+    # zero point 128, codes 0..255 standing for [-1, 127/128]. Every code is
+    # exact in float32.
+    codes = quantized * 128 + 128
+    self.assertAllEqual(codes, np.round(codes))
+    self.assertEqual(codes.min(), 0)
+    self.assertEqual(codes.max(), 255)
+    # Rounded half up to the nearest code, but for the values above 127/128.
+    self.assertAllEqual(codes, np.clip(np.floor(values * 128 + 128.5), 0, 255))
+    self.assertEqual(tflite_emulation.input_range(), (-1.0, 127 / 128))
 
   def test_pool_tie_breaks_are_removed_for_the_converter(self):
     # uint8 models' pools add a constant tie-break; int8 (per-channel)
@@ -98,13 +103,17 @@ class TfliteEmulationTest(tf.test.TestCase):
             sess, [graph.get_tensor_by_name(images_in.name)],
             [graph.get_tensor_by_name(logits.name)])
         converter.inference_type = inference_type
-        converter.quantized_input_stats = {
-            images_in.op.name: (127.5, 127.5)}
+        converter.quantized_input_stats = {images_in.op.name: (
+            tflite_emulation.INPUT_MEAN, tflite_emulation.INPUT_STD)}
         model = converter.convert()
     self._assert_weights_quantized_as(model, weights, weight_ranges)
 
     reference = _run_all_tensors(model, quantized_images,
                                  tflite.OpResolverType.BUILTIN_REF)
+    # The converter's input grid is the one quantize_input rounds to (int8
+    # codes are the uint8 ones minus 128).
+    self.assertEqual(reference['input'][1],
+                     (1 / 128, 128 if inference_type == tf.uint8 else 0))
     # TFLite's optimized integer kernels compute the same int32 sums as its
     # reference kernels (integer arithmetic is exact) and requantize them
     # with the same multiplier, but may round its fixed-point product
