@@ -340,6 +340,17 @@ def _fine_tune_init_fn():
                 if v.op.name != 'global_step' and
                 not _in_scopes(v, FLAGS.checkpoint_exclude_scopes)]
   found = checkpoint_utils.match(path, candidates)
+  # Weight ranges are statistics of the weights, set anew at every step: a
+  # per-tensor quantized checkpoint (Google's _quant releases) fine-tunes
+  # into per-channel ranges, or back.
+  weight_ranges = [m for m in found.mismatched
+                   if '/%s/' % quantize.WEIGHTS_QUANT in m.split(' ')[0]]
+  if weight_ranges:
+    print('--fine_tune_checkpoint has weight ranges of another scheme than '
+          '--weight_quantization=%s; they are computed from the weights '
+          'instead.' % FLAGS.weight_quantization, flush=True)
+    found = found._replace(mismatched=[m for m in found.mismatched
+                                       if m not in weight_ranges])
   if found.mismatched:
     scopes = sorted({'/'.join(m.split('/')[:2]) for m in found.mismatched})
     raise checkpoint_utils.CheckpointError(
