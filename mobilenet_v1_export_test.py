@@ -134,8 +134,8 @@ def run_checkpoint(checkpoint, images, quantized):
       _, end_points = mobilenet_v1.mobilenet_v1(
           model_input, num_classes=NUM_CLASSES, depth_multiplier=0.25,
           is_training=False)
-    if quantized:
-      quantize.create_eval_graph()
+    if quantized:  # trained with per-tensor symmetric weights
+      quantize.create_eval_graph(per_channel_weights=False)
     predictions = end_points['Predictions']
     with tf1.Session(graph=graph) as session:
       tf1.train.Saver().restore(session, checkpoint)

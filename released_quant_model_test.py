@@ -100,8 +100,9 @@ class ReleasedQuantizedModelTest(tf.test.TestCase):
     graph = tf.Graph()
     with graph.as_default():
       images = tf1.placeholder(tf.float32, [None, IMAGE_SIZE, IMAGE_SIZE, 3])
-      inference_model.build(images, NUM_CLASSES, DEPTH_MULTIPLIER,
-                            quantized=True)
+      inference_model.build(
+          images, NUM_CLASSES, DEPTH_MULTIPLIER, quantized=True,
+          quantize_options=inference_model.quantize_options(self.checkpoint))
       variables = tf1.global_variables()
       inference_model.verify_checkpoint(self.checkpoint, graph, variables,
                                         NUM_CLASSES, DEPTH_MULTIPLIER, True)

@@ -181,7 +181,9 @@ def measure_quantized(path, work_dir):
   our_out = released_models.run_uint8(ours, codes).astype(np.int64)
   with tf.Graph().as_default() as graph:
     inputs = tf1.placeholder(tf.float32, [None, size, size, 3])
-    inference_model.build(inputs, 1001, depth_multiplier, quantized=True)
+    inference_model.build(
+        inputs, 1001, depth_multiplier, quantized=True,
+        quantize_options=inference_model.quantize_options(checkpoint))
     with tf1.Session() as session:
       tf1.train.Saver().restore(session, checkpoint)
       eval_out = session.run(graph.get_tensor_by_name(OUTPUT),

@@ -98,7 +98,8 @@ def _random_images(count):
 def _ours(quantized):
   """Our exported TFLite model, float or uint8, from fresh variables."""
   graph, images_in, _ = mobilenet_v1_export.build_inference_graph(
-      FLAGS.depth_multiplier, FLAGS.image_size, FLAGS.num_classes, quantized)
+      FLAGS.depth_multiplier, FLAGS.image_size, FLAGS.num_classes, quantized,
+      {'per_channel_weights': False})
   with tf1.Session(graph=graph) as session:
     session.run(tf1.variables_initializer(
         graph.get_collection(tf1.GraphKeys.GLOBAL_VARIABLES)))
