@@ -47,10 +47,12 @@ class MobilenetQuantizeTest(tf.test.TestCase):
       self.assertEqual([c.type for c in consumers], [util.FAKE_QUANT], op.name)
       self.assertFalse(consumers[0].get_attr('narrow_range'), op.name)
     self.assertEmpty([op.name for op in path if 'BatchNorm' in op.type])
-    # The average pool is rounded to its input's grid, as TFLite's uint8
-    # pool does, with the input's range variables (no new ones), halves up.
+    # The average pool is rounded to its input's grid, as TFLite's int8
+    # pool does, with the input's range variables (no new ones), through a
+    # tie-break add (whose sign the int8 code of the mean decides).
     pool, = [op for op in path if op.type == 'AvgPool']
-    half_up, = pool.outputs[0].consumers()
+    half_up, = [op for op in pool.outputs[0].consumers()
+                if op.name.endswith('/half_up')]
     pool_quant, = half_up.outputs[0].consumers()
     self.assertEqual(pool_quant.type, util.FAKE_QUANT)
     self.assertEqual([t.name for t in pool_quant.inputs[1:]],
@@ -155,6 +157,35 @@ class MobilenetQuantizeTest(tf.test.TestCase):
         live = np.arange(folded.shape[-1]) != dead
         self.assertAllClose(folded[:, :, live], expected[:, :, live],
                             rtol=1e-5, atol=1e-6)
+
+  def test_frozen_batch_norms_fold_with_moving_statistics(self):
+    # Before --freeze_bn_delay a training layer normalizes with its batch's
+    # statistics, from it on with the moving ones, as inference does.
+    # Quantization is delayed past both steps, so each is compared with
+    # the float batch norm in that mode.
+    layer = 'MobilenetV1/MobilenetV1/Conv2d_1_depthwise/'
+    images = util.images()
+    folded = {}
+    with tf.Graph().as_default() as graph:
+      images_in, _ = util.build_mobilenet(is_training=True)
+      quantize.create_training_graph(quant_delay=100, freeze_bn_delay=5)
+      values = util.model_values(graph)
+      global_step = tf1.train.get_global_step()
+      with self.session(graph=graph) as sess:
+        util.load(sess, values)
+        for step in (0, 10):
+          sess.run(global_step.assign(step))
+          folded[step] = sess.run(layer + 'add_fold:0', {images_in: images})
+    for is_training, step in ((True, 0), (False, 10)):
+      with self.subTest(is_training=is_training):
+        with tf.Graph().as_default() as graph:
+          images_in, _ = util.build_mobilenet(is_training=is_training)
+          with self.session(graph=graph) as sess:
+            util.load(sess, values)
+            expected = sess.run(layer + 'BatchNorm/FusedBatchNormV3:0',
+                                {images_in: images})
+        self.assertAllClose(folded[step], expected, rtol=1e-4, atol=1e-4)
+    self.assertNotAllClose(folded[0], folded[10], rtol=1e-2, atol=1e-2)
 
   def test_ranges_train_save_and_restore_into_eval_graph(self):
     checkpoint = os.path.join(self.get_temp_dir(), 'model.ckpt')

@@ -20,7 +20,11 @@ user could ship and training images/s of both QAT runs:
                  the same images and preprocessing, converted to int8.
 
 Every top-1 is that of a .tflite (except float's, whose .tflite computes the
-same) on the validation split, run by TFLite's interpreter.
+same) on the validation split, run by TFLite's interpreter. An 8-bit output
+can tie several classes at the top; a tie counts as the share of it the
+true class would win under a random tie-break (a model whose outputs are
+flat cannot score by ties). peer_float checks the weight transfer: the
+released weights in tf_keras, before QAT.
 
 Data: the 1,000 ImageNet images of github.com/EliSchwartz/imagenet-sample-
 images (one per class, named by synset), split by class: the classes at even
@@ -71,9 +75,11 @@ flags.DEFINE_float('learning_rate', 1e-4, 'SGD learning rate of every QAT '
 flags.DEFINE_integer('calibration_examples', 200, 'Training images the '
                      'post-training int8 model is calibrated on.',
                      lower_bound=1)
-flags.DEFINE_list('runs', ['float', 'ptq_int8', 'ours_int8', 'ours_uint8',
-                           'peer_int8'], 'Rows to measure, in order.')
-flags.DEFINE_string('child', '', 'Internal: run the peer in this process.')
+flags.DEFINE_list('runs', ['float', 'ptq_int8', 'peer_float', 'peer_int8',
+                           'ours_int8', 'ours_uint8'],
+                  'Rows to measure, in order.')
+flags.DEFINE_string('child', '', 'Internal: run a peer step in this process '
+                    '(peer_float or peer_int8).')
 
 _IMAGE_SIZE = 224
 _NUM_CLASSES = 1001
@@ -141,9 +147,51 @@ def _accuracy(stdout):
   return float(re.findall(r'Accuracy (\d\.\d+)', stdout)[-1])
 
 
-def _tflite_top1(path, data):
-  return _accuracy(_run('mobilenet_v1_tflite_eval', '--dataset_dir=' + data,
-                        '--tflite_path=' + path))
+def _validation(data):
+  """The validation split after eval preprocessing: (images, labels)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import slim_compat  # pylint: disable=g-import-not-at-top,unused-import
+  import imagenet_input  # pylint: disable=g-import-not-at-top
+  batches = list(imagenet_input.build_dataset(
+      data, 'validation', 50, _IMAGE_SIZE, is_training=False)
+                 .as_numpy_iterator())
+  return (np.concatenate([images for images, _ in batches]),
+          np.concatenate([labels for _, labels in batches]))
+
+
+def _top1(scores, labels):
+  """Top-1 with ties at the top shared: 1/k when the label is among k tied."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  scores = np.asarray(scores, np.float64)
+  best = scores.max(axis=1, keepdims=True)
+  tied = np.sum(scores == best, axis=1)
+  wins = scores[np.arange(len(labels)), labels] == best[:, 0]
+  return float(np.mean(wins / tied))
+
+
+def _tflite_top1(path, data, first_class=0):
+  """Top-1 of a .tflite on the validation split (see `_top1`).
+
+  Args:
+    path: the model.
+    data: the dataset directory.
+    first_class: the label of the model's first output (1 for a model
+      without the background class).
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
+  import mobilenet_v1_tflite_eval  # pylint: disable=g-import-not-at-top
+  images, labels = _validation(data)
+  interpreter = Interpreter(model_path=path)
+  interpreter.allocate_tensors()
+  input_details = interpreter.get_input_details()[0]
+  output_index = interpreter.get_output_details()[0]['index']
+  scores = []
+  for image in mobilenet_v1_tflite_eval.quantize_input(images, input_details):
+    interpreter.set_tensor(input_details['index'], image[np.newaxis])
+    interpreter.invoke()
+    scores.append(interpreter.get_tensor(output_index)[0].copy())
+  return _top1(scores, labels - first_class)
 
 
 def _train_speed(log):
@@ -231,25 +279,30 @@ def _keras_mobilenet(tf_keras, checkpoint):
   return model
 
 
-def _run_peer():
-  """tfmot QAT of the released weights in tf_keras; top-1 and images/s."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
+def _run_peer_float():
+  """The released weights in tf_keras, float, on the validation split."""
+  import tf_keras  # pylint: disable=g-import-not-at-top
+  images, labels = _validation(_path('data'))
+  model = _keras_mobilenet(tf_keras, _path('released',
+                                           'mobilenet_v1_1.0_224.ckpt'))
+  return {'top1': _top1(model.predict(images, batch_size=50, verbose=0),
+                        labels - 1)}
+
+
+def _run_peer_qat():
+  """tfmot QAT of the released weights in tf_keras: images/s, .tflite."""
   import slim_compat  # pylint: disable=g-import-not-at-top,unused-import
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tensorflow_model_optimization as tfmot  # pylint: disable=g-import-not-at-top
   import tf_keras  # pylint: disable=g-import-not-at-top
-  from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
   import imagenet_input  # pylint: disable=g-import-not-at-top
-  import mobilenet_v1_tflite_eval  # pylint: disable=g-import-not-at-top
-  data, checkpoint = _path('data'), _path('released',
-                                          'mobilenet_v1_1.0_224.ckpt')
-  model = tfmot.quantization.keras.quantize_model(
-      _keras_mobilenet(tf_keras, checkpoint))
+  model = tfmot.quantization.keras.quantize_model(_keras_mobilenet(
+      tf_keras, _path('released', 'mobilenet_v1_1.0_224.ckpt')))
   model.compile(optimizer=tf_keras.optimizers.SGD(FLAGS.learning_rate),
                 loss='sparse_categorical_crossentropy')
   train = imagenet_input.build_dataset(
-      data, 'train', FLAGS.batch_size, _IMAGE_SIZE, is_training=True).map(
-          lambda images, labels: (images, labels - 1))
+      _path('data'), 'train', FLAGS.batch_size, _IMAGE_SIZE,
+      is_training=True).map(lambda images, labels: (images, labels - 1))
 
   class StepTimer(tf_keras.callbacks.Callback):
     """Records the wall time at the end of every batch."""
@@ -267,32 +320,36 @@ def _run_peer():
   # As the trainer reports it: steps after the first (graph building,
   # kernel set-up) over their wall time.
   marks = timer.times
-  images_per_second = (FLAGS.batch_size * (len(marks) - 1) /
-                       (marks[-1] - marks[0]))
   converter = tf.lite.TFLiteConverter.from_keras_model(model)
   converter.optimizations = [tf.lite.Optimize.DEFAULT]
   converter.inference_input_type = tf.int8
   converter.inference_output_type = tf.int8
-  content = converter.convert()
-  with open(_path('peer_int8.tflite'), 'wb') as f:
-    f.write(content)
-  interpreter = Interpreter(model_content=content)
-  interpreter.allocate_tensors()
-  input_details = interpreter.get_input_details()[0]
-  output_index = interpreter.get_output_details()[0]['index']
-  correct = examples = 0
-  validation = imagenet_input.build_dataset(data, 'validation', 50,
-                                            _IMAGE_SIZE, is_training=False)
-  for images, labels in validation.as_numpy_iterator():
-    for image, label in zip(
-        mobilenet_v1_tflite_eval.quantize_input(images, input_details),
-        labels):
-      interpreter.set_tensor(input_details['index'], image[np.newaxis])
-      interpreter.invoke()
-      scores = interpreter.get_tensor(output_index)[0]
-      correct += mobilenet_v1_tflite_eval.in_top_k(scores, label - 1, 1)
-      examples += 1
-  return {'top1': correct / examples, 'images_per_second': images_per_second}
+  with open(_path('peer_int8', 'model.tflite'), 'wb') as f:
+    f.write(converter.convert())
+  return {'images_per_second': FLAGS.batch_size * (len(marks) - 1) /
+                               (marks[-1] - marks[0])}
+
+
+def _peer_int8(data):
+  """The peer's QAT (in a child process, once), then its .tflite's top-1."""
+  result_path = _path('peer_int8', 'result.json')
+  if not os.path.exists(result_path):
+    os.makedirs(_path('peer_int8'), exist_ok=True)
+    result, error = _spawn('peer_int8')
+    if result is None:
+      raise RuntimeError('the peer failed: ' + error)
+    with open(result_path, 'w') as f:
+      json.dump(result, f)
+  with open(result_path) as f:
+    result = json.load(f)
+  result['top1'] = _tflite_top1(_path('peer_int8', 'model.tflite'), data,
+                                first_class=1)
+  return result
+
+
+def _spawn(child):
+  return peer_process.run(__file__, child, ('work_dir', 'steps', 'batch_size',
+                                            'learning_rate'), _ROOT, 6 * 3600)
 
 
 def _cpu_model():
@@ -308,6 +365,7 @@ _DESCRIPTIONS = {
     'ptq_int8': 'post-training int8 (per-channel), export --post_training',
     'ours_int8': 'our QAT, default flags (per-channel int8)',
     'ours_uint8': 'our QAT, --weight_quantization=asymmetric (uint8)',
+    'peer_float': 'the released weights in tf_keras, float',
     'peer_int8': 'tfmot quantize_model on tf_keras MobileNet (int8)',
 }
 
@@ -315,7 +373,8 @@ _DESCRIPTIONS = {
 def main(argv):
   del argv  # unused
   if FLAGS.child:
-    peer_process.report(_run_peer())
+    peer_process.report(_run_peer_float() if FLAGS.child == 'peer_float'
+                        else _run_peer_qat())
     return
   data = _make_data()
   checkpoint = _released_checkpoint()
@@ -335,13 +394,13 @@ def main(argv):
     elif name == 'ours_uint8':
       result = _ours(name, data, checkpoint,
                      ['--weight_quantization=asymmetric'])
-    elif name == 'peer_int8':
-      result, error = peer_process.run(
-          __file__, 'peer', ('work_dir', 'steps', 'batch_size',
-                             'learning_rate'), _ROOT, 6 * 3600)
+    elif name == 'peer_float':
+      result, error = _spawn(name)
       if result is None:
         print('%-10s failed: %s' % (name, error), flush=True)
         continue
+    elif name == 'peer_int8':
+      result = _peer_int8(data)
     else:
       raise app.UsageError('unknown run %r' % name)
     results[name] = result
