@@ -254,6 +254,11 @@ def _freeze_bn_delay():
   return 0 if _is_fine_tuning() else None
 
 
+def _batch_norms_frozen_from_start():
+  """Whether this run's batch norms use their moving statistics throughout."""
+  return FLAGS.quantize and _freeze_bn_delay() == 0
+
+
 def _batch_norm_decay():
   """--batch_norm_decay, or the decay that fits --number_of_steps."""
   if FLAGS.batch_norm_decay is not None:
@@ -480,7 +485,7 @@ def build_train_op(images, labels, global_step, num_examples, quant_delay):
   # Batch norms frozen from the first step need no batch statistics: built
   # in inference mode, each layer's convolution runs once, not twice as
   # folding with batch statistics needs.
-  frozen_from_start = FLAGS.quantize and _freeze_bn_delay() == 0
+  frozen_from_start = _batch_norms_frozen_from_start()
   logits = build_model(images, is_training=True,
                        frozen_batch_norms=frozen_from_start)
   # The fused kernels are CPU-only; on a GPU, cuDNN's batch norm is the fast
@@ -601,7 +606,11 @@ def train():
       train_op, total_loss, learning_rate = build_train_op(
           images, labels, global_step, num_examples, quant_delay)
     batch_norm_decay.record(_batch_norm_decay())
-    if FLAGS.batch_norm_decay is None:
+    if _batch_norms_frozen_from_start():
+      print('Batch norms frozen: they normalize with the moving statistics '
+            'of the checkpoint (--freeze_bn_delay sets a later step).',
+            flush=True)
+    elif FLAGS.batch_norm_decay is None:
       print('Batch norm decay %.6g for %s (--batch_norm_decay sets '
             'another).' % (_batch_norm_decay(), '%d steps' %
                            FLAGS.number_of_steps if FLAGS.number_of_steps
