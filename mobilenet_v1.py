@@ -245,8 +245,9 @@ def mobilenet_v1(inputs,
       returns the pooled features.
     dropout_keep_prob: the probability of keeping an activation before the
       logits layer, during training.
-    is_training: whether dropout is active (batch norm's mode is set by
-      `mobilenet_v1_arg_scope`).
+    is_training: whether dropout is active and batch norms use batch
+      statistics (this overrides `mobilenet_v1_arg_scope`'s is_training, as
+      in slim's original).
     min_depth: see `mobilenet_v1_base`.
     depth_multiplier: see `mobilenet_v1_base`.
     conv_defs: see `mobilenet_v1_base`.

@@ -266,22 +266,18 @@ def _batch_norm_decay():
   return batch_norm_decay.for_steps(FLAGS.number_of_steps)
 
 
-def build_model(images, is_training, frozen_batch_norms=False):
+def build_model(images, is_training):
   """Builds the classifier the flags describe, for training or inference.
 
   Args:
     images: float32 [batch, size, size, 3] in [-1, 1].
     is_training: batch norm in training mode and dropout on.
-    frozen_batch_norms: with is_training, batch norms in inference mode
-      all the same: they normalize with their moving statistics and leave
-      them as they are, while gamma and beta train.
 
   Returns:
     The logits, [batch, num_classes].
   """
   scope = mobilenet_v1.mobilenet_v1_arg_scope(
-      is_training=is_training and not frozen_batch_norms,
-      weight_decay=FLAGS.weight_decay,
+      is_training=is_training, weight_decay=FLAGS.weight_decay,
       batch_norm_decay=_batch_norm_decay())
   with slim.arg_scope(scope):
     logits, _ = mobilenet_v1.mobilenet_v1(
@@ -482,12 +478,13 @@ def build_train_op(images, labels, global_step, num_examples, quant_delay):
     labels = tf.identity(labels)
   if FLAGS.quantize:
     images = tflite_emulation.quantize_input(images)
-  # Batch norms frozen from the first step need no batch statistics: built
-  # in inference mode, each layer's convolution runs once, not twice as
-  # folding with batch statistics needs.
+  # Batch norms frozen from the first step need no batch statistics: the
+  # model is built in inference mode, so each layer's convolution runs once,
+  # not twice as folding with batch statistics needs. Gamma and beta still
+  # train; the moving statistics stay as restored; dropout (keeping 99.9%
+  # by default) is off.
   frozen_from_start = _batch_norms_frozen_from_start()
-  logits = build_model(images, is_training=True,
-                       frozen_batch_norms=frozen_from_start)
+  logits = build_model(images, is_training=not frozen_from_start)
   # The fused kernels are CPU-only; on a GPU, cuDNN's batch norm is the fast
   # path and a CPU op in the middle of the model would cost transfers.
   if (FLAGS.fuse_batch_norm_relu6 and not FLAGS.quantize and

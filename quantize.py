@@ -482,6 +482,16 @@ class _Quantizer(object):
         low, high = min_var.value(), max_var.value()
       quantized = tf.quantization.fake_quant_with_min_max_vars_per_channel(
           channels_last, low, high, num_bits=NUM_BITS, narrow_range=True)
+      if self._is_training:
+        # Every weight lies inside its channel's range [-max|W|, max|W|],
+        # where the fake quant's straight-through gradient is the identity:
+        # this says so without its gradient kernel. The forward value is
+        # the fake quant's exactly (w and its rounding are within a factor
+        # of two, or the rounding is 0, so both float32 operations are
+        # exact).
+        quantized = tf.add(channels_last,
+                           tf.stop_gradient(quantized - channels_last),
+                           name='straight_through')
       if layer_op.type == 'DepthwiseConv2dNative':
         quantized = tf.reshape(quantized, weights.shape, name='quantized')
       elif transpose:
