@@ -266,6 +266,20 @@ class ReleasedQuantizedModelTest(tf.test.TestCase):
       self.assertAllEqual(tuned.get_tensor(name), self.variables[name],
                           msg=name)
     self.assertEqual(tuned.get_tensor('global_step'), 1)
+    # The activation ranges' averages carry on from the checkpoint's slots,
+    # as contrib's did: one more zero-debiased update, not a restart.
+    scope = 'MobilenetV1/MobilenetV1/Conv2d_3_pointwise/act_quant'
+    for bound in ('min', 'max'):
+      slot = '%s/%s/%s/' % (scope, scope, bound)
+      steps = tuned.get_tensor(slot + 'local_step')
+      self.assertEqual(steps, self.variables[slot + 'local_step'] + 1)
+      self.assertAllClose(
+          tuned.get_tensor('%s/%s' % (scope, bound)),
+          tuned.get_tensor(slot + 'biased') / (1 - 0.999**steps), rtol=1e-5)
+      # One update moves the average by 0.1% of the batch's distance.
+      self.assertAllClose(tuned.get_tensor('%s/%s' % (scope, bound)),
+                          self.variables['%s/%s' % (scope, bound)],
+                          rtol=0.02, atol=0.02)
 
 
 if __name__ == '__main__':
