@@ -41,26 +41,28 @@ optionally by a residual `Add` of a same-shaped tensor, then optionally by a
    hand).
 
 2. Weight quantization: an 8-bit fake quant of the (folded) weights, range
-   from the last value (`LastValueQuantize`), narrow range [1, 255]. By
-   default the training rewrite makes the range symmetric about zero,
-   [-max|W|, max|W|], so the uint8 weights have zero point 128 and the model
-   converts exactly to int8 (whose convolutions need zero-point-0 weights,
-   and which XNNPACK runs much faster than uint8). contrib.quantize's
-   default, the weights' own [min, max], is `symmetric_weights=False`. The
-   eval rewrite reads whatever range training saved.
+   from the last value, narrow range. `weights` picks the scheme
+   (WEIGHT_SCHEMES): per_channel (the default) gives each output channel
+   its own range symmetric about zero, TFLite's int8 scheme (int8 weights
+   with zero point 0 and per-axis scales); symmetric one range per tensor,
+   [-max|W|, max|W|], so the uint8 weights have zero point 128 and the
+   uint8 model converts exactly to int8; asymmetric the weights' own
+   [min, max], contrib.quantize's default. The eval rewrite reads whatever
+   ranges training saved (`eval_options` says which scheme a checkpoint
+   has).
 
 3. Activation quantization: an 8-bit fake quant with moving-average ranges
-   (`MovingAvgQuantize`, EMA decay 0.999, shortened to (1+step)/(10+step) in
-   the first steps so ranges start from the data) after the Relu/Relu6, or after the
-   bias add / folded batch norm when there is no activation. A residual Add
-   before the activation also gets a fake quant on its layer input; an Add of
-   two quantized tensors whose output is not otherwise quantized gets one on
-   its output.
+   (contrib's zero-debiased average, EMA decay 0.999, so ranges start from
+   the data; its `biased` and `local_step` slots are saved, so fine-tuning
+   from a quantized checkpoint carries the averages on) after the
+   Relu/Relu6, or after the bias add / folded batch norm when there is no
+   activation. A residual Add before the activation also gets a fake quant
+   on its layer input; an Add of two quantized tensors whose output is not
+   otherwise quantized gets one on its output.
 
    In the training graph the ranges are updated by assign ops inside the
-   graph (tensorflow-model-optimization's quant ops with is_training=True),
-   on every run that evaluates the layer, not through UPDATE_OPS. The eval
-   graph only reads them, which is what lets it convert to TFLite.
+   graph, on every run that evaluates the layer, not through UPDATE_OPS.
+   The eval graph only reads them, which is what lets it convert to TFLite.
 
 4. Quantization delay (training only): until the global step reaches
    `quant_delay`, the graph passes weights and activations unquantized (the
