@@ -67,9 +67,13 @@ printf '  float     TF    : %s\n' "$(figures "$WORK/float_eval.txt")"
 printf '  float     TFLite: %s  (%s bytes)\n' \
   "$(figures "$WORK/mobilenet_v1_0.25_64_tflite_eval.txt")" "$(size mobilenet_v1_0.25_64)"
 printf '  quantized TF    : %s\n' "$(figures "$WORK/quant_eval.txt")"
-printf '  quantized TFLite: %s  (%s bytes, uint8)\n' \
+# Per-channel models (the default) are int8 inside; a per-tensor one is
+# uint8 throughout, with an int8 twin.
+kind="per-channel int8 inside, uint8 in/out"
+[[ -f "$WORK/bundle/mobilenet_v1_0.25_64_quant_int8.tflite" ]] && kind="uint8"
+printf '  quantized TFLite: %s  (%s bytes, %s)\n' \
   "$(figures "$WORK/mobilenet_v1_0.25_64_quant_tflite_eval.txt")" \
-  "$(size mobilenet_v1_0.25_64_quant)"
+  "$(size mobilenet_v1_0.25_64_quant)" "$kind"
 if [[ -f "$WORK/bundle/mobilenet_v1_0.25_64_quant_int8.tflite" ]]; then
   printf '  quantized TFLite: %s  (%s bytes, int8 inside, uint8 in/out)\n' \
     "$(figures "$WORK/mobilenet_v1_0.25_64_quant_int8_tflite_eval.txt")" \
