@@ -99,11 +99,7 @@ def from_uint8(model_content, global_pool_as_mean=True):
       is not a single-graph uint8 model, or has weights whose zero point is
       not 128 (quantized over an asymmetric range).
   """
-  model = flatbuffer_utils.convert_bytearray_to_object(model_content)
-  if len(model.subgraphs) != 1:
-    raise ValueError('expected one subgraph, the model has %d' %
-                     len(model.subgraphs))
-  subgraph = model.subgraphs[0]
+  model, subgraph = _single_graph_model(model_content)
   codes = [_builtin_code(c) for c in model.operatorCodes]
   unknown = sorted({_operator_name(c) for c in codes
                     if c not in INT8_OPERATOR_VERSIONS})
@@ -140,15 +136,24 @@ def with_uint8_interface(model_content):
   Raises:
     ValueError: the model is not a single-graph model with int8 input.
   """
-  model = flatbuffer_utils.convert_bytearray_to_object(model_content)
-  if len(model.subgraphs) != 1:
-    raise ValueError('expected one subgraph, the model has %d' %
-                     len(model.subgraphs))
-  subgraph = model.subgraphs[0]
+  model, subgraph = _single_graph_model(model_content)
   if subgraph.tensors[subgraph.inputs[0]].type != schema.TensorType.INT8:
     raise ValueError('the model input is not int8: not an int8 model')
   _add_uint8_interface(model, subgraph)
   return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def _single_graph_model(model_content):
+  """(model object, its one subgraph) of a TFLite flatbuffer.
+
+  Raises:
+    ValueError: the model has more than one subgraph.
+  """
+  model = flatbuffer_utils.convert_bytearray_to_object(model_content)
+  if len(model.subgraphs) != 1:
+    raise ValueError('expected one subgraph, the model has %d' %
+                     len(model.subgraphs))
+  return model, model.subgraphs[0]
 
 
 def _check_weights(subgraph, codes):

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 from absl import flags
 
@@ -55,6 +56,39 @@ def run(script, child, flag_names, cwd, timeout, env_updates=None):
       return json.loads(line[len(_RESULT_PREFIX):]), ''
   tail = (done.stderr.strip().splitlines() or ['no output'])[-1]
   return None, 'exit %d: %s' % (done.returncode, tail[:200])
+
+
+def cpu():
+  """(model name, feature flags) from /proc/cpuinfo."""
+  model, features = 'unknown CPU', set()
+  with open('/proc/cpuinfo') as cpuinfo:
+    for line in cpuinfo:
+      key, _, value = line.partition(':')
+      if key.strip() == 'model name' and model == 'unknown CPU':
+        model = value.strip()
+      elif key.strip() == 'flags' and not features:
+        features = set(value.split())
+  return model, features
+
+
+def step_timer(keras):
+  """A Keras callback whose `times` holds the wall time after every batch.
+
+  Args:
+    keras: the Keras module of the model (tf_keras or Keras 3).
+  """
+
+  class StepTimer(keras.callbacks.Callback):
+    """Records the wall time at the end of every batch."""
+
+    def __init__(self):
+      super().__init__()
+      self.times = []
+
+    def on_train_batch_end(self, batch, logs=None):
+      self.times.append(time.perf_counter())
+
+  return StepTimer()
 
 
 def load_average():

@@ -304,17 +304,7 @@ def _run_peer_qat():
       _path('data'), 'train', FLAGS.batch_size, _IMAGE_SIZE,
       is_training=True).map(lambda images, labels: (images, labels - 1))
 
-  class StepTimer(tf_keras.callbacks.Callback):
-    """Records the wall time at the end of every batch."""
-
-    def __init__(self):
-      super().__init__()
-      self.times = []
-
-    def on_train_batch_end(self, batch, logs=None):
-      self.times.append(time.perf_counter())
-
-  timer = StepTimer()
+  timer = peer_process.step_timer(tf_keras)
   model.fit(train, epochs=1, steps_per_epoch=FLAGS.steps, callbacks=[timer],
             verbose=0)
   # As the trainer reports it: steps after the first (graph building,
@@ -352,14 +342,6 @@ def _spawn(child):
                                             'learning_rate'), _ROOT, 6 * 3600)
 
 
-def _cpu_model():
-  with open('/proc/cpuinfo') as cpuinfo:
-    for line in cpuinfo:
-      if line.startswith('model name'):
-        return line.partition(':')[2].strip()
-  return 'unknown CPU'
-
-
 _DESCRIPTIONS = {
     'float': 'released float checkpoint',
     'ptq_int8': 'post-training int8 (per-channel), export --post_training',
@@ -380,7 +362,7 @@ def main(argv):
   checkpoint = _released_checkpoint()
   print('QAT of the released MobileNet_v1_1.0_224: %d steps, batch %d, SGD '
         'learning rate %g; CPU %s, %d cores' % (
-            FLAGS.steps, FLAGS.batch_size, FLAGS.learning_rate, _cpu_model(),
+            FLAGS.steps, FLAGS.batch_size, FLAGS.learning_rate, peer_process.cpu()[0],
             os.cpu_count()), flush=True)
   results = {}
   for name in FLAGS.runs:

@@ -197,17 +197,7 @@ def _run_keras(keras):
                 loss='categorical_crossentropy')
   dataset = tf.data.Dataset.from_tensors((images, one_hot)).repeat()
 
-  class StepTimer(keras.callbacks.Callback):
-    """Records the wall time at the end of every batch."""
-
-    def __init__(self):
-      super().__init__()
-      self.times = []
-
-    def on_train_batch_end(self, batch, logs=None):
-      self.times.append(time.perf_counter())
-
-  timer = StepTimer()
+  timer = peer_process.step_timer(keras)
   start = time.perf_counter()
   model.fit(dataset, epochs=1, steps_per_epoch=FLAGS.warmup + FLAGS.steps,
             callbacks=[timer], verbose=0)
@@ -290,19 +280,6 @@ def _spawn(name, precision):
       _ROOT, FLAGS.peer_timeout, env_updates)
 
 
-def _cpu():
-  """(model name, feature flags) from /proc/cpuinfo."""
-  model, features = 'unknown CPU', set()
-  with open('/proc/cpuinfo') as cpuinfo:
-    for line in cpuinfo:
-      key, _, value = line.partition(':')
-      if key.strip() == 'model name' and model == 'unknown CPU':
-        model = value.strip()
-      elif key.strip() == 'flags' and not features:
-        features = set(value.split())
-  return model, features
-
-
 def _training_gflop_per_image():
   """3 x 2 x forward MACs per image (forward, input and weight gradients)."""
   macs = sum(cost.macs for cost in mobilenet_v1_table.layer_costs(
@@ -382,7 +359,7 @@ def main(argv):
                          (','.join(sorted(unknown)), ','.join(_PRECISIONS)))
 
   macs, gflop_per_image = _training_gflop_per_image()
-  model, features = _cpu()
+  model, features = peer_process.cpu()
   bfloat16_units = sorted(features & {'avx512_bf16', 'amx_bf16'})
   print('MobileNet V1 %g@%d, %d classes, batch %d: %.1fM forward MACs, '
         '%.2f GFLOP per trained image; %d warm-up + %d timed steps per peer.' %
