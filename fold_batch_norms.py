@@ -45,6 +45,10 @@ FOLDED_LAYERS = 'quantize_folded_layers'
 _ADD_TYPES = frozenset(['Add', 'AddV2'])
 _FUSED_BATCH_NORM_TYPES = frozenset(
     ['FusedBatchNorm', 'FusedBatchNormV2', 'FusedBatchNormV3'])
+# batch_norm_relu6's training op: a fused batch norm whose output is already
+# through ReLU6.
+_BATCH_NORM_RELU6_TYPE = 'FusedBatchNormRelu6'
+
 # Moving-average updates of batch norm statistics, and how many ops away from
 # the batch statistic they may be.
 _RESOURCE_ASSIGN_TYPES = frozenset(
@@ -183,6 +187,56 @@ def fold_batch_norm(layer_op, context, input_scale=None, freeze=None):
                         batch_norm.output.consumers())
   graph.add_to_collection(FOLDED_LAYERS, new_layer_op)
   return new_layer_op, output
+
+
+def inference_multiplier(layer_op, context):
+  """The multiplier inference will fold into a layer, leaving the graph as is.
+
+  For weights quantized per output channel, training needs no folding: a
+  channel's range scales with it, so quant(W * m) = m * quant(W) for any
+  per-channel multiplier m, and a batch norm after a layer with quantized
+  weights computes what the folded layer does (with the batch's statistics
+  taken from the quantized layer's output, which is what the layer
+  outputs). The multiplier gives the folded weights' ranges, which the eval
+  graph reads.
+
+  Args:
+    layer_op: a Conv2D, DepthwiseConv2dNative or MatMul op.
+    context: the layer's name scope; new ops go under its `BatchNorm_Fold`.
+
+  Returns:
+    (multiplier, output, output_is_activation), or None if no fused batch
+    norm (FusedBatchNorm* or batch_norm_relu6's fused op) follows the
+    layer. multiplier is gamma / sqrt(moving_variance + eps), one per
+    output channel; output the batch norm's output tensor, which for the
+    fused batch norm + ReLU6 op is already the activation.
+
+  Raises:
+    ValueError: if a training batch norm's moving variance cannot be found.
+  """
+  graph = layer_op.graph
+  conv_output = graph_editing.skip_batch_to_space(layer_op.outputs[0])
+  batch_norms = [
+      op for op in conv_output.consumers()
+      if (op.type in _FUSED_BATCH_NORM_TYPES or
+          op.type == _BATCH_NORM_RELU6_TYPE) and
+      op.inputs[0].name == conv_output.name and op.outputs[0].consumers()]
+  if not batch_norms:
+    return None
+  # After batch_norm_relu6's fusion the replaced batch norm still feeds the
+  # replaced ReLU6, which nothing reads.
+  bn_op = max(batch_norms, key=lambda op: op.type == _BATCH_NORM_RELU6_TYPE)
+  is_training = (bn_op.type == _BATCH_NORM_RELU6_TYPE or
+                 bn_op.get_attr('is_training'))
+  with graph.name_scope(context + '/BatchNorm_Fold/'):
+    moving_variance = (_moving_statistic(bn_op.outputs[2], 'moving_variance')
+                       if is_training else bn_op.inputs[4])
+    multiplier = tf.multiply(
+        bn_op.inputs[1],
+        tf.math.rsqrt(moving_variance + bn_op.get_attr('epsilon')),
+        name='inference_multiplier')
+  return (multiplier, bn_op.outputs[0],
+          bn_op.type == _BATCH_NORM_RELU6_TYPE)
 
 
 def _signal_mask(layer_op, batch_norm, input_scale):

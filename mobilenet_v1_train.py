@@ -184,11 +184,13 @@ flags.DEFINE_integer('freeze_bn_delay', None,
                      '1.0_224 that way lost more accuracy on classes it was '
                      'not fine-tuned on (README).', lower_bound=0)
 flags.DEFINE_bool('fuse_batch_norm_relu6', True,
-                  'Train float models through one fused batch norm + ReLU6 '
-                  'kernel per layer (batch_norm_relu6_ops.cc): the same '
-                  'math and variables, fewer passes over memory. Ignored '
-                  'with --quantize (its rewrite needs the separate ops) and '
-                  'when a GPU is visible.')
+                  'Train through one fused batch norm + ReLU6 kernel per '
+                  'layer (batch_norm_relu6_ops.cc): the same math and '
+                  'variables, fewer passes over memory. Used by float '
+                  'training and by --quantize with per-channel weights and '
+                  'no --freeze_bn_delay (the other schemes fold batch norms, '
+                  'which needs the separate ops); ignored when a GPU is '
+                  'visible.')
 flags.DEFINE_integer('random_seed', None,
                      'Seed of the weight initialization, dropout, the order '
                      'of the training records and their distortions, so that '
@@ -474,15 +476,20 @@ def build_train_op(images, labels, global_step, num_examples, quant_delay):
   if FLAGS.quantize:
     images = tflite_emulation.quantize_input(images)
   # Batch norms frozen from the first step need no batch statistics: the
-  # model is built in inference mode, so each layer's convolution runs once,
-  # not twice as folding with batch statistics needs. Gamma and beta still
-  # train; the moving statistics stay as restored; dropout (keeping 99.9%
-  # by default) is off.
+  # model is built in inference mode. Gamma and beta still train; the moving
+  # statistics stay as restored; dropout (keeping 99.9% by default) is off.
   frozen_from_start = _batch_norms_frozen_from_start()
   logits = build_model(images, is_training=not frozen_from_start)
+  freeze_bn_delay = None if frozen_from_start else FLAGS.freeze_bn_delay
+  mask_drowned_channels = FLAGS.weight_quantization != quantize.PER_CHANNEL
   # The fused kernels are CPU-only; on a GPU, cuDNN's batch norm is the fast
   # path and a CPU op in the middle of the model would cost transfers.
-  if (FLAGS.fuse_batch_norm_relu6 and not FLAGS.quantize and
+  # Folding batch norms (per-tensor weights, or freezing them mid-run) needs
+  # TensorFlow's separate ops.
+  if (FLAGS.fuse_batch_norm_relu6 and
+      (not FLAGS.quantize or quantize.keeps_batch_norms(
+          FLAGS.weight_quantization, freeze_bn_delay,
+          mask_drowned_channels)) and
       not tf.config.list_physical_devices('GPU')):
     unavailable = batch_norm_relu6.unavailable_reason()
     if unavailable:
@@ -493,9 +500,8 @@ def build_train_op(images, labels, global_step, num_examples, quant_delay):
   if FLAGS.quantize:
     quantize.create_training_graph(
         quant_delay=quant_delay, weights=FLAGS.weight_quantization,
-        freeze_bn_delay=None if frozen_from_start else FLAGS.freeze_bn_delay,
-        mask_drowned_channels=(
-            FLAGS.weight_quantization != quantize.PER_CHANNEL))
+        freeze_bn_delay=freeze_bn_delay,
+        mask_drowned_channels=mask_drowned_channels)
   tf1.losses.softmax_cross_entropy(
       tf.one_hot(labels, FLAGS.num_classes), logits,
       label_smoothing=FLAGS.label_smoothing)

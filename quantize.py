@@ -38,7 +38,11 @@ optionally by a residual `Add` of a same-shaped tensor, then optionally by a
    gamma / sigma with a tiny sigma, and one such channel can blow up the
    layer's per-tensor weight range. It is folded as the constant it
    outputs: zero weights, offset beta (fused batch norms, whose beta is at
-   hand).
+   hand). Per-channel training graphs whose batch norms are never frozen
+   mid-run keep them instead (`keeps_batch_norms`): per-channel ranges
+   scale with their channels, so a batch norm after the quantized layer
+   computes what the folded layer would, with one convolution instead of
+   two; their saved weight ranges are the folded weights'.
 
 2. Weight quantization: an 8-bit fake quant of the (folded) weights, range
    from the last value, narrow range. `weights` picks the scheme
@@ -150,8 +154,9 @@ def create_training_graph(input_graph=None, quant_delay=0,
   """Rewrites a float training graph in place for quantization-aware training.
 
   Folds batch norms with batch statistics and the correction described in
-  fold_batch_norms, and adds fake quantization that updates its ranges on
-  every run.
+  fold_batch_norms, or, with per-channel weights and no freezing scheduled,
+  keeps them after the quantized layers (`keeps_batch_norms`), and adds fake
+  quantization that updates its ranges on every run.
 
   Args:
     input_graph: the tf.Graph to rewrite; the default graph when None.
@@ -303,6 +308,15 @@ def _rewrite(input_graph, is_training, quant_delay, weights, freeze_bn_delay,
             name='use_moving_statistics')
     quantizer = _Quantizer(graph, is_training, quant_delay, weights)
     for layer_op, context in layers:
+      if is_training and keeps_batch_norms(weights, freeze_bn_delay,
+                                           mask_drowned_channels):
+        unfolded = fold_batch_norms.inference_multiplier(layer_op, context)
+        if unfolded is not None:
+          multiplier, output, output_is_activation = unfolded
+          quantizer.quantize_layer(layer_op, output, context,
+                                   folded_multiplier=multiplier,
+                                   output_is_activation=output_is_activation)
+          continue
       folded = fold_batch_norms.fold_batch_norm(
           layer_op, context,
           _input_scale(layer_op) if mask_drowned_channels else None,
@@ -316,6 +330,29 @@ def _rewrite(input_graph, is_training, quant_delay, weights, freeze_bn_delay,
     quantizer.quantize_average_pools()
     if not is_training:
       tflite_emulation.round_biases(graph, quantizer.biases)
+
+
+def keeps_batch_norms(weights, freeze_bn_delay, mask_drowned_channels):
+  """Whether the training rewrite leaves a layer's fused batch norm in place.
+
+  Per-channel weights with batch norms that are never frozen mid-run (their
+  mode, batch or moving statistics, is the one the model was built in) and
+  no drowned channels to mask need no folding in training (fold_batch_norms.inference_multiplier says why):
+  each layer's convolution runs once, rather than twice as folding with
+  batch statistics needs, and its batch norm + ReLU6 may run fused
+  (batch_norm_relu6). The weights and the saved ranges are those folding
+  would give, so eval graphs and exports are the same either way.
+
+  Args:
+    weights: one of WEIGHT_SCHEMES.
+    freeze_bn_delay: as for create_training_graph.
+    mask_drowned_channels: as for create_training_graph.
+
+  Returns:
+    True if create_training_graph with these arguments keeps the batch
+    norms.
+  """
+  return weights == PER_CHANNEL and freeze_bn_delay is None
 
 
 def _mask_variable():
@@ -359,17 +396,29 @@ class _Quantizer(object):
             global_step, tf.cast(quant_delay, global_step.dtype.base_dtype),
             name='use_quant')
 
-  def quantize_layer(self, layer_op, output, context):
+  def quantize_layer(self, layer_op, output, context, folded_multiplier=None,
+                     output_is_activation=False):
     """Quantizes a layer's weights and its output activation.
 
     Args:
       layer_op: the (possibly folded) layer op; its second input is the
         weights.
       output: the layer's output before any bias, residual Add or activation
-        (after folding, the folded batch norm's output).
+        (after folding, the folded batch norm's output; for a layer whose
+        batch norm is kept, the batch norm's output).
       context: the layer's name scope.
+      folded_multiplier: for a layer whose batch norm is kept (per-channel
+        weights only), the per-channel multiplier inference will fold into
+        its weights: the saved ranges are those of the folded weights.
+      output_is_activation: `output` is already through the activation
+        (the fused batch norm + ReLU6 op).
     """
-    self._quantize_weights(layer_op, context + '/' + WEIGHTS_QUANT)
+    self._quantize_weights(layer_op, context + '/' + WEIGHTS_QUANT,
+                           folded_multiplier)
+    if output_is_activation:
+      self._insert(output, context + '/' + ACT_QUANT, moving_average=True,
+                   narrow_range=False, init_range=_INIT_RELU_RANGE)
+      return
 
     output = graph_editing.skip_identities(output)
     if output.op.type == 'BiasAdd':  # a folded batch norm's offset
@@ -435,7 +484,7 @@ class _Quantizer(object):
     self._quantized.update(replacements)
     self._replacements.update(t.name for t in replacements.values())
 
-  def _quantize_weights(self, layer_op, scope):
+  def _quantize_weights(self, layer_op, scope, folded_multiplier=None):
     """Fake-quantizes a layer's weights with last-value ranges.
 
     Per-channel ranges cover each output channel's weights: a Conv2D's last
@@ -447,6 +496,10 @@ class _Quantizer(object):
       layer_op: the (possibly folded) layer op; its second input is the
         weights.
       scope: the name scope of the new ops and range variables.
+      folded_multiplier: None, or (per-channel weights, training) the
+        per-channel multiplier m that inference folds into these weights:
+        they are quantized with their own ranges, and the range variables
+        hold those of W * m, |m| times theirs.
     """
     weights = layer_op.inputs[1]
     if weights.name in self._quantized:
@@ -478,8 +531,16 @@ class _Quantizer(object):
             tf.abs(channels_last),
             axis=list(range(channels_last.shape.rank - 1)))),
                            _MIN_WEIGHT_BOUND, name='bound')
-        low = tf1.assign(min_var, -bound, name='AssignMin')
-        high = tf1.assign(max_var, bound, name='AssignMax')
+        saved_bound = bound
+        if folded_multiplier is not None:
+          saved_bound = tf.maximum(
+              bound * tf.stop_gradient(tf.abs(folded_multiplier)),
+              _MIN_WEIGHT_BOUND, name='folded_bound')
+        low = tf1.assign(min_var, -saved_bound, name='AssignMin')
+        high = tf1.assign(max_var, saved_bound, name='AssignMax')
+        if folded_multiplier is not None:
+          with tf.control_dependencies([low, high]):
+            low, high = tf.negative(bound), tf.identity(bound)
       else:
         low, high = min_var.value(), max_var.value()
       quantized = tf.quantization.fake_quant_with_min_max_vars_per_channel(

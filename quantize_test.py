@@ -158,6 +158,71 @@ class MobilenetQuantizeTest(tf.test.TestCase):
         self.assertAllClose(folded[:, :, live], expected[:, :, live],
                             rtol=1e-5, atol=1e-6)
 
+  def test_per_channel_training_keeps_batch_norms_with_folded_ranges(self):
+    # Per-channel ranges scale with their channels, so training quantizes
+    # the unfolded weights and keeps each batch norm (one convolution per
+    # layer, not folding's two) while saving the folded weights' ranges,
+    # which the eval graph then quantizes the folded weights with.
+    images = util.images()
+    with tf.Graph().as_default() as graph:
+      images_in, logits = util.build_mobilenet(is_training=True)
+      quantize.create_training_graph()
+      path = util.ancestors(logits)
+      layers = [op for op in path
+                if op.type in ('Conv2D', 'DepthwiseConv2dNative')]
+      self.assertLen(layers, 28)
+      self.assertLen([op for op in path if op.type == 'FusedBatchNormV3'],
+                     27)
+      self.assertEmpty(graph.get_collection(fold_batch_norms.FOLDED_LAYERS))
+      values = util.model_values(graph)
+      with self.session(graph=graph) as sess:
+        util.load(sess, values)
+        sess.run(logits, {images_in: images})
+        trained_ranges = util.range_values(sess)
+    with tf.Graph().as_default() as graph:
+      util.build_mobilenet(is_training=False)
+      quantize.create_eval_graph()
+      folded_layers = {op.name.rpartition('/')[0] + '/': op for op in
+                       graph.get_collection(fold_batch_norms.FOLDED_LAYERS)}
+      with self.session(graph=graph) as sess:
+        util.load(sess, dict(values, **trained_ranges))
+        for layer in ('Conv2d_0', 'Conv2d_1_depthwise', 'Conv2d_13_pointwise'):
+          with self.subTest(layer=layer):
+            scope = 'MobilenetV1/MobilenetV1/%s/' % layer
+            variables = 'MobilenetV1/%s/' % layer
+            multiplier = (values[variables + 'BatchNorm/gamma'] / np.sqrt(
+                values[variables + 'BatchNorm/moving_variance'] +
+                1e-3)).astype(np.float32)
+            # Output channels last, a depthwise [h, w, in, k]'s in * k.
+            weights = values[variables + ('depthwise_weights' if 'depthwise'
+                                          in layer else 'weights')].astype(
+                                          np.float32).reshape(
+                                              -1, multiplier.size)
+            bound = np.abs(weights).max(axis=0)
+            folded_bound = trained_ranges[scope + 'weights_quant/max']
+            self.assertAllClose(folded_bound, bound * np.abs(multiplier),
+                                rtol=1e-6)
+            self.assertAllEqual(trained_ranges[scope + 'weights_quant/min'],
+                                -folded_bound)
+            # What training computes: m * quant(W) with W's own ranges.
+            step = bound / 127
+            expected = multiplier * (np.floor(
+                (np.clip(weights, -bound, bound) + bound) / step + 0.5) *
+                                     step - bound)
+            folded_quant = graph_editing.fake_quant_of(
+                folded_layers[scope].inputs[1])
+            actual = sess.run(folded_quant.outputs[0]).reshape(weights.shape)
+            # quant(W * m) rounds (W * m) / (|m| max|W| / 127), which is
+            # W / (max|W| / 127) up to three float32 roundings (a relative
+            # 2e-7, 4e-5 of a step at the largest code 127): a code can only
+            # differ where W sits that close to a rounding tie, a fraction
+            # ~1e-4 of smoothly distributed weights, and then by one step.
+            differs = ~np.isclose(actual, expected, rtol=1e-5,
+                                  atol=1e-6 * folded_bound.max())
+            self.assertLess(differs.mean(), 1e-3)
+            self.assertTrue(np.all(np.abs(actual - expected).max(axis=0) <=
+                                   folded_bound / 127 * (1 + 1e-5)))
+
   def test_frozen_batch_norms_fold_with_moving_statistics(self):
     # Before --freeze_bn_delay a training layer normalizes with its batch's
     # statistics, from it on with the moving ones, as inference does.

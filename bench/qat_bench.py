@@ -72,6 +72,9 @@ flags.DEFINE_integer('batch_size', 16, 'Batch of every QAT run.',
 flags.DEFINE_float('learning_rate', 1e-4, 'SGD learning rate of every QAT '
                    'run (mobilenet_v1_train\'s fine-tuning default).',
                    lower_bound=0.0)
+flags.DEFINE_integer('seed', 0, 'Seed of every QAT run (our --random_seed; '
+                     'the peer\'s tf_keras seed and input order), so that a '
+                     'run repeats.')
 flags.DEFINE_integer('calibration_examples', 200, 'Training images the '
                      'post-training int8 model is calibrated on.',
                      lower_bound=1)
@@ -214,6 +217,7 @@ def _ours(name, data, checkpoint, extra_flags):
                '--batch_size=%d' % FLAGS.batch_size,
                '--learning_rate=%g' % FLAGS.learning_rate,
                '--number_of_steps=%d' % FLAGS.steps,
+               '--random_seed=%d' % FLAGS.seed,
                '--log_every_n_steps=%d' % _LOG_EVERY, *extra_flags)
     bundle = os.path.join(run_dir, 'bundle')
     _run('mobilenet_v1_export', '--checkpoint_dir=' + train_dir,
@@ -296,13 +300,15 @@ def _run_peer_qat():
   import tensorflow_model_optimization as tfmot  # pylint: disable=g-import-not-at-top
   import tf_keras  # pylint: disable=g-import-not-at-top
   import imagenet_input  # pylint: disable=g-import-not-at-top
+  tf_keras.utils.set_random_seed(FLAGS.seed)
   model = tfmot.quantization.keras.quantize_model(_keras_mobilenet(
       tf_keras, _path('released', 'mobilenet_v1_1.0_224.ckpt')))
   model.compile(optimizer=tf_keras.optimizers.SGD(FLAGS.learning_rate),
                 loss='sparse_categorical_crossentropy')
   train = imagenet_input.build_dataset(
       _path('data'), 'train', FLAGS.batch_size, _IMAGE_SIZE,
-      is_training=True).map(lambda images, labels: (images, labels - 1))
+      is_training=True, seed=FLAGS.seed).map(
+          lambda images, labels: (images, labels - 1))
 
   timer = peer_process.step_timer(tf_keras)
   model.fit(train, epochs=1, steps_per_epoch=FLAGS.steps, callbacks=[timer],
@@ -339,7 +345,8 @@ def _peer_int8(data):
 
 def _spawn(child):
   return peer_process.run(__file__, child, ('work_dir', 'steps', 'batch_size',
-                                            'learning_rate'), _ROOT, 6 * 3600)
+                                            'learning_rate', 'seed'), _ROOT,
+                           6 * 3600)
 
 
 _DESCRIPTIONS = {
@@ -361,9 +368,9 @@ def main(argv):
   data = _make_data()
   checkpoint = _released_checkpoint()
   print('QAT of the released MobileNet_v1_1.0_224: %d steps, batch %d, SGD '
-        'learning rate %g; CPU %s, %d cores' % (
-            FLAGS.steps, FLAGS.batch_size, FLAGS.learning_rate, peer_process.cpu()[0],
-            os.cpu_count()), flush=True)
+        'learning rate %g, seed %d; CPU %s, %d cores' % (
+            FLAGS.steps, FLAGS.batch_size, FLAGS.learning_rate, FLAGS.seed,
+            peer_process.cpu()[0], os.cpu_count()), flush=True)
   results = {}
   for name in FLAGS.runs:
     start = time.time()
