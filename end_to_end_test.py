@@ -16,6 +16,7 @@ import numpy as np
 import slim_compat  # pylint: disable=unused-import
 import tensorflow as tf
 
+import batch_norm_relu6
 import imagenet_input
 import mobilenet_v1_tflite_eval
 import test_data
@@ -125,6 +126,13 @@ class EndToEndTest(tf.test.TestCase):
         '--checkpoint_dir=' + quant_dir, '--quantize=True', *MODEL))
     # Quantization-aware fine-tuning keeps the float model's accuracy.
     self.assertGreaterEqual(quant_top1, float_top1 - 0.02)
+    # With per-channel weights it keeps the batch norms, fused with their
+    # ReLU6 as in float training where the kernels run: one convolution per
+    # layer (14 of them dense, and the logits).
+    op_types = test_data.graph_op_types(tf.train.latest_checkpoint(quant_dir))
+    fused = 27 if batch_norm_relu6.unavailable_reason() is None else 0
+    self.assertEqual(op_types.count('FusedBatchNormRelu6'), fused)
+    self.assertEqual(op_types.count('Conv2D'), 15)
 
     bundle = os.path.join(work, 'bundle')
     for checkpoint_dir, quantized in ((float_dir, []), (quant_dir, ['--quantize'])):

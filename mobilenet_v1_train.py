@@ -179,8 +179,7 @@ flags.DEFINE_integer('freeze_bn_delay', None,
                      'batch\'s, so that training computes what the exported '
                      'model will (contrib.quantize\'s freeze_bn_delay); '
                      'unset: never, as contrib\'s default. 0 builds the '
-                     'model in inference mode (one convolution per layer, '
-                     'about twice as fast), but fine-tuning the released '
+                     'model in inference mode; fine-tuning the released '
                      '1.0_224 that way lost more accuracy on classes it was '
                      'not fine-tuned on (README).', lower_bound=0)
 flags.DEFINE_bool('fuse_batch_norm_relu6', True,

@@ -121,14 +121,6 @@ def read_variable(checkpoint, name):
   return tf.train.load_checkpoint(checkpoint).get_tensor(name)
 
 
-def graph_op_types(checkpoint):
-  """The op types of the training graph saved beside `checkpoint`."""
-  meta_graph = tf.compat.v1.MetaGraphDef()
-  with open(checkpoint + '.meta', 'rb') as f:
-    meta_graph.ParseFromString(f.read())
-  return [node.op for node in meta_graph.graph_def.node]
-
-
 def free_ports(count):
   """`count` distinct ports that nothing listens on, for a local cluster.
 
@@ -376,7 +368,8 @@ class TrainTest(tf.test.TestCase):
     # Float training runs batch norm + ReLU6 as one op in all 27 layers,
     # where the fused kernels can run (test_fallback_... covers the rest).
     fused = 27 if batch_norm_relu6.unavailable_reason() is None else 0
-    op_types = graph_op_types(tf.train.latest_checkpoint(checkpoint_dir))
+    op_types = test_data.graph_op_types(
+        tf.train.latest_checkpoint(checkpoint_dir))
     self.assertEqual(op_types.count('FusedBatchNormRelu6'), fused)
     self.assertEqual(op_types.count('FusedBatchNormRelu6Grad'), fused)
 
@@ -403,7 +396,8 @@ class TrainTest(tf.test.TestCase):
                              'not fused: this CPU lacks AVX2 and FMA.'])
     self.assertIn('step 3 ', result.stdout)
     self.assertEqual(checkpoint_step(checkpoint_dir), 3)
-    op_types = graph_op_types(tf.train.latest_checkpoint(checkpoint_dir))
+    op_types = test_data.graph_op_types(
+        tf.train.latest_checkpoint(checkpoint_dir))
     self.assertNotIn('FusedBatchNormRelu6', op_types)
     self.assertEqual(op_types.count('FusedBatchNormV3'), 27)
     self.assertEqual(op_types.count('FusedBatchNormGradV3'), 27)

@@ -135,3 +135,11 @@ def truncate_checkpoint_data(prefix):
   with open(data, 'r+b') as f:
     f.truncate(os.path.getsize(data) // 2)
   return data
+
+
+def graph_op_types(checkpoint):
+  """The op types of the training graph saved beside `checkpoint`."""
+  meta_graph = tf.compat.v1.MetaGraphDef()
+  with open(checkpoint + '.meta', 'rb') as f:
+    meta_graph.ParseFromString(f.read())
+  return [node.op for node in meta_graph.graph_def.node]
