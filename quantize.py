@@ -352,7 +352,8 @@ def keeps_batch_norms(weights, freeze_bn_delay, mask_drowned_channels):
     True if create_training_graph with these arguments keeps the batch
     norms.
   """
-  return weights == PER_CHANNEL and freeze_bn_delay is None
+  return (weights == PER_CHANNEL and freeze_bn_delay is None and
+          not mask_drowned_channels)
 
 
 def _mask_variable():
