@@ -307,9 +307,10 @@ def _rewrite(input_graph, is_training, quant_delay, weights, freeze_bn_delay,
             tf.cast(freeze_bn_delay, global_step.dtype.base_dtype),
             name='use_moving_statistics')
     quantizer = _Quantizer(graph, is_training, quant_delay, weights)
+    keep_batch_norms = is_training and keeps_batch_norms(
+        weights, freeze_bn_delay, mask_drowned_channels)
     for layer_op, context in layers:
-      if is_training and keeps_batch_norms(weights, freeze_bn_delay,
-                                           mask_drowned_channels):
+      if keep_batch_norms:
         unfolded = fold_batch_norms.inference_multiplier(layer_op, context)
         if unfolded is not None:
           multiplier, output, output_is_activation = unfolded
@@ -337,8 +338,8 @@ def keeps_batch_norms(weights, freeze_bn_delay, mask_drowned_channels):
 
   Per-channel weights with batch norms that are never frozen mid-run (their
   mode, batch or moving statistics, is the one the model was built in) and
-  no drowned channels to mask need no folding in training (fold_batch_norms.inference_multiplier says why):
-  each layer's convolution runs once, rather than twice as folding with
+  no drowned channels to mask need no folding in training
+  (fold_batch_norms.inference_multiplier says why): each layer's convolution runs once, rather than twice as folding with
   batch statistics needs, and its batch norm + ReLU6 may run fused
   (batch_norm_relu6). The weights and the saved ranges are those folding
   would give, so eval graphs and exports are the same either way.
@@ -537,11 +538,10 @@ class _Quantizer(object):
           saved_bound = tf.maximum(
               bound * tf.stop_gradient(tf.abs(folded_multiplier)),
               _MIN_WEIGHT_BOUND, name='folded_bound')
-        low = tf1.assign(min_var, -saved_bound, name='AssignMin')
-        high = tf1.assign(max_var, saved_bound, name='AssignMax')
-        if folded_multiplier is not None:
-          with tf.control_dependencies([low, high]):
-            low, high = tf.negative(bound), tf.identity(bound)
+        with tf.control_dependencies([
+            tf1.assign(min_var, -saved_bound, name='AssignMin'),
+            tf1.assign(max_var, saved_bound, name='AssignMax')]):
+          low, high = tf.negative(bound), tf.identity(bound)
       else:
         low, high = min_var.value(), max_var.value()
       quantized = tf.quantization.fake_quant_with_min_max_vars_per_channel(

@@ -20,6 +20,11 @@ tf1 = tf.compat.v1
 _LOGITS_BIAS_ADD = 'MobilenetV1/Logits/Conv2d_1c_1x1/BiasAdd'
 
 
+def _convolutions(ops):
+  """The Conv2D and DepthwiseConv2dNative ops among `ops`."""
+  return [op for op in ops if op.type in ('Conv2D', 'DepthwiseConv2dNative')]
+
+
 class MobilenetQuantizeTest(tf.test.TestCase):
 
   def test_eval_graph_quantizes_every_weight_and_activation(self):
@@ -28,8 +33,7 @@ class MobilenetQuantizeTest(tf.test.TestCase):
       quantize.create_eval_graph()
 
     path = util.ancestors(logits)
-    layers = [op for op in path
-              if op.type in ('Conv2D', 'DepthwiseConv2dNative')]
+    layers = _convolutions(path)
     relu6s = [op for op in path if op.type == 'Relu6']
     self.assertLen(layers, 28)  # 27 body convolutions and the logits.
     self.assertLen(relu6s, 27)
@@ -168,9 +172,7 @@ class MobilenetQuantizeTest(tf.test.TestCase):
       images_in, logits = util.build_mobilenet(is_training=True)
       quantize.create_training_graph()
       path = util.ancestors(logits)
-      layers = [op for op in path
-                if op.type in ('Conv2D', 'DepthwiseConv2dNative')]
-      self.assertLen(layers, 28)
+      self.assertLen(_convolutions(path), 28)
       self.assertLen([op for op in path if op.type == 'FusedBatchNormV3'],
                      27)
       self.assertEmpty(graph.get_collection(fold_batch_norms.FOLDED_LAYERS))
