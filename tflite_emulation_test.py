@@ -334,10 +334,11 @@ def _convolution_input_rounding():
 
   oneDNN's BF16 (or ANY) math mode, set for the process by the environment,
   lets convolutions round their float32 inputs to bfloat16 (8 significant
-  bits) and accumulate in float32; otherwise they multiply float32 values.
+  bits: round to nearest is off by at most 2^-8 of the value) and accumulate
+  in float32; otherwise they multiply float32 values.
   """
   mode = os.environ.get('ONEDNN_DEFAULT_FPMATH_MODE', '').upper()
-  return 2.0**-9 if mode in ('BF16', 'ANY') else 0.0
+  return 2.0**-8 if mode in ('BF16', 'ANY') else 0.0
 
 
 def _dequantize(codes, quantization):
