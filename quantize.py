@@ -62,7 +62,9 @@ optionally by a residual `Add` of a same-shaped tensor, then optionally by a
    Relu/Relu6, or after the bias add / folded batch norm when there is no
    activation. A residual Add before the activation also gets a fake quant
    on its layer input; an Add of two quantized tensors whose output is not
-   otherwise quantized gets one on its output.
+   otherwise quantized gets one on its output. The model's output (the
+   last layer's, when no activation bounds it: a classifier's logits) keeps
+   the extremes seen instead, as post-training calibration takes them.
 
    In the training graph the ranges are updated by assign ops inside the
    graph, on every run that evaluates the layer, not through UPDATE_OPS.
@@ -87,8 +89,9 @@ body ops live under `MobilenetV1/MobilenetV1/`, that is
 `MobilenetV1/MobilenetV1/Conv2d_0/act_quant/min` and
 `MobilenetV1/Logits/Conv2d_1c_1x1/weights_quant/max`. They are global and
 model variables, non-trainable, so a Saver saves them and an eval graph built
-the same way restores them. Activation ranges start at [0, 6] after a ReLU
-and at [-6, 6] elsewhere; weight ranges are set by the first training step.
+the same way restores them. Activation ranges start at [0, 6] after a ReLU,
+at [0, 0] at the model's output (its extremes start from the data) and at
+[-6, 6] elsewhere; weight ranges are set by the first training step.
 """
 
 import collections
@@ -147,6 +150,11 @@ _ADD_TYPES = frozenset(['Add', 'AddV2'])
 # contrib.quantize's [-6, 6] elsewhere.
 _INIT_RANGE = (-6.0, 6.0)
 _INIT_RELU_RANGE = (0.0, 6.0)
+
+# How a training graph updates a range from each batch (see _insert).
+_MOVING_AVERAGE = 'moving_average'
+_LAST_VALUE = 'last_value'
+_EXTREMES = 'extremes'
 
 def create_training_graph(input_graph=None, quant_delay=0,
                           weights=PER_CHANNEL, freeze_bn_delay=None,
@@ -309,14 +317,17 @@ def _rewrite(input_graph, is_training, quant_delay, weights, freeze_bn_delay,
     quantizer = _Quantizer(graph, is_training, quant_delay, weights)
     keep_batch_norms = is_training and keeps_batch_norms(
         weights, freeze_bn_delay, mask_drowned_channels)
+    output_layer = layers[-1][0]
     for layer_op, context in layers:
+      is_model_output = layer_op is output_layer
       if keep_batch_norms:
         unfolded = fold_batch_norms.inference_multiplier(layer_op, context)
         if unfolded is not None:
           multiplier, output, output_is_activation = unfolded
           quantizer.quantize_layer(layer_op, output, context,
                                    folded_multiplier=multiplier,
-                                   output_is_activation=output_is_activation)
+                                   output_is_activation=output_is_activation,
+                                   is_model_output=is_model_output)
           continue
       folded = fold_batch_norms.fold_batch_norm(
           layer_op, context,
@@ -326,7 +337,8 @@ def _rewrite(input_graph, is_training, quant_delay, weights, freeze_bn_delay,
         output = graph_editing.skip_batch_to_space(layer_op.outputs[0])
       else:
         layer_op, output = folded
-      quantizer.quantize_layer(layer_op, output, context)
+      quantizer.quantize_layer(layer_op, output, context,
+                               is_model_output=is_model_output)
     quantizer.quantize_residual_adds()
     quantizer.quantize_average_pools()
     if not is_training:
@@ -399,7 +411,7 @@ class _Quantizer(object):
             name='use_quant')
 
   def quantize_layer(self, layer_op, output, context, folded_multiplier=None,
-                     output_is_activation=False):
+                     output_is_activation=False, is_model_output=False):
     """Quantizes a layer's weights and its output activation.
 
     Args:
@@ -414,11 +426,13 @@ class _Quantizer(object):
         its weights: the saved ranges are those of the folded weights.
       output_is_activation: `output` is already through the activation
         (the fused batch norm + ReLU6 op).
+      is_model_output: the layer is the model's last; without an activation
+        its output range keeps the extremes seen (see _insert).
     """
     self._quantize_weights(layer_op, context + '/' + WEIGHTS_QUANT,
                            folded_multiplier)
     if output_is_activation:
-      self._insert(output, context + '/' + ACT_QUANT, moving_average=True,
+      self._insert(output, context + '/' + ACT_QUANT, _MOVING_AVERAGE,
                    narrow_range=False, init_range=_INIT_RELU_RANGE)
       return
 
@@ -439,17 +453,21 @@ class _Quantizer(object):
     bypass = graph_editing.sole_consumer(output, _ADD_TYPES)
     if bypass is not None and all(
         t.shape.rank == output.shape.rank for t in bypass.inputs):
-      self._insert(output, context + '/' + CONV_QUANT, moving_average=True,
+      self._insert(output, context + '/' + CONV_QUANT, _MOVING_AVERAGE,
                    narrow_range=False, init_range=_INIT_RANGE)
       output = graph_editing.skip_identities(bypass.outputs[0])
 
     activation = graph_editing.sole_consumer(output, _ACTIVATION_TYPES)
+    updates = _MOVING_AVERAGE
     if activation is None:
       init_range = _INIT_RANGE
+      if is_model_output:
+        # Every batch's range holds 0, so the extremes start from the data.
+        updates, init_range = _EXTREMES, (0.0, 0.0)
     else:
       output = activation.outputs[0]
       init_range = _INIT_RELU_RANGE
-    self._insert(output, context + '/' + ACT_QUANT, moving_average=True,
+    self._insert(output, context + '/' + ACT_QUANT, updates,
                  narrow_range=False, init_range=init_range)
 
   def quantize_residual_adds(self):
@@ -468,7 +486,7 @@ class _Quantizer(object):
           (activation is not None and
            activation.outputs[0].name in self._quantized)):
         continue
-      self._insert(output, op.name + '/' + ADD_QUANT, moving_average=True,
+      self._insert(output, op.name + '/' + ADD_QUANT, _MOVING_AVERAGE,
                    narrow_range=False, init_range=_INIT_RANGE)
 
   @property
@@ -507,7 +525,7 @@ class _Quantizer(object):
     if weights.name in self._quantized:
       return
     if self._weights != PER_CHANNEL:
-      self._insert(weights, scope, moving_average=False, narrow_range=True,
+      self._insert(weights, scope, _LAST_VALUE, narrow_range=True,
                    init_range=_INIT_RANGE, consumers=[layer_op])
       return
     with self._graph.name_scope(scope + '/'):
@@ -567,24 +585,31 @@ class _Quantizer(object):
     self._quantized[weights.name] = quantized
     self._replacements.add(quantized.name)
 
-  def _insert(self, tensor, scope, moving_average, narrow_range, init_range,
+  def _insert(self, tensor, scope, updates, narrow_range, init_range,
               consumers=None):
     """Puts a per-tensor fake quant op between `tensor` and its consumers.
 
     Training graphs update the ranges as contrib.quantize did: weights take
-    their last value (the weights' [min, max] with 0 inside, or
+    their last value (_LAST_VALUE: the weights' [min, max] with 0 inside, or
     [-max|W|, max|W|] for symmetric weights), activations an exponential
-    moving average of each batch's [min, max] (with 0 inside), zero-debiased
-    so that it starts from the data, with its slots
+    moving average of each batch's [min, max] (_MOVING_AVERAGE, with 0
+    inside), zero-debiased so that it starts from the data, with its slots
     (`<scope>/<scope>/{min,max}/{biased,local_step}`) saved alongside the
     ranges, so that fine-tuning from a quantized checkpoint carries its
     averages on.
 
+    The model's output (a classifier's logits, which no activation bounds)
+    keeps the extremes seen since quantization started (_EXTREMES), as
+    post-training calibration takes them: its ranking lives at the top of
+    its range, where clipping ties the best classes, and the training
+    distortions keep most batches below the logits of undistorted images,
+    so an average of batch maxima clips those.
+
     Args:
       tensor: the float tensor to quantize.
       scope: the name scope of the new ops and range variables.
-      moving_average: EMA ranges (activations) rather than last-value ranges
-        (weights).
+      updates: how training updates the range: _MOVING_AVERAGE,
+        _LAST_VALUE or _EXTREMES.
       narrow_range: quantize to [1, 255] instead of [0, 255].
       init_range: (min, max) initial values of the range variables.
       consumers: the ops to reroute; all consumers of `tensor` when None.
@@ -600,7 +625,7 @@ class _Quantizer(object):
       else:
         batch_min = tf.minimum(tf.reduce_min(tensor), 0.0, name='BatchMin')
         batch_max = tf.maximum(tf.reduce_max(tensor), 0.0, name='BatchMax')
-        if moving_average:
+        if updates == _MOVING_AVERAGE:
           with tf1.variable_scope(tf1.VariableScope(reuse=False, name=scope),
                                   auxiliary_name_scope=False):
             low = moving_averages.assign_moving_average(
@@ -609,6 +634,18 @@ class _Quantizer(object):
             high = moving_averages.assign_moving_average(
                 max_var, batch_max, EMA_DECAY, zero_debias=True,
                 name='AssignMaxEma')
+        elif updates == _EXTREMES:
+          low, high = tf.minimum(min_var, batch_min), tf.maximum(
+              max_var, batch_max)
+          if self._use_quant is not None:
+            # Before quantization starts the range follows the data, so the
+            # extremes of early training are not kept.
+            low = tf.where(self._use_quant, low, batch_min)
+            high = tf.where(self._use_quant, high, batch_max)
+          low = tf1.assign(min_var, tf.stop_gradient(low),
+                           name='AssignMinExtreme')
+          high = tf1.assign(max_var, tf.stop_gradient(high),
+                            name='AssignMaxExtreme')
         else:
           if self._weights == SYMMETRIC:
             batch_max = tf.maximum(-batch_min, batch_max)

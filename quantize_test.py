@@ -306,6 +306,34 @@ class MobilenetQuantizeTest(tf.test.TestCase):
       with self.assertRaisesRegex(ValueError, 'before building the optimizer'):
         quantize.create_training_graph()
 
+  def test_logits_range_keeps_the_extremes_seen(self):
+    # The range holds the extremes of all batches so far, where an average
+    # or the last value would fall back after a batch of smaller logits.
+    with tf.Graph().as_default():
+      images, output = util.build_mobilenet(is_training=True)
+      quantize.create_training_graph(quant_delay=0)
+      graph = tf1.get_default_graph()
+      logits = graph.get_tensor_by_name(
+          'MobilenetV1/Logits/Conv2d_1c_1x1/BiasAdd:0')
+      ranges = {v.op.name: v for v in quantize.range_variables()}
+      logits_range = [ranges['MobilenetV1/Logits/Conv2d_1c_1x1/act_quant/%s'
+                             % end] for end in ('min', 'max')]
+      rng = np.random.RandomState(4)
+      with tf1.Session() as sess:
+        sess.run(tf1.global_variables_initializer())
+        seen = []
+        for _ in range(4):
+          batch = rng.uniform(-1, 1, images.shape.as_list())
+          # The range update runs with the forward pass; read it afterwards.
+          values, _ = sess.run([logits, output], {images: batch})
+          seen.append((min(values.min(), 0), max(values.max(), 0)))
+          low, high = sess.run(logits_range)
+          self.assertAllClose([low, high],
+                              [min(s[0] for s in seen),
+                               max(s[1] for s in seen)], rtol=1e-6)
+    self.assertLess(seen[-1][1], max(s[1] for s in seen))
+    self.assertGreater(seen[-1][0], min(s[0] for s in seen))
+
 class GenericPatternsTest(tf.test.TestCase):
   """Hand-built layers: unfused batch norm, MatMul, residual Adds."""
 
