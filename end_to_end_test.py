@@ -21,6 +21,8 @@ import imagenet_input
 import mobilenet_v1_tflite_eval
 import test_data
 
+test_data.use_float32_math()
+
 tf1 = tf.compat.v1
 
 HERE = os.path.dirname(os.path.abspath(__file__))

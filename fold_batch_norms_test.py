@@ -7,6 +7,9 @@ import tensorflow as tf
 
 import fold_batch_norms
 import quantize_test_util as util
+import test_data
+
+test_data.use_float32_math()
 
 
 class FoldBatchNormsTest(tf.test.TestCase):

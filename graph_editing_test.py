@@ -4,6 +4,9 @@ import numpy as np
 import tensorflow as tf
 
 import graph_editing
+import test_data
+
+test_data.use_float32_math()
 
 tf1 = tf.compat.v1
 

@@ -21,6 +21,8 @@ import mobilenet_v1
 import quantize
 import test_data
 
+test_data.use_float32_math()
+
 tf1 = tf.compat.v1
 
 EVAL = os.path.join(os.path.dirname(os.path.abspath(__file__)),

@@ -27,6 +27,8 @@ import quantize
 import tflite_emulation
 import test_data
 
+test_data.use_float32_math()
+
 tf1 = tf.compat.v1
 
 _HERE = os.path.dirname(os.path.abspath(__file__))

@@ -9,6 +9,9 @@ import tensorflow as tf
 
 import mobilenet_v1
 import mobilenet_v1_table
+import test_data
+
+test_data.use_float32_math()
 
 tf1 = tf.compat.v1
 

@@ -49,7 +49,8 @@ flags.DEFINE_bool('bfloat16_convolutions', True,
                   '8 significant bits, before multiplying, and accumulate in '
                   'float32; variables, batch norm, the loss and the '
                   'optimizer stay float32. Faster there; no effect on other '
-                  'CPUs. Evaluation and export always compute in float32.')
+                  'CPUs. Evaluation and export do not set the mode: float32 '
+                  'unless $ONEDNN_DEFAULT_FPMATH_MODE says otherwise.')
 
 
 def onednn_math_mode(bfloat16_convolutions):

@@ -19,6 +19,8 @@ import mobilenet_v1
 import mobilenet_v1_train
 import test_data
 
+test_data.use_float32_math()
+
 tf1 = tf.compat.v1
 
 HERE = os.path.dirname(os.path.abspath(__file__))

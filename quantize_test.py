@@ -13,7 +13,10 @@ import graph_editing
 import mobilenet_v1
 import quantize
 import quantize_test_util as util
+import test_data
 import tflite_emulation
+
+test_data.use_float32_math()
 
 tf1 = tf.compat.v1
 

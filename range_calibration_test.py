@@ -7,6 +7,9 @@ import tensorflow as tf
 
 import quantize
 import range_calibration
+import test_data
+
+test_data.use_float32_math()
 
 tf1 = tf.compat.v1
 

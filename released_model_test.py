@@ -30,6 +30,8 @@ import mobilenet_v1
 import released_models
 import test_data
 
+test_data.use_float32_math()
+
 tf1 = tf.compat.v1
 
 _HERE = os.path.dirname(os.path.abspath(__file__))

@@ -33,6 +33,8 @@ import released_models
 import test_data
 import tflite_emulation
 
+test_data.use_float32_math()
+
 tf1 = tf.compat.v1
 
 _HERE = os.path.dirname(os.path.abspath(__file__))

@@ -17,6 +17,9 @@ import textwrap
 import numpy as np
 import slim_compat  # pylint: disable=unused-import
 import tensorflow as tf
+import test_data
+
+test_data.use_float32_math()
 
 # Builds slim.batch_norm along one path in training or eval mode, runs it on
 # a fixed input and writes the output to stdout, after optionally undoing one

@@ -17,6 +17,21 @@ import tensorflow as tf
 # path has its own test).
 REPRODUCIBLE_TRAINING = ['--random_seed=0', '--nobfloat16_convolutions']
 
+
+
+def use_float32_math():
+  """Makes this process and the binaries it starts compute in float32.
+
+  oneDNN's math mode is process-wide and read from the environment when
+  TensorFlow creates its first oneDNN primitive, so a test module calls this
+  before it runs anything: its tolerances are float32's whatever the
+  environment asks for (ONEDNN_DEFAULT_FPMATH_MODE=BF16 would round every
+  convolution's inputs to bfloat16). Tests of the bfloat16 path set the mode
+  of the processes they start themselves.
+  """
+  os.environ['ONEDNN_DEFAULT_FPMATH_MODE'] = 'STRICT'
+
+
 # A distinct, saturated colour per class: easy to learn in a few steps.
 CLASS_COLORS = np.array([[220, 40, 40], [40, 200, 40], [40, 60, 220],
                          [230, 210, 30], [200, 40, 210], [30, 200, 210]],
