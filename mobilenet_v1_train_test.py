@@ -637,6 +637,7 @@ class Bfloat16ConvolutionsTest(tf.test.TestCase):
     np.savez(arrays_path, x=x, w=w, dy=dy)
     strict = self._convolutions(False, arrays_path)
     bfloat16 = self._convolutions(True, arrays_path)
+    takes_effect = _bfloat16_math_takes_effect()
 
     # Each output is a sum of K products: y over the 32 input channels, dx
     # over the 48 output channels, dw over the 4*12*12 pixels.
@@ -663,10 +664,10 @@ class Bfloat16ConvolutionsTest(tf.test.TestCase):
                         _gamma(k - 1) * (1 + _BFLOAT16_U)**2) * size
       self.assertTrue(np.all(np.abs(got_bfloat16 - want) <= bfloat16_bound),
                       name)
-      if not _bfloat16_math_takes_effect():
+      if not takes_effect:
         # No bfloat16 instructions, or no oneDNN: the mode changes nothing.
         self.assertAllEqual(got_bfloat16, got_strict, name)
-    if _bfloat16_math_takes_effect():
+    if takes_effect:
       # The forward convolution really multiplied in bfloat16: with 32
       # terms its float32 error stays under 2e-6 of the terms' magnitude,
       # while rounding the inputs moves some outputs by far more.

@@ -156,6 +156,7 @@ _MOVING_AVERAGE = 'moving_average'
 _LAST_VALUE = 'last_value'
 _EXTREMES = 'extremes'
 
+
 def create_training_graph(input_graph=None, quant_delay=0,
                           weights=PER_CHANNEL, freeze_bn_delay=None,
                           mask_drowned_channels=False):

@@ -316,8 +316,7 @@ class MobilenetQuantizeTest(tf.test.TestCase):
       images, output = util.build_mobilenet(is_training=True)
       quantize.create_training_graph(quant_delay=0)
       graph = tf1.get_default_graph()
-      logits = graph.get_tensor_by_name(
-          'MobilenetV1/Logits/Conv2d_1c_1x1/BiasAdd:0')
+      logits = graph.get_tensor_by_name(_LOGITS_BIAS_ADD + ':0')
       ranges = {v.op.name: v for v in quantize.range_variables()}
       logits_range = [ranges['MobilenetV1/Logits/Conv2d_1c_1x1/act_quant/%s'
                              % end] for end in ('min', 'max')]

@@ -18,7 +18,6 @@ import tensorflow as tf
 REPRODUCIBLE_TRAINING = ['--random_seed=0', '--nobfloat16_convolutions']
 
 
-
 def use_float32_math():
   """Makes this process and the binaries it starts compute in float32.
 
