@@ -87,6 +87,7 @@ import batch_norm_decay
 import batch_norm_relu6
 import checkpoint_utils
 import cli
+import distillation
 import imagenet_input
 import mobilenet_v1
 import quantize
@@ -200,6 +201,14 @@ flags.DEFINE_integer('random_seed', None,
                      'nondeterministic input order.')
 flags.DEFINE_float('label_smoothing', 0.0,
                    'Label smoothing of the cross-entropy loss.',
+                   lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_float('distillation_weight', 0.0,
+                   'Share of the targets taken from a frozen float teacher, '
+                   'the --fine_tune_checkpoint model: each target is this '
+                   'much the teacher\'s softmax and the rest the one-hot '
+                   'label (distillation.py). Keeps a fine-tune from '
+                   'forgetting classes it does not train on; the teacher\'s '
+                   'forward pass costs each step about a fifth more.',
                    lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_float('weight_decay', 0.00004, 'L2 weight decay of conv weights.',
                    lower_bound=0.0)
@@ -463,8 +472,8 @@ def build_train_op(images, labels, global_step, num_examples, quant_delay):
     quant_delay: with --quantize, steps before quantization starts.
 
   Returns:
-    (train_op, total_loss, learning_rate); running train_op makes one step
-    and returns the total loss.
+    (train_op, total_loss, learning_rate, hooks); running train_op makes
+    one step and returns the total loss; the session needs the hooks.
   """
   # tf.one_hot would silently turn an out-of-range label into all zeros.
   check_labels = tf.debugging.assert_less(
@@ -473,6 +482,7 @@ def build_train_op(images, labels, global_step, num_examples, quant_delay):
       'build_imagenet_tfrecords printed (classes + 1)' % FLAGS.num_classes)
   with tf.control_dependencies([check_labels]):
     labels = tf.identity(labels)
+  float_images = images
   if FLAGS.quantize:
     images = tflite_emulation.quantize_input(images)
   # Batch norms frozen from the first step need no batch statistics: the
@@ -502,9 +512,18 @@ def build_train_op(images, labels, global_step, num_examples, quant_delay):
         quant_delay=quant_delay, weights=FLAGS.weight_quantization,
         freeze_bn_delay=freeze_bn_delay,
         mask_drowned_channels=mask_drowned_channels)
+  targets = tf.one_hot(labels, FLAGS.num_classes)
+  hooks = []
+  if FLAGS.distillation_weight:
+    # Built after the rewrites above, so that the teacher stays as it was.
+    teacher = distillation.Teacher(
+        build_model, float_images,
+        checkpoint_utils.resolve(FLAGS.fine_tune_checkpoint))
+    targets = distillation.soft_targets(teacher.logits, targets,
+                                        FLAGS.distillation_weight)
+    hooks.append(teacher.restore_hook())
   tf1.losses.softmax_cross_entropy(
-      tf.one_hot(labels, FLAGS.num_classes), logits,
-      label_smoothing=FLAGS.label_smoothing)
+      targets, logits, label_smoothing=FLAGS.label_smoothing)
   total_loss = tf1.losses.get_total_loss(name='total_loss')
   learning_rate = _learning_rate(global_step, num_examples)
   train_op = slim.learning.create_train_op(
@@ -515,7 +534,7 @@ def build_train_op(images, labels, global_step, num_examples, quant_delay):
   accuracy = tf.reduce_mean(tf.cast(
       tf.equal(tf.argmax(logits, 1), labels), tf.float32))
   tf1.summary.scalar('train_batch_accuracy', accuracy)
-  return train_op, total_loss, learning_rate
+  return train_op, total_loss, learning_rate, hooks
 
 
 def session_config():
@@ -558,6 +577,9 @@ def _check_flags():
   if FLAGS.num_classes < 2:
     raise cli.UserError('--num_classes must be at least 2, got %d' %
                         FLAGS.num_classes)
+  if FLAGS.distillation_weight and not FLAGS.fine_tune_checkpoint:
+    raise cli.UserError('--distillation_weight needs a teacher: give the '
+                        'float model as --fine_tune_checkpoint')
 
 
 def train():
@@ -601,7 +623,7 @@ def train():
           is_training=True, skip_corrupt=FLAGS.skip_corrupt_records,
           seed=FLAGS.random_seed)
       images, labels = tf1.data.make_one_shot_iterator(dataset).get_next()
-      train_op, total_loss, learning_rate = build_train_op(
+      train_op, total_loss, learning_rate, teacher_hooks = build_train_op(
           images, labels, global_step, num_examples, quant_delay)
     batch_norm_decay.record(_batch_norm_decay())
     if _batch_norms_frozen_from_start():
@@ -639,7 +661,7 @@ def train():
     stopper = SignalStopHook()
     hooks = [ProgressHook(total_loss, learning_rate, global_step,
                           FLAGS.batch_size, FLAGS.log_every_n_steps,
-                          FLAGS.number_of_steps), stopper]
+                          FLAGS.number_of_steps), stopper] + teacher_hooks
     if FLAGS.number_of_steps:
       hooks.append(tf1.train.StopAtStepHook(last_step=FLAGS.number_of_steps))
     print('Training MobileNet V1 %g@%d (%d classes%s) on %s: %d examples, '

@@ -516,6 +516,8 @@ class TrainTest(tf.test.TestCase):
                        '--num_classes=2', '--number_of_steps=1'),
          'num_classes'),
         (train_command(self.dataset_dir, ''), '--checkpoint_dir'),
+        (train_command(self.dataset_dir, checkpoint_dir,
+                       '--distillation_weight=1'), '--fine_tune_checkpoint'),
     ]
     for command, message in cases:
       with self.subTest(message=message):

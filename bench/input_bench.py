@@ -121,7 +121,7 @@ def _run_training(real_input):
           rng.randint(1, FLAGS.num_classes, [FLAGS.batch_size]).astype(
               np.int64))).repeat().prefetch(2)
     images, labels = tf1.data.make_one_shot_iterator(dataset).get_next()
-    train_op, _, _ = mobilenet_v1_train.build_train_op(
+    train_op, _, _, _ = mobilenet_v1_train.build_train_op(
         images, labels, global_step,
         mobilenet_v1_train.IMAGENET_TRAIN_EXAMPLES, quant_delay=0)
     with tf1.Session(config=mobilenet_v1_train.session_config()) as session:

@@ -144,7 +144,7 @@ def _run_ours():
   with graph.as_default():
     global_step = tf1.train.get_or_create_global_step()
     images, labels = _synthetic_input(tf)
-    train_op, _, _ = mobilenet_v1_train.build_train_op(
+    train_op, _, _, _ = mobilenet_v1_train.build_train_op(
         images, labels, global_step,
         mobilenet_v1_train.IMAGENET_TRAIN_EXAMPLES, quant_delay=0)
     config = mobilenet_v1_train.session_config()
