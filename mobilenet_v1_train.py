@@ -204,11 +204,12 @@ flags.DEFINE_float('label_smoothing', 0.0,
                    lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_float('distillation_weight', 0.0,
                    'Share of the targets taken from a frozen float teacher, '
-                   'the --fine_tune_checkpoint model: each target is this '
-                   'much the teacher\'s softmax and the rest the one-hot '
-                   'label (distillation.py). Keeps a fine-tune from '
-                   'forgetting classes it does not train on; the teacher\'s '
-                   'forward pass costs each step about a fifth more.',
+                   'the --fine_tune_checkpoint model (same variant and '
+                   'classes): each target is this much the teacher\'s '
+                   'softmax and the rest the one-hot label (distillation.py), '
+                   'so that a fine-tune keeps what the teacher predicts on '
+                   'classes it does not train on. Every step also runs the '
+                   'teacher\'s forward pass. 0: the labels alone.',
                    lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_float('weight_decay', 0.00004, 'L2 weight decay of conv weights.',
                    lower_bound=0.0)

@@ -11,6 +11,8 @@ user could ship and training images/s of both QAT runs:
   ours_int8      mobilenet_v1_train --quantize=True with default flags
                  (per-channel weights), then mobilenet_v1_export: the
                  full-integer int8 .tflite.
+  ours_int8_distilled  the same with --distillation_weight=1: trained
+                 toward the float model's softmax instead of the labels.
   ours_uint8     the same with --weight_quantization=asymmetric (per-tensor
                  ranges, contrib.quantize's scheme): the uint8 .tflite.
   peer_int8      the released weights in tf_keras.applications.MobileNet
@@ -79,7 +81,7 @@ flags.DEFINE_integer('calibration_examples', 200, 'Training images the '
                      'post-training int8 model is calibrated on.',
                      lower_bound=1)
 flags.DEFINE_list('runs', ['float', 'ptq_int8', 'peer_float', 'peer_int8',
-                           'ours_int8', 'ours_uint8'],
+                           'ours_int8', 'ours_int8_distilled', 'ours_uint8'],
                   'Rows to measure, in order.')
 flags.DEFINE_string('child', '', 'Internal: run a peer step in this process '
                     '(peer_float or peer_int8).')
@@ -353,6 +355,7 @@ _DESCRIPTIONS = {
     'float': 'released float checkpoint',
     'ptq_int8': 'post-training int8 (per-channel), export --post_training',
     'ours_int8': 'our QAT, default flags (per-channel int8)',
+    'ours_int8_distilled': 'the same, --distillation_weight=1',
     'ours_uint8': 'our QAT, --weight_quantization=asymmetric (uint8)',
     'peer_float': 'the released weights in tf_keras, float',
     'peer_int8': 'tfmot quantize_model on tf_keras MobileNet (int8)',
@@ -380,20 +383,22 @@ def main(argv):
       result = _ptq_int8(data, checkpoint)
     elif name == 'ours_int8':
       result = _ours(name, data, checkpoint, [])
+    elif name == 'ours_int8_distilled':
+      result = _ours(name, data, checkpoint, ['--distillation_weight=1'])
     elif name == 'ours_uint8':
       result = _ours(name, data, checkpoint,
                      ['--weight_quantization=asymmetric'])
     elif name == 'peer_float':
       result, error = _spawn(name)
       if result is None:
-        print('%-10s failed: %s' % (name, error), flush=True)
+        print('%-19s failed: %s' % (name, error), flush=True)
         continue
     elif name == 'peer_int8':
       result = _peer_int8(data)
     else:
       raise app.UsageError('unknown run %r' % name)
     results[name] = result
-    print('%-10s top-1 %5.1f%%%s  (%s; %.0f s, load %.1f)' % (
+    print('%-19s top-1 %5.1f%%%s  (%s; %.0f s, load %.1f)' % (
         name, 100 * result['top1'],
         '  %5.2f train images/s' % result['images_per_second']
         if result.get('images_per_second') else '',
