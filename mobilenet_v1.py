@@ -315,12 +315,15 @@ mobilenet_v1_050 = wrapped_partial(mobilenet_v1, depth_multiplier=0.50)
 mobilenet_v1_025 = wrapped_partial(mobilenet_v1, depth_multiplier=0.25)
 
 
+BATCH_NORM_EPSILON = 0.001
+
+
 def mobilenet_v1_arg_scope(is_training=True,
                            weight_decay=0.00004,
                            stddev=0.09,
                            regularize_depthwise=False,
                            batch_norm_decay=0.9997,
-                           batch_norm_epsilon=0.001,
+                           batch_norm_epsilon=BATCH_NORM_EPSILON,
                            batch_norm_updates_collections=(
                                tf1.GraphKeys.UPDATE_OPS),
                            normalizer_fn=slim.batch_norm):

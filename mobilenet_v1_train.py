@@ -88,7 +88,9 @@ import batch_norm_relu6
 import checkpoint_utils
 import cli
 import distillation
+import equalize
 import imagenet_input
+import inference_model
 import mobilenet_v1
 import quantize
 import tflite_emulation
@@ -175,6 +177,15 @@ flags.DEFINE_enum('weight_quantization', quantize.PER_CHANNEL,
                   'symmetric about zero: a uint8 model and its int8 twin) '
                   'or asymmetric (one [min, max] per tensor, as '
                   'contrib.quantize: a uint8 model only).')
+flags.DEFINE_bool('equalize_ranges', True,
+                  'With --quantize and per-tensor weights (symmetric, '
+                  'asymmetric), fine-tuning a float checkpoint: first move '
+                  'scale between each layer\'s output channels and the next '
+                  'layer\'s inputs so that every channel of a folded weight '
+                  'tensor has a similar range (cross-layer equalisation, '
+                  'equalize.py). The float model computes the same where '
+                  'ReLU6 does not clip; per-tensor ranges then round small '
+                  'channels to more levels.')
 flags.DEFINE_integer('freeze_bn_delay', None,
                      'With --quantize: step from which batch norms are '
                      'folded with their moving statistics instead of each '
@@ -373,12 +384,40 @@ def _fine_tune_init_fn():
   print('Fine-tuning from %s: restoring %d variables; %d start fresh.' %
         (path, len(found.restorable),
          len(tf1.global_variables()) - len(found.restorable)), flush=True)
+  equalizing = (FLAGS.quantize and FLAGS.equalize_ranges and
+                FLAGS.weight_quantization != quantize.PER_CHANNEL and
+                not inference_model.has_quantization_ranges(path))
 
   def init_fn(scaffold, session):
     del scaffold  # unused
     saver.restore(session, path)
+    if equalizing:
+      _equalize_ranges(session)
 
   return init_fn
+
+
+def _equalize_ranges(session):
+  """Equalises the restored model's channel ranges in `session`."""
+  by_name = {v.op.name: v for v in tf1.global_variables()}
+  values = session.run({name: by_name[name]
+                        for name in equalize.variable_names()})
+  equalized = equalize.equalize(values, mobilenet_v1.BATCH_NORM_EPSILON)
+  before = _widest_depthwise_spread(values)
+  values.update(equalized)
+  for name, value in equalized.items():
+    by_name[name].load(value, session)
+  print('Equalised channel ranges across layers for per-tensor weights: the '
+        'widest depthwise layer\'s largest channel range from %.0fx its '
+        'median to %.0fx (--noequalize_ranges keeps them).' %
+        (before, _widest_depthwise_spread(values)), flush=True)
+
+
+def _widest_depthwise_spread(values):
+  return max(equalize.channel_spread(values, layer,
+                                     mobilenet_v1.BATCH_NORM_EPSILON)
+             for layer in mobilenet_v1.endpoint_names()
+             if layer.endswith('_depthwise'))
 
 
 class ProgressHook(tf1.train.SessionRunHook):
