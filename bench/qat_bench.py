@@ -14,7 +14,8 @@ user could ship and training images/s of both QAT runs:
   ours_int8_distilled  the same with --distillation_weight=1: trained
                  toward the float model's softmax instead of the labels.
   ours_uint8     the same with --weight_quantization=asymmetric (per-tensor
-                 ranges, contrib.quantize's scheme): the uint8 .tflite.
+                 ranges, contrib.quantize's scheme; the trainer equalises
+                 the float model's channel ranges first): the uint8 .tflite.
   peer_int8      the released weights in tf_keras.applications.MobileNet
                  (the same network; its 1000 logits are ours without the
                  background class), tfmot.quantization.keras.quantize_model,
@@ -356,7 +357,8 @@ _DESCRIPTIONS = {
     'ptq_int8': 'post-training int8 (per-channel), export --post_training',
     'ours_int8': 'our QAT, default flags (per-channel int8)',
     'ours_int8_distilled': 'the same, --distillation_weight=1',
-    'ours_uint8': 'our QAT, --weight_quantization=asymmetric (uint8)',
+    'ours_uint8': 'our QAT, --weight_quantization=asymmetric (uint8; ranges '
+                  'equalised first, the default)',
     'peer_float': 'the released weights in tf_keras, float',
     'peer_int8': 'tfmot quantize_model on tf_keras MobileNet (int8)',
 }
