@@ -67,25 +67,28 @@ def saved_variable_shapes(path):
   return _reader(path).get_variable_to_shape_map()
 
 
-def match(path, variables):
+def match(path, variables, scope=''):
   """Compares `variables` with what the checkpoint at `path` holds.
 
   Args:
     path: a checkpoint prefix.
     variables: graph variables to look up, by their op names.
+    scope: a scope the graph holds the variables under and the checkpoint
+      does not (their names in it lack the leading `scope/`).
 
   Returns:
-    Match of: restorable, {name: variable} present with the same shape;
-    missing, names the checkpoint lacks; mismatched, descriptions
-    'name [model shape] vs checkpoint [shape]' of the others.
+    Match of: restorable, {name in the checkpoint: variable} present with
+    the same shape; missing, names the checkpoint lacks; mismatched,
+    descriptions 'name [model shape] vs checkpoint [shape]' of the others.
 
   Raises:
     CheckpointError: the checkpoint cannot be read.
   """
   saved_shapes = saved_variable_shapes(path)
+  prefix = scope + '/' if scope else ''
   restorable, missing, mismatched = {}, [], []
   for variable in variables:
-    name = variable.op.name
+    name = variable.op.name[len(prefix):]
     shape = variable.shape.as_list()
     if name not in saved_shapes:
       missing.append(name)

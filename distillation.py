@@ -66,20 +66,16 @@ class Teacher(object):
     # initializers.
     for key in graph.get_all_collection_keys():
       graph.get_collection_ref(key)[:] = collections.get(key, [])
-    prefix = TEACHER_SCOPE + '/'
-    by_saved_name = {v.op.name[len(prefix):]: v for v in self.variables}
-    saved_shapes = checkpoint_utils.saved_variable_shapes(checkpoint_path)
-    unfit = sorted(
-        '%s %s vs checkpoint %s' % (name, v.shape.as_list(),
-                                    saved_shapes.get(name, 'missing'))
-        for name, v in by_saved_name.items()
-        if saved_shapes.get(name) != v.shape.as_list())
+    found = checkpoint_utils.match(checkpoint_path, self.variables,
+                                   scope=TEACHER_SCOPE)
+    unfit = sorted(found.mismatched +
+                   ['%s missing' % name for name in found.missing])
     if unfit:
       raise checkpoint_utils.CheckpointError(
           'the teacher %s is not the model being trained (%s): distillation '
           'needs the same variant and classes' % (checkpoint_path,
                                                   '; '.join(unfit)))
-    self._saver = tf1.train.Saver(by_saved_name, name='teacher_saver')
+    self._saver = tf1.train.Saver(found.restorable, name='teacher_saver')
 
   def restore(self, session):
     """Reads the teacher's variables from its checkpoint into `session`."""

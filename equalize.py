@@ -61,31 +61,27 @@ class _Model(object):
         self.values[bn + 'moving_variance'] + self._epsilon)
 
   def folded(self, layer):
-    """The folded weights, [kh, kw, in, out] ([kh, kw, channels] depthwise)."""
+    """The folded weights: [kh, kw, in, out], depthwise [kh, kw, channels, 1]."""
     weights = self.values[_weights_name(layer)]
     if layer == _LOGITS:
       return weights
     if layer.endswith('_depthwise'):
-      return weights[:, :, :, 0] * self.multiplier(layer)
+      return weights * self.multiplier(layer)[:, None]
     return weights * self.multiplier(layer)
 
   def output_ranges(self, layer):
-    folded = np.abs(self.folded(layer))
-    return folded.max(axis=(0, 1) if layer.endswith('_depthwise')
-                      else (0, 1, 2))
+    return np.abs(self.folded(layer)).max(
+        axis=(0, 1, 3) if layer.endswith('_depthwise') else (0, 1, 2))
 
   def input_ranges(self, layer):
-    folded = np.abs(self.folded(layer))
-    return folded.max(axis=(0, 1) if layer.endswith('_depthwise')
-                      else (0, 1, 3))
+    # Depthwise and dense weights alike hold their input channels on axis 2.
+    return np.abs(self.folded(layer)).max(axis=(0, 1, 3))
 
   def scale(self, first, second, scales):
     """Moves `scales` from `first`'s output channels to `second`'s inputs."""
     bn = _batch_norm(first)
     self.values[bn + 'gamma'] = self.values[bn + 'gamma'] / scales
     self.values[bn + 'beta'] = self.values[bn + 'beta'] / scales
-    # Depthwise [kh, kw, channels, 1] and pointwise [1, 1, in, out] weights
-    # both hold their input channels on axis 2.
     name = _weights_name(second)
     self.values[name] = self.values[name] * scales[None, None, :, None]
 
