@@ -30,12 +30,15 @@ flat cannot score by ties). peer_float checks the weight transfer: the
 released weights in tf_keras, before QAT.
 
 Data: the 1,000 ImageNet images of github.com/EliSchwartz/imagenet-sample-
-images (one per class, named by synset), split by class: the classes at even
-positions in sorted order train, the others validate, so no class is in
-both and every validation image is one the models never saw. Give a
-checkout of that repository with --sample_images; the split and its
-TFRecords are made once in --work_dir. The released weights come from PyPI
-(released_models.fetch_float_graph), also once.
+images (one per class, named by synset), split by class into the classes at
+even and at odd positions in sorted order: one half trains, the other
+validates, so no class is in both and every validation image is one the
+models never saw. By default the bench runs both ways (--held_out=odd,even)
+and adds a table over all 1,000 held-out images, the mean of the two
+halves, whose top-1 differences have 1/sqrt(2) of the standard error of
+one half's. Give a checkout of that repository with --sample_images; each
+split and its TFRecords are made once in --work_dir. The released weights
+come from PyPI (released_models.fetch_float_graph), also once.
 
   .venv/bin/python bench/qat_bench.py --sample_images=imagenet-sample-images
 
@@ -84,8 +87,13 @@ flags.DEFINE_integer('calibration_examples', 200, 'Training images the '
 flags.DEFINE_list('runs', ['float', 'ptq_int8', 'peer_float', 'peer_int8',
                            'ours_int8', 'ours_int8_distilled', 'ours_uint8'],
                   'Rows to measure, in order.')
+flags.DEFINE_list('held_out', ['odd', 'even'], 'The halves of the classes '
+                  'that validate, in turn (odd: the classes at odd positions '
+                  'in sorted order; the other half trains); with both, a '
+                  'table over all 1,000 images follows.')
 flags.DEFINE_string('child', '', 'Internal: run a peer step in this process '
-                    '(peer_float or peer_int8).')
+                    '(peer_float or peer_int8, then :odd or :even, the '
+                    'held-out half).')
 
 _IMAGE_SIZE = 224
 _NUM_CLASSES = 1001
@@ -94,6 +102,11 @@ _LOG_EVERY = 20
 
 def _path(*parts):
   return os.path.join(FLAGS.work_dir, *parts)
+
+
+def _split_path(held_out, *parts):
+  """Where the data and runs of the split that validates on `held_out` go."""
+  return _path('held_out_' + held_out, *parts)
 
 
 def _run(binary, *args):
@@ -112,9 +125,9 @@ def _run(binary, *args):
   return done.stdout
 
 
-def _make_data():
-  """The class-split TFRecords of the sample images, made once."""
-  data = _path('data')
+def _make_data(held_out):
+  """The class-split TFRecords of the sample images, made once per split."""
+  data = _split_path(held_out, 'data')
   if os.path.exists(os.path.join(data, 'conversion_complete.json')):
     return data
   if not FLAGS.sample_images:
@@ -129,12 +142,16 @@ def _make_data():
     synset = name.split('_')[0]
     for split in ('train', 'val'):
       # Every class folder in both, so that both splits share labels.txt.
-      os.makedirs(_path('images', split, synset), exist_ok=True)
-    split = 'train' if index % 2 == 0 else 'val'
+      os.makedirs(_split_path(held_out, 'images', split, synset),
+                  exist_ok=True)
+    position = 'even' if index % 2 == 0 else 'odd'
+    split = 'val' if position == held_out else 'train'
     shutil.copy(os.path.join(FLAGS.sample_images, name),
-                _path('images', split, synset, name))
-  _run('build_imagenet_tfrecords', '--image_dir=' + _path('images', 'train'),
-       '--validation_dir=' + _path('images', 'val'), '--output_dir=' + data)
+                _split_path(held_out, 'images', split, synset, name))
+  _run('build_imagenet_tfrecords',
+       '--image_dir=' + _split_path(held_out, 'images', 'train'),
+       '--validation_dir=' + _split_path(held_out, 'images', 'val'),
+       '--output_dir=' + data)
   return data
 
 
@@ -206,9 +223,10 @@ def _train_speed(log):
   return rates[len(rates) // 2] if rates else None
 
 
-def _ours(name, data, checkpoint, extra_flags):
+def _ours(name, held_out, checkpoint, extra_flags):
   """Fine-tunes, exports and evaluates one of our QAT models."""
-  run_dir = _path(name)
+  data = _split_path(held_out, 'data')
+  run_dir = _split_path(held_out, name)
   log_path = os.path.join(run_dir, 'train_log.txt')
   if not os.path.exists(log_path):
     train_dir = os.path.join(run_dir, 'train')
@@ -234,14 +252,16 @@ def _ours(name, data, checkpoint, extra_flags):
           'images_per_second': _train_speed(log)}
 
 
-def _float(data, checkpoint):
+def _float(held_out, checkpoint):
   return {'top1': _accuracy(_run(
-      'mobilenet_v1_eval', '--dataset_dir=' + data,
-      '--checkpoint_path=' + checkpoint, '--eval_dir=' + _path('float_eval')))}
+      'mobilenet_v1_eval', '--dataset_dir=' + _split_path(held_out, 'data'),
+      '--checkpoint_path=' + checkpoint,
+      '--eval_dir=' + _split_path(held_out, 'float_eval')))}
 
 
-def _ptq_int8(data, checkpoint):
-  bundle = _path('ptq_int8')
+def _ptq_int8(held_out, checkpoint):
+  data = _split_path(held_out, 'data')
+  bundle = _split_path(held_out, 'ptq_int8')
   tflite = os.path.join(bundle, 'mobilenet_v1_1.0_224_ptq_int8.tflite')
   if not os.path.exists(tflite):
     _run('mobilenet_v1_export', '--checkpoint_path=' + checkpoint,
@@ -286,17 +306,17 @@ def _keras_mobilenet(tf_keras, checkpoint):
   return model
 
 
-def _run_peer_float():
+def _run_peer_float(held_out):
   """The released weights in tf_keras, float, on the validation split."""
   import tf_keras  # pylint: disable=g-import-not-at-top
-  images, labels = _validation(_path('data'))
+  images, labels = _validation(_split_path(held_out, 'data'))
   model = _keras_mobilenet(tf_keras, _path('released',
                                            'mobilenet_v1_1.0_224.ckpt'))
   return {'top1': _top1(model.predict(images, batch_size=50, verbose=0),
                         labels - 1)}
 
 
-def _run_peer_qat():
+def _run_peer_qat(held_out):
   """tfmot QAT of the released weights in tf_keras: images/s, .tflite."""
   import slim_compat  # pylint: disable=g-import-not-at-top,unused-import
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -309,7 +329,7 @@ def _run_peer_qat():
   model.compile(optimizer=tf_keras.optimizers.SGD(FLAGS.learning_rate),
                 loss='sparse_categorical_crossentropy')
   train = imagenet_input.build_dataset(
-      _path('data'), 'train', FLAGS.batch_size, _IMAGE_SIZE,
+      _split_path(held_out, 'data'), 'train', FLAGS.batch_size, _IMAGE_SIZE,
       is_training=True, seed=FLAGS.seed).map(
           lambda images, labels: (images, labels - 1))
 
@@ -323,31 +343,32 @@ def _run_peer_qat():
   converter.optimizations = [tf.lite.Optimize.DEFAULT]
   converter.inference_input_type = tf.int8
   converter.inference_output_type = tf.int8
-  with open(_path('peer_int8', 'model.tflite'), 'wb') as f:
+  with open(_split_path(held_out, 'peer_int8', 'model.tflite'), 'wb') as f:
     f.write(converter.convert())
   return {'images_per_second': FLAGS.batch_size * (len(marks) - 1) /
                                (marks[-1] - marks[0])}
 
 
-def _peer_int8(data):
+def _peer_int8(held_out):
   """The peer's QAT (in a child process, once), then its .tflite's top-1."""
-  result_path = _path('peer_int8', 'result.json')
+  result_path = _split_path(held_out, 'peer_int8', 'result.json')
   if not os.path.exists(result_path):
-    os.makedirs(_path('peer_int8'), exist_ok=True)
-    result, error = _spawn('peer_int8')
+    os.makedirs(_split_path(held_out, 'peer_int8'), exist_ok=True)
+    result, error = _spawn('peer_int8', held_out)
     if result is None:
       raise RuntimeError('the peer failed: ' + error)
     with open(result_path, 'w') as f:
       json.dump(result, f)
   with open(result_path) as f:
     result = json.load(f)
-  result['top1'] = _tflite_top1(_path('peer_int8', 'model.tflite'), data,
-                                first_class=1)
+  result['top1'] = _tflite_top1(
+      _split_path(held_out, 'peer_int8', 'model.tflite'),
+      _split_path(held_out, 'data'), first_class=1)
   return result
 
 
-def _spawn(child):
-  return peer_process.run(__file__, child, ('work_dir', 'steps', 'batch_size',
+def _spawn(peer, held_out):
+  return peer_process.run(__file__, peer + ':' + held_out, ('work_dir', 'steps', 'batch_size',
                                             'learning_rate', 'seed'), _ROOT,
                            6 * 3600)
 
@@ -364,54 +385,106 @@ _DESCRIPTIONS = {
 }
 
 
+def _measure(name, held_out, checkpoint):
+  """One row on one split: {'top1': ..., maybe 'images_per_second': ...}.
+
+  Raises:
+    RuntimeError: a peer's child process failed (what went wrong).
+  """
+  if name == 'float':
+    return _float(held_out, checkpoint)
+  if name == 'ptq_int8':
+    return _ptq_int8(held_out, checkpoint)
+  if name == 'ours_int8':
+    return _ours(name, held_out, checkpoint, [])
+  if name == 'ours_int8_distilled':
+    return _ours(name, held_out, checkpoint, ['--distillation_weight=1'])
+  if name == 'ours_uint8':
+    return _ours(name, held_out, checkpoint,
+                 ['--weight_quantization=asymmetric'])
+  if name == 'peer_float':
+    result, error = _spawn(name, held_out)
+    if result is None:
+      raise RuntimeError(error)
+    return result
+  return _peer_int8(held_out)
+
+
+def _print_row(name, result, note):
+  print('%-19s top-1 %5.1f%%%s  (%s)' % (
+      name, 100 * result['top1'],
+      '  %5.2f train images/s' % result['images_per_second']
+      if result.get('images_per_second') else '', note), flush=True)
+
+
+def _print_speed_ratio(results):
+  ours, peer = results.get('ours_int8'), results.get('peer_int8')
+  if ours and peer:
+    print('QAT training speed, ours / peer: %.2fx' % (
+        ours['images_per_second'] / peer['images_per_second']), flush=True)
+
+
+def _combined(per_split):
+  """Rows measured on every split: top-1 over all their images, mean speed."""
+  combined = {}
+  for name in FLAGS.runs:
+    results = [split[name] for split in per_split.values() if name in split]
+    if len(results) < len(per_split):
+      continue
+    combined[name] = {'top1': sum(r['top1'] for r in results) / len(results)}
+    if all(r.get('images_per_second') for r in results):
+      combined[name]['images_per_second'] = sum(
+          r['images_per_second'] for r in results) / len(results)
+  return combined
+
+
 def main(argv):
   del argv  # unused
+  for held_out in FLAGS.held_out:
+    if held_out not in ('odd', 'even'):
+      raise app.UsageError('--held_out takes odd and even, not %r' % held_out)
   if FLAGS.child:
-    peer_process.report(_run_peer_float() if FLAGS.child == 'peer_float'
-                        else _run_peer_qat())
+    peer, held_out = FLAGS.child.split(':')
+    peer_process.report(_run_peer_float(held_out) if peer == 'peer_float'
+                        else _run_peer_qat(held_out))
     return
-  data = _make_data()
+  for held_out in FLAGS.held_out:
+    _make_data(held_out)
   checkpoint = _released_checkpoint()
   print('QAT of the released MobileNet_v1_1.0_224: %d steps, batch %d, SGD '
         'learning rate %g, seed %d; CPU %s, %d cores' % (
             FLAGS.steps, FLAGS.batch_size, FLAGS.learning_rate, FLAGS.seed,
             peer_process.cpu()[0], os.cpu_count()), flush=True)
-  results = {}
   for name in FLAGS.runs:
-    start = time.time()
-    if name == 'float':
-      result = _float(data, checkpoint)
-    elif name == 'ptq_int8':
-      result = _ptq_int8(data, checkpoint)
-    elif name == 'ours_int8':
-      result = _ours(name, data, checkpoint, [])
-    elif name == 'ours_int8_distilled':
-      result = _ours(name, data, checkpoint, ['--distillation_weight=1'])
-    elif name == 'ours_uint8':
-      result = _ours(name, data, checkpoint,
-                     ['--weight_quantization=asymmetric'])
-    elif name == 'peer_float':
-      result, error = _spawn(name)
-      if result is None:
+    if name not in _DESCRIPTIONS:
+      raise app.UsageError('unknown run %r (--runs takes %s)' % (
+          name, ', '.join(_DESCRIPTIONS)))
+  per_split = {}
+  for held_out in FLAGS.held_out:
+    print('\nValidating on the 500 classes at %s positions, fine-tuning on '
+          'the others:' % held_out, flush=True)
+    results = per_split[held_out] = {}
+    for name in FLAGS.runs:
+      start = time.time()
+      try:
+        results[name] = _measure(name, held_out, checkpoint)
+      except RuntimeError as error:
         print('%-19s failed: %s' % (name, error), flush=True)
         continue
-    elif name == 'peer_int8':
-      result = _peer_int8(data)
-    else:
-      raise app.UsageError('unknown run %r' % name)
-    results[name] = result
-    print('%-19s top-1 %5.1f%%%s  (%s; %.0f s, load %.1f)' % (
-        name, 100 * result['top1'],
-        '  %5.2f train images/s' % result['images_per_second']
-        if result.get('images_per_second') else '',
-        _DESCRIPTIONS[name], time.time() - start,
-        peer_process.load_average()), flush=True)
-  ours, peer = results.get('ours_int8'), results.get('peer_int8')
-  if ours and peer:
-    print('QAT training speed, ours / peer: %.2fx' % (
-        ours['images_per_second'] / peer['images_per_second']))
+      _print_row(name, results[name], '%s; %.0f s, load %.1f' % (
+          _DESCRIPTIONS[name], time.time() - start,
+          peer_process.load_average()))
+    _print_speed_ratio(results)
+  if len(per_split) > 1:
+    print('\nAll %d held-out images (each split\'s 500, the mean of its '
+          'figures):' % (500 * len(per_split)), flush=True)
+    combined = _combined(per_split)
+    for name, result in combined.items():
+      _print_row(name, result, _DESCRIPTIONS[name])
+    _print_speed_ratio(combined)
+    per_split['all'] = combined
   with open(_path('results.json'), 'w') as f:
-    json.dump(results, f, indent=1)
+    json.dump(per_split, f, indent=1)
 
 
 if __name__ == '__main__':
