@@ -44,18 +44,41 @@ ONEDNN_MATH_MODE_ENV = 'ONEDNN_DEFAULT_FPMATH_MODE'
 flags.DEFINE_bool('bfloat16_convolutions', True,
                   'Train with oneDNN\'s bfloat16 math mode (sets '
                   '$ONEDNN_DEFAULT_FPMATH_MODE to BF16, else STRICT): on CPUs '
-                  'with AMX or AVX512-BF16 the convolutions round their '
-                  'inputs (activations, weights, gradients) to bfloat16, '
-                  '8 significant bits, before multiplying, and accumulate in '
+                  'with AMX the convolutions round their inputs '
+                  '(activations, weights, gradients) to bfloat16, 8 '
+                  'significant bits, before multiplying, and accumulate in '
                   'float32; variables, batch norm, the loss and the '
                   'optimizer stay float32. Faster there; no effect on other '
-                  'CPUs. Evaluation and export do not set the mode: float32 '
+                  'CPUs, AVX512-BF16 ones without AMX included (TensorFlow '
+                  '2.21\'s oneDNN keeps its float32 kernels there). '
+                  'Evaluation and export do not set the mode: float32 '
                   'unless $ONEDNN_DEFAULT_FPMATH_MODE says otherwise.')
 
 
 def onednn_math_mode(bfloat16_convolutions):
   """The $ONEDNN_DEFAULT_FPMATH_MODE that --bfloat16_convolutions asks for."""
   return 'BF16' if bfloat16_convolutions else 'STRICT'
+
+
+def bfloat16_math_takes_effect(cpu_features):
+  """Whether oneDNN's bfloat16 math mode changes what training computes.
+
+  oneDNN 3.7 (TensorFlow 2.21) runs float32 convolutions and matmuls on
+  bfloat16 units for that mode only on CPUs with AMX. With AVX512-BF16 alone
+  it picks the float32 kernels STRICT mode runs, so the results are the same
+  bit for bit; with TF_ENABLE_ONEDNN_OPTS=0 TensorFlow's own kernels compute
+  in float32.
+
+  Args:
+    cpu_features: the CPU's feature flags, as `batch_norm_relu6.cpu_features`
+      reads them.
+
+  Returns:
+    True where --bfloat16_convolutions rounds convolution inputs to bfloat16.
+  """
+  onednn = os.environ.get('TF_ENABLE_ONEDNN_OPTS', '1').lower() not in (
+      '0', 'false')
+  return onednn and 'amx_bf16' in cpu_features
 
 
 def bfloat16_convolutions_in(argv):

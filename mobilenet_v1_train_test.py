@@ -576,19 +576,6 @@ def _gamma(n):
   return n * _FLOAT32_U / (1 - n * _FLOAT32_U)
 
 
-def _bfloat16_math_takes_effect():
-  """Whether oneDNN's BF16 math mode changes what convolutions compute here.
-
-  It needs bfloat16 instructions, and oneDNN itself: with
-  TF_ENABLE_ONEDNN_OPTS=0 TensorFlow's own kernels multiply float32 values.
-  """
-  with open('/proc/cpuinfo') as cpuinfo:
-    words = cpuinfo.read().split()
-  onednn = os.environ.get('TF_ENABLE_ONEDNN_OPTS', '1').lower() not in (
-      '0', 'false')
-  return onednn and ('avx512_bf16' in words or 'amx_bf16' in words)
-
-
 class Bfloat16ConvolutionsTest(tf.test.TestCase):
   """What --bfloat16_convolutions promises, in fresh processes.
 
@@ -639,7 +626,8 @@ class Bfloat16ConvolutionsTest(tf.test.TestCase):
     np.savez(arrays_path, x=x, w=w, dy=dy)
     strict = self._convolutions(False, arrays_path)
     bfloat16 = self._convolutions(True, arrays_path)
-    takes_effect = _bfloat16_math_takes_effect()
+    takes_effect = mobilenet_v1_train.bfloat16_math_takes_effect(
+        batch_norm_relu6.cpu_features())
 
     # Each output is a sum of K products: y over the 32 input channels, dx
     # over the 48 output channels, dw over the 4*12*12 pixels.
@@ -667,7 +655,8 @@ class Bfloat16ConvolutionsTest(tf.test.TestCase):
       self.assertTrue(np.all(np.abs(got_bfloat16 - want) <= bfloat16_bound),
                       name)
       if not takes_effect:
-        # No bfloat16 instructions, or no oneDNN: the mode changes nothing.
+        # No AMX (oneDNN keeps its float32 kernels even on AVX512-BF16 CPUs),
+        # or no oneDNN: the mode changes nothing.
         self.assertAllEqual(got_bfloat16, got_strict, name)
     if takes_effect:
       # The forward convolution really multiplied in bfloat16: with 32

@@ -17,12 +17,14 @@ clusters):
 
 Peers are compared at the same precision: one table with every peer in
 oneDNN's float32 math mode ($ONEDNN_DEFAULT_FPMATH_MODE=STRICT, what the
-trainer runs with --nobfloat16_convolutions), and, on CPUs with bfloat16
-instructions (AVX512-BF16 or AMX), one with every peer in oneDNN's bfloat16
-math mode (BF16, as with --bfloat16_convolutions). Matmuls measure what the cores can do at best in
-each precision; the tables show each peer's effective training GFLOP/s
-against the float32 one (training costs about three forward passes:
-3 x 2 x forward MACs per image).
+trainer runs with --nobfloat16_convolutions), and, where that mode changes
+what oneDNN computes (CPUs with AMX; see
+mobilenet_v1_train.bfloat16_math_takes_effect), one with every peer in
+oneDNN's bfloat16 math mode (BF16, as with --bfloat16_convolutions).
+Matmuls measure what the cores can do at best in each precision; the tables
+show each peer's effective training GFLOP/s against the float32 one
+(training costs about three forward passes: 3 x 2 x forward MACs per
+image).
 
   .venv/bin/python bench/train_bench.py
   .venv/bin/python bench/train_bench.py --depth_multiplier=0.25 \
@@ -76,8 +78,9 @@ flags.DEFINE_list('peers', ['ours', 'slim', 'tf_keras', 'keras3'],
                   'keras3.')
 flags.DEFINE_list('precisions', list(_PRECISIONS),
                   'Tables to print: float32 (oneDNN math mode STRICT) and '
-                  'bfloat16 (math mode BF16; only on CPUs with AVX512-BF16 '
-                  'or AMX, skipped with a note elsewhere).')
+                  'bfloat16 (math mode BF16; only on CPUs with AMX, where '
+                  'the mode changes what oneDNN computes; skipped with a '
+                  'note elsewhere).')
 flags.DEFINE_integer('rounds', 1, 'Times each table\'s peers run, '
                      'round-robin; each peer\'s best round is shown.',
                      lower_bound=1)
@@ -372,9 +375,11 @@ def main(argv):
                             peer_process.load_average()), flush=True)
 
   precisions = [p for p in _PRECISIONS if p in FLAGS.precisions]
-  if 'bfloat16' in precisions and not bfloat16_units:
-    print('No bfloat16 table: this CPU has neither AVX512-BF16 nor AMX, so '
-          'oneDNN\'s bfloat16 math mode computes exactly as float32.')
+  if ('bfloat16' in precisions and
+      not mobilenet_v1_train.bfloat16_math_takes_effect(features)):
+    print('No bfloat16 table: oneDNN\'s bfloat16 math mode computes exactly '
+          'as float32 on this CPU (it runs bfloat16 kernels for it only with '
+          'AMX and oneDNN on).')
     precisions.remove('bfloat16')
 
   ceiling = None
