@@ -162,7 +162,9 @@ class TfliteEmulationTest(tf.test.TestCase):
     y in float32 from values that are themselves rounded to float32: over n
     products the error is at most (n + 6) u (sum |x w| + |b|), u = 2^-24,
     plus 2 u_in of the same where oneDNN rounds a convolution's inputs to
-    bfloat16 (u_in = 2^-9 in its BF16 math mode, else 0); the fake quant's
+    bfloat16 (u_in = 2^-8 whenever the environment asks for its BF16 math
+    mode, else 0: an upper bound on CPUs without AMX, where oneDNN keeps
+    its float32 kernels in that mode); the fake quant's
     (y - min) / s adds 2 u 256 codes. So TF's y / s + z, clipped to the
     codes, is within 0.5 plus the sum of those bounds of TFLite's code: the
     two differ only near half-way points between codes, and by more than one
