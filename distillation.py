@@ -21,6 +21,8 @@ import slim_compat  # pylint: disable=unused-import
 import tensorflow as tf
 
 import checkpoint_utils
+import fold_batch_norms
+import graph_editing
 
 tf1 = tf.compat.v1
 
@@ -61,11 +63,20 @@ class Teacher(object):
                    for key in graph.get_all_collection_keys()}
     with tf1.variable_scope(TEACHER_SCOPE, custom_getter=recording_getter):
       self.logits = tf.stop_gradient(build_model(images, is_training=False))
+    # Folded, each layer is a convolution, a bias and a ReLU6, which
+    # TensorFlow's CPU kernels run as one op.
+    for layer_op, context in graph_editing.find_layers(graph):
+      if context.startswith(TEACHER_SCOPE + '/'):
+        fold_batch_norms.fold_batch_norm(layer_op, context)
     # Out of every collection (variables, trainable ones, weight decay's
-    # losses, ...), the teacher is left alone by savers, optimizers and
-    # initializers.
+    # losses, the folded layers the quantization rewrites track, ...), the
+    # teacher is left alone by savers, optimizers, initializers and
+    # rewrites.
     for key in graph.get_all_collection_keys():
-      graph.get_collection_ref(key)[:] = collections.get(key, [])
+      if key in collections:
+        graph.get_collection_ref(key)[:] = collections[key]
+      else:
+        graph.clear_collection(key)
     found = checkpoint_utils.match(checkpoint_path, self.variables,
                                    scope=TEACHER_SCOPE)
     unfit = sorted(found.mismatched +

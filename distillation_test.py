@@ -80,6 +80,18 @@ class DistillationTest(tf.test.TestCase):
         session.run(tf1.global_variables_initializer())
         teacher.restore(session)
         got = session.run(teacher.logits)
+      # Its batch norms are folded into its layers: none on the way to the
+      # logits.
+      path_types = set()
+      pending, seen = [teacher.logits.op], set()
+      while pending:
+        op = pending.pop()
+        if op.name not in seen:
+          seen.add(op.name)
+          path_types.add(op.type)
+          pending.extend(t.op for t in op.inputs)
+    self.assertIn('DepthwiseConv2dNative', path_types)
+    self.assertEmpty({t for t in path_types if 'BatchNorm' in t})
     self.assertAllClose(got, self._float_model_logits(images), rtol=1e-5,
                         atol=1e-5)
 

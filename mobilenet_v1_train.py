@@ -236,14 +236,18 @@ flags.DEFINE_integer('random_seed', None,
 flags.DEFINE_float('label_smoothing', 0.0,
                    'Label smoothing of the cross-entropy loss.',
                    lower_bound=0.0, upper_bound=1.0)
-flags.DEFINE_float('distillation_weight', 0.0,
+flags.DEFINE_float('distillation_weight', None,
                    'Share of the targets taken from a frozen float teacher, '
                    'the --fine_tune_checkpoint model (same variant and '
                    'classes): each target is this much the teacher\'s '
                    'softmax and the rest the one-hot label (distillation.py), '
                    'so that a fine-tune keeps what the teacher predicts on '
                    'classes it does not train on. Every step also runs the '
-                   'teacher\'s forward pass. 0: the labels alone.',
+                   'teacher\'s forward pass. Default: 1 with --quantize when '
+                   'fine-tuning the whole model (no '
+                   '--checkpoint_exclude_scopes), where it keeps the most '
+                   'top-1 of the released 1.0_224 (README); 0, the labels '
+                   'alone, otherwise.',
                    lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_float('weight_decay', 0.00004, 'L2 weight decay of conv weights.',
                    lower_bound=0.0)
@@ -293,6 +297,16 @@ def _num_train_examples():
   if FLAGS.num_train_examples:
     return FLAGS.num_train_examples
   return imagenet_input.num_examples(FLAGS.dataset_dir, 'train')
+
+
+def _distillation_weight():
+  """--distillation_weight, or its default for this run (see its help)."""
+  if FLAGS.distillation_weight is not None:
+    return FLAGS.distillation_weight
+  if (FLAGS.quantize and _is_fine_tuning() and
+      not FLAGS.checkpoint_exclude_scopes):
+    return 1.0
+  return 0.0
 
 
 def _batch_norms_frozen_from_start():
@@ -577,13 +591,23 @@ def build_train_op(images, labels, global_step, num_examples, quant_delay):
         mask_drowned_channels=mask_drowned_channels)
   targets = tf.one_hot(labels, FLAGS.num_classes)
   hooks = []
-  if FLAGS.distillation_weight:
+  teacher_weight = _distillation_weight()
+  if teacher_weight:
     # Built after the rewrites above, so that the teacher stays as it was.
-    teacher = distillation.Teacher(
-        build_model, float_images,
-        checkpoint_utils.resolve(FLAGS.fine_tune_checkpoint))
+    try:
+      teacher = distillation.Teacher(
+          build_model, float_images,
+          checkpoint_utils.resolve(FLAGS.fine_tune_checkpoint))
+    except checkpoint_utils.CheckpointError as error:
+      if FLAGS.distillation_weight is not None:
+        raise
+      raise checkpoint_utils.CheckpointError(
+          '%s; distillation is on by default with --quantize: '
+          '--checkpoint_exclude_scopes=MobilenetV1/Logits fine-tunes onto '
+          'new classes without it, --distillation_weight=0 turns it off' %
+          error) from None
     targets = distillation.soft_targets(teacher.logits, targets,
-                                        FLAGS.distillation_weight)
+                                        teacher_weight)
     hooks.append(teacher.restore_hook())
   tf1.losses.softmax_cross_entropy(
       targets, logits, label_smoothing=FLAGS.label_smoothing)
@@ -698,6 +722,16 @@ def train():
             'another).' % (_batch_norm_decay(), '%d steps' %
                            FLAGS.number_of_steps if FLAGS.number_of_steps
                            else 'an open-ended run'), flush=True)
+
+    if _distillation_weight():
+      print('Distilling from the float model %s: each target is %g of its '
+            'softmax and %g of the label (%s).' % (
+                FLAGS.fine_tune_checkpoint, _distillation_weight(),
+                1 - _distillation_weight(),
+                '--distillation_weight' if FLAGS.distillation_weight
+                is not None else 'the default with --quantize when '
+                'fine-tuning; --distillation_weight=0 trains on the labels '
+                'alone'), flush=True)
 
     init_fn = None
     if is_chief:

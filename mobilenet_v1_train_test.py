@@ -443,6 +443,55 @@ class TrainTest(tf.test.TestCase):
         read_variable(tuned, 'MobilenetV1/Logits/Conv2d_1c_1x1/biases').shape,
         (5,))
 
+  def test_quantization_aware_fine_tune_distills_by_default(self):
+    source_dir = os.path.join(self.get_temp_dir(), 'float_source')
+    result = run(train_command(self.dataset_dir, source_dir,
+                               '--number_of_steps=3'))
+    self.assertEqual(result.returncode, 0, result.stderr)
+    source = tf.train.latest_checkpoint(source_dir)
+
+    def fine_tune(name, *flags):
+      """(stdout, whether the saved graph holds the teacher) of one step."""
+      target_dir = os.path.join(self.get_temp_dir(), name)
+      result = run(train_command(
+          self.dataset_dir, target_dir, '--number_of_steps=1',
+          '--fine_tune_checkpoint=' + source, *flags))
+      self.assertEqual(result.returncode, 0, result.stderr)
+      meta_graph = tf1.MetaGraphDef()
+      with open(tf.train.latest_checkpoint(target_dir) + '.meta', 'rb') as f:
+        meta_graph.ParseFromString(f.read())
+      return result.stdout, any(node.name.startswith('Teacher/')
+                                for node in meta_graph.graph_def.node)
+
+    # --quantize alone: the float checkpoint teaches, and a line says so.
+    stdout, has_teacher = fine_tune('default', '--quantize')
+    self.assertTrue(has_teacher)
+    self.assertIn('Distilling from the float model %s: each target is 1 of '
+                  'its softmax and 0 of the label (the default' % source,
+                  stdout)
+    # Asked for labels alone, or without --quantize: no teacher, no line.
+    for name, flags in (('labels', ['--quantize', '--distillation_weight=0']),
+                        ('float', [])):
+      with self.subTest(name):
+        stdout, has_teacher = fine_tune(name, *flags)
+        self.assertFalse(has_teacher)
+        self.assertNotIn('Distilling', stdout)
+    # Onto new classes the checkpoint cannot teach: labels alone, unasked.
+    stdout, has_teacher = fine_tune(
+        'new_classes', '--quantize', '--num_classes=5',
+        '--checkpoint_exclude_scopes=MobilenetV1/Logits')
+    self.assertFalse(has_teacher)
+    # New classes without the exclusion: one line naming both ways out.
+    result = run(train_command(
+        self.dataset_dir, os.path.join(self.get_temp_dir(), 'unfit'),
+        '--quantize', '--num_classes=5', '--number_of_steps=1',
+        '--fine_tune_checkpoint=' + source))
+    self.assertEqual(result.returncode, 1)
+    self.assertLen(result.stderr.strip().splitlines(), 1, result.stderr)
+    self.assertIn('--checkpoint_exclude_scopes=MobilenetV1/Logits',
+                  result.stderr)
+    self.assertIn('--distillation_weight=0', result.stderr)
+
   def test_parameter_server_training(self):
     ps_port, chief_port, worker_port = free_ports(3)
     ps_hosts = 'localhost:%d' % ps_port

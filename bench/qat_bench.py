@@ -9,13 +9,14 @@ user could ship and training images/s of both QAT runs:
   ptq_int8       mobilenet_v1_export --post_training=int8, calibrated on
                  --calibration_examples training images.
   ours_int8      mobilenet_v1_train --quantize=True with default flags
-                 (per-channel weights), then mobilenet_v1_export: the
-                 full-integer int8 .tflite.
-  ours_int8_distilled  the same with --distillation_weight=1: trained
-                 toward the float model's softmax instead of the labels.
+                 (per-channel weights, distilled from the float model),
+                 then mobilenet_v1_export: the full-integer int8 .tflite.
+  ours_int8_labels  the same with --distillation_weight=0: trained on the
+                 labels alone.
   ours_uint8     the same with --weight_quantization=asymmetric (per-tensor
                  ranges, contrib.quantize's scheme; the trainer equalises
                  the float model's channel ranges first): the uint8 .tflite.
+  ours_uint8_labels  the same with --distillation_weight=0.
   peer_int8      the released weights in tf_keras.applications.MobileNet
                  (the same network; its 1000 logits are ours without the
                  background class), tfmot.quantization.keras.quantize_model,
@@ -85,7 +86,8 @@ flags.DEFINE_integer('calibration_examples', 200, 'Training images the '
                      'post-training int8 model is calibrated on.',
                      lower_bound=1)
 flags.DEFINE_list('runs', ['float', 'ptq_int8', 'peer_float', 'peer_int8',
-                           'ours_int8', 'ours_int8_distilled', 'ours_uint8'],
+                           'ours_int8', 'ours_int8_labels', 'ours_uint8',
+                           'ours_uint8_labels'],
                   'Rows to measure, in order.')
 flags.DEFINE_list('held_out', ['odd', 'even'], 'The halves of the classes '
                   'that validate, in turn (odd: the classes at odd positions '
@@ -376,10 +378,11 @@ def _spawn(peer, held_out):
 _DESCRIPTIONS = {
     'float': 'released float checkpoint',
     'ptq_int8': 'post-training int8 (per-channel), export --post_training',
-    'ours_int8': 'our QAT, default flags (per-channel int8)',
-    'ours_int8_distilled': 'the same, --distillation_weight=1',
+    'ours_int8': 'our QAT, default flags (per-channel int8, distilled)',
+    'ours_int8_labels': 'the same, --distillation_weight=0 (labels alone)',
     'ours_uint8': 'our QAT, --weight_quantization=asymmetric (uint8; ranges '
                   'equalised first, the default)',
+    'ours_uint8_labels': 'the same, --distillation_weight=0 (labels alone)',
     'peer_float': 'the released weights in tf_keras, float',
     'peer_int8': 'tfmot quantize_model on tf_keras MobileNet (int8)',
 }
@@ -397,11 +400,15 @@ def _measure(name, held_out, checkpoint):
     return _ptq_int8(held_out, checkpoint)
   if name == 'ours_int8':
     return _ours(name, held_out, checkpoint, [])
-  if name == 'ours_int8_distilled':
-    return _ours(name, held_out, checkpoint, ['--distillation_weight=1'])
+  if name == 'ours_int8_labels':
+    return _ours(name, held_out, checkpoint, ['--distillation_weight=0'])
   if name == 'ours_uint8':
     return _ours(name, held_out, checkpoint,
                  ['--weight_quantization=asymmetric'])
+  if name == 'ours_uint8_labels':
+    return _ours(name, held_out, checkpoint,
+                 ['--weight_quantization=asymmetric',
+                  '--distillation_weight=0'])
   if name == 'peer_float':
     result, error = _spawn(name, held_out)
     if result is None:
