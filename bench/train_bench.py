@@ -29,6 +29,11 @@ image).
   .venv/bin/python bench/train_bench.py
   .venv/bin/python bench/train_bench.py --depth_multiplier=0.25 \
       --image_size=128 --steps=60 --rounds=3
+  .venv/bin/python bench/train_bench.py --peers=ours,slim --profile_steps=3
+
+With --profile_steps, ours and slim each trace a few steps after the timed
+ones, and each table is followed by their time per op type side by side:
+where a step goes, and which kernels both spend alike.
 
 The machine is shared by whatever else runs on it: the tables print the load
 average seen around each peer and per-step medians next to means, because a
@@ -89,6 +94,10 @@ flags.DEFINE_integer('matmul_size', 4096, 'Size of the square matmuls that '
 flags.DEFINE_integer('peer_timeout', 600, 'Seconds before a peer\'s '
                      'subprocess is killed and reported as failed.',
                      lower_bound=10)
+flags.DEFINE_integer('profile_steps', 0, 'Traced steps after the timed ones '
+                     'in the session peers (ours, slim): each table is '
+                     'followed by their time per op type side by side. 0: '
+                     'no profile.', lower_bound=0)
 flags.DEFINE_string('child', '', 'Internal: run one peer (or "matmul") in '
                     'this process and print its result as JSON.')
 
@@ -129,7 +138,52 @@ def _time_session(session, train_op):
     step_seconds.append(time.perf_counter() - start)
   result = _step_stats(step_seconds)
   result['warmup_seconds'] = warmup_seconds
+  if FLAGS.profile_steps:
+    result['op_milliseconds'] = _op_milliseconds(session, train_op)
   return result
+
+
+def _op_milliseconds(session, train_op):
+  """Milliseconds per step of each op type, over --profile_steps traced steps.
+
+  Each kernel counts its own wall time; ops that run at the same time on
+  different cores each count in full, so the sum can exceed a step.
+  """
+  import collections  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf1 = tf.compat.v1
+  micros = collections.Counter()
+  for _ in range(FLAGS.profile_steps):
+    metadata = tf1.RunMetadata()
+    session.run(train_op, options=tf1.RunOptions(
+        trace_level=tf1.RunOptions.FULL_TRACE), run_metadata=metadata)
+    for device in metadata.step_stats.dev_stats:
+      for node in device.node_stats:
+        # The label reads "name = Type(inputs)".
+        op_type = node.timeline_label.partition(' = ')[2].partition('(')[0]
+        micros[op_type or node.node_name] += node.all_end_rel_micros
+  return {op_type: total / 1000 / FLAGS.profile_steps
+          for op_type, total in micros.items()}
+
+
+def _print_profiles(results, rows=16):
+  """The op types taking most time in any profiled peer, side by side."""
+  names = [n for n in FLAGS.peers if 'op_milliseconds' in results.get(n, {})]
+  if not names:
+    return
+  profiles = {n: results[n]['op_milliseconds'] for n in names}
+  totals = {n: sum(profiles[n].values()) for n in names}
+  top = sorted({t for n in names for t in profiles[n]},
+               key=lambda t: -max(profiles[n].get(t, 0) for n in names))
+  print('\nTime per step by op type (%d traced steps; ms and share of the '
+        'summed op time):' % FLAGS.profile_steps)
+  print('%-48s' % 'op type' + ''.join('%20s' % n for n in names))
+  for op_type in top[:rows] + ['(all)']:
+    cells = []
+    for n in names:
+      ms = totals[n] if op_type == '(all)' else profiles[n].get(op_type, 0)
+      cells.append('%10.1f ms %5.1f%%' % (ms, 100 * ms / totals[n]))
+    print('%-48s' % op_type[:48] + ''.join('%20s' % c for c in cells))
 
 
 def _synthetic_input(tf):
@@ -279,7 +333,8 @@ def _spawn(name, precision):
     env_updates['TF_XLA_FLAGS'] = (os.environ.get('TF_XLA_FLAGS', '') +
                                    ' --tf_xla_cpu_global_jit').strip()
   return peer_process.run(
-      __file__, name, _TRAINER_FLAGS + ('steps', 'warmup', 'matmul_size'),
+      __file__, name,
+      _TRAINER_FLAGS + ('steps', 'warmup', 'matmul_size', 'profile_steps'),
       _ROOT, FLAGS.peer_timeout, env_updates)
 
 
@@ -341,6 +396,7 @@ def _run_table(precision, gflop_per_image, ceiling):
     print('%-10s %-46s %9.1f %9.1f %8s %8.0f %7s %6.1f' %
           (name, _DESCRIPTIONS.get(name, ''), rate,
            result['median_images_per_sec'], ratio, gflops, share, load))
+  _print_profiles({n: best[n][0] for n in best})
   peers = [best[n][0]['images_per_sec'] for n in FLAGS.peers[1:] if n in best]
   if not (reference and peers):
     return None
