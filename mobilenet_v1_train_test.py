@@ -457,11 +457,8 @@ class TrainTest(tf.test.TestCase):
           self.dataset_dir, target_dir, '--number_of_steps=1',
           '--fine_tune_checkpoint=' + source, *flags))
       self.assertEqual(result.returncode, 0, result.stderr)
-      meta_graph = tf1.MetaGraphDef()
-      with open(tf.train.latest_checkpoint(target_dir) + '.meta', 'rb') as f:
-        meta_graph.ParseFromString(f.read())
-      return result.stdout, any(node.name.startswith('Teacher/')
-                                for node in meta_graph.graph_def.node)
+      return result.stdout, bool(test_data.graph_op_types(
+          tf.train.latest_checkpoint(target_dir), 'Teacher/'))
 
     # --quantize alone: the float checkpoint teaches, and a line says so.
     stdout, has_teacher = fine_tune('default', '--quantize')

@@ -151,9 +151,19 @@ def truncate_checkpoint_data(prefix):
   return data
 
 
-def graph_op_types(checkpoint):
-  """The op types of the training graph saved beside `checkpoint`."""
+def graph_op_types(checkpoint, scope=''):
+  """The op types of the training graph saved beside `checkpoint`.
+
+  Args:
+    checkpoint: the checkpoint path.
+    scope: only ops whose names start with this ('MobilenetV1/': the model,
+      without a distillation teacher's ops).
+
+  Returns:
+    A list with the type of each op.
+  """
   meta_graph = tf.compat.v1.MetaGraphDef()
   with open(checkpoint + '.meta', 'rb') as f:
     meta_graph.ParseFromString(f.read())
-  return [node.op for node in meta_graph.graph_def.node]
+  return [node.op for node in meta_graph.graph_def.node
+          if node.name.startswith(scope)]
