@@ -245,9 +245,9 @@ flags.DEFINE_float('distillation_weight', None,
                    'classes it does not train on. Every step also runs the '
                    'teacher\'s forward pass. Default: 1 with --quantize when '
                    'fine-tuning the whole model (no '
-                   '--checkpoint_exclude_scopes), where it keeps the most '
-                   'top-1 of the released 1.0_224 (README); 0, the labels '
-                   'alone, otherwise.',
+                   '--checkpoint_exclude_scopes), where it kept more of the '
+                   'released 1.0_224\'s top-1 than the labels alone '
+                   '(README); 0, the labels alone, otherwise.',
                    lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_float('weight_decay', 0.00004, 'L2 weight decay of conv weights.',
                    lower_bound=0.0)
