@@ -10,6 +10,7 @@ import tensorflow as tf
 import checkpoint_utils
 import distillation
 import mobilenet_v1
+import quantize_test_util
 import test_data
 
 tf1 = tf.compat.v1
@@ -82,14 +83,8 @@ class DistillationTest(tf.test.TestCase):
         got = session.run(teacher.logits)
       # Its batch norms are folded into its layers: none on the way to the
       # logits.
-      path_types = set()
-      pending, seen = [teacher.logits.op], set()
-      while pending:
-        op = pending.pop()
-        if op.name not in seen:
-          seen.add(op.name)
-          path_types.add(op.type)
-          pending.extend(t.op for t in op.inputs)
+      path_types = {op.type for op in
+                    quantize_test_util.ancestors(teacher.logits)}
     self.assertIn('DepthwiseConv2dNative', path_types)
     self.assertEmpty({t for t in path_types if 'BatchNorm' in t})
     self.assertAllClose(got, self._float_model_logits(images), rtol=1e-5,

@@ -723,11 +723,12 @@ def train():
                            FLAGS.number_of_steps if FLAGS.number_of_steps
                            else 'an open-ended run'), flush=True)
 
-    if _distillation_weight():
+    teacher_weight = _distillation_weight()
+    if teacher_weight:
       print('Distilling from the float model %s: each target is %g of its '
             'softmax and %g of the label (%s).' % (
-                FLAGS.fine_tune_checkpoint, _distillation_weight(),
-                1 - _distillation_weight(),
+                FLAGS.fine_tune_checkpoint, teacher_weight,
+                1 - teacher_weight,
                 '--distillation_weight' if FLAGS.distillation_weight
                 is not None else 'the default with --quantize when '
                 'fine-tuning; --distillation_weight=0 trains on the labels '

@@ -404,12 +404,17 @@ class TrainTest(tf.test.TestCase):
     self.assertEqual(op_types.count('FusedBatchNormV3'), 27)
     self.assertEqual(op_types.count('FusedBatchNormGradV3'), 27)
 
+  def float_source(self):
+    """A 3-step float checkpoint to fine-tune from, trained once per class."""
+    source_dir = os.path.join(tf1.test.get_temp_dir(), 'float_source')
+    if not tf.train.latest_checkpoint(source_dir):
+      result = run(train_command(self.dataset_dir, source_dir,
+                                 '--number_of_steps=3'))
+      self.assertEqual(result.returncode, 0, result.stderr)
+    return tf.train.latest_checkpoint(source_dir)
+
   def test_fine_tune_onto_new_classes_excluding_logits(self):
-    source_dir = os.path.join(self.get_temp_dir(), 'source')
-    result = run(train_command(self.dataset_dir, source_dir,
-                               '--number_of_steps=3'))
-    self.assertEqual(result.returncode, 0, result.stderr)
-    source = tf.train.latest_checkpoint(source_dir)
+    source = self.float_source()
 
     # 5 classes do not fit the 3-class logits: a one-line error naming them
     # and the flag that fixes it.
@@ -444,11 +449,7 @@ class TrainTest(tf.test.TestCase):
         (5,))
 
   def test_quantization_aware_fine_tune_distills_by_default(self):
-    source_dir = os.path.join(self.get_temp_dir(), 'float_source')
-    result = run(train_command(self.dataset_dir, source_dir,
-                               '--number_of_steps=3'))
-    self.assertEqual(result.returncode, 0, result.stderr)
-    source = tf.train.latest_checkpoint(source_dir)
+    source = self.float_source()
 
     def fine_tune(name, *flags):
       """(stdout, whether the saved graph holds the teacher) of one step."""

@@ -388,6 +388,16 @@ _DESCRIPTIONS = {
 }
 
 
+# Our rows: the trainer's flags beyond the bench's shared ones.
+_OURS_FLAGS = {
+    'ours_int8': [],
+    'ours_int8_labels': ['--distillation_weight=0'],
+    'ours_uint8': ['--weight_quantization=asymmetric'],
+    'ours_uint8_labels': ['--weight_quantization=asymmetric',
+                          '--distillation_weight=0'],
+}
+
+
 def _measure(name, held_out, checkpoint):
   """One row on one split: {'top1': ..., maybe 'images_per_second': ...}.
 
@@ -398,17 +408,8 @@ def _measure(name, held_out, checkpoint):
     return _float(held_out, checkpoint)
   if name == 'ptq_int8':
     return _ptq_int8(held_out, checkpoint)
-  if name == 'ours_int8':
-    return _ours(name, held_out, checkpoint, [])
-  if name == 'ours_int8_labels':
-    return _ours(name, held_out, checkpoint, ['--distillation_weight=0'])
-  if name == 'ours_uint8':
-    return _ours(name, held_out, checkpoint,
-                 ['--weight_quantization=asymmetric'])
-  if name == 'ours_uint8_labels':
-    return _ours(name, held_out, checkpoint,
-                 ['--weight_quantization=asymmetric',
-                  '--distillation_weight=0'])
+  if name in _OURS_FLAGS:
+    return _ours(name, held_out, checkpoint, _OURS_FLAGS[name])
   if name == 'peer_float':
     result, error = _spawn(name, held_out)
     if result is None:
