@@ -161,7 +161,8 @@ def fold_batch_norm(layer_op, context, input_scale=None, freeze=None):
     elif layer_op.type == 'MatMul' and layer_op.get_attr('transpose_b'):
       multiplier = tf.reshape(multiplier, [-1, 1], name='scale_reshape')
     if input_scale is not None and batch_norm.beta is not None:
-      mask = _signal_mask(layer_op, batch_norm, input_scale)
+      mask = _signal_mask(layer_op, batch_norm.inference_variance,
+                          input_scale)
       multiplier = multiplier * tf.reshape(mask, multiplier.shape)
       offset = tf.where(mask > 0, offset, batch_norm.beta, name='offset_fold')
     folded_weights = tf.multiply(weights, multiplier, name='mul_fold')
@@ -189,20 +190,27 @@ def fold_batch_norm(layer_op, context, input_scale=None, freeze=None):
   return new_layer_op, output
 
 
-def inference_multiplier(layer_op, context):
+def inference_multiplier(layer_op, context, input_scale=None):
   """The multiplier inference will fold into a layer, leaving the graph as is.
 
-  For weights quantized per output channel, training needs no folding: a
-  channel's range scales with it, so quant(W * m) = m * quant(W) for any
-  per-channel multiplier m, and a batch norm after a layer with quantized
-  weights computes what the folded layer does (with the batch's statistics
-  taken from the quantized layer's output, which is what the layer
-  outputs). The multiplier gives the folded weights' ranges, which the eval
-  graph reads.
+  A training graph can keep a layer's batch norm after its quantized
+  weights instead of folding it, as long as the weights are quantized as
+  the folded ones will be: quantizing W * m and dividing by the multiplier
+  m again (per output channel) gives weights whose convolution, through the
+  batch norm, computes what the folded layer does, up to the batch norm's
+  statistics, which are then those of the quantized layer's output. With
+  weights quantized per output channel the division is exact and needs no
+  multiplication, quant(W * m) = m * quant(W), since a channel's range
+  scales with it. The multiplier gives the folded weights and their ranges,
+  which the eval graph reads.
 
   Args:
     layer_op: a Conv2D, DepthwiseConv2dNative or MatMul op.
     context: the layer's name scope; new ops go under its `BatchNorm_Fold`.
+    input_scale: the quantization step of the layer's input, or None. When
+      given, the multiplier of each channel drowned by the input's
+      quantization noise is 0 (see `_signal_mask`): the layer outputs
+      beta there, as the folded layer does.
 
   Returns:
     (multiplier, output, output_is_activation), or None if no fused batch
@@ -235,11 +243,15 @@ def inference_multiplier(layer_op, context):
         bn_op.inputs[1],
         tf.math.rsqrt(moving_variance + bn_op.get_attr('epsilon')),
         name='inference_multiplier')
+    if input_scale is not None:
+      multiplier = tf.multiply(
+          multiplier, _signal_mask(layer_op, moving_variance, input_scale),
+          name='masked_multiplier')
   return (multiplier, bn_op.outputs[0],
           bn_op.type == _BATCH_NORM_RELU6_TYPE)
 
 
-def _signal_mask(layer_op, batch_norm, input_scale):
+def _signal_mask(layer_op, inference_variance, input_scale):
   """1 for each output channel that carries signal, 0 for the drowned ones.
 
   A channel whose output (before batch norm) varies less than the noise the
@@ -258,7 +270,7 @@ def _signal_mask(layer_op, batch_norm, input_scale):
 
   Args:
     layer_op: the unfolded layer op.
-    batch_norm: the _BatchNorm after it.
+    inference_variance: the moving variance of the batch norm after it.
     input_scale: the quantization step of the layer's input.
 
   Returns:
@@ -268,10 +280,10 @@ def _signal_mask(layer_op, batch_norm, input_scale):
   if layer_op.type == 'MatMul' and layer_op.get_attr('transpose_b'):
     weights = tf.transpose(weights)
   # Depthwise [h, w, in, k] has in * k output channels, in that order.
-  weights = tf.reshape(weights, [-1, batch_norm.beta.shape[0]])
+  weights = tf.reshape(weights, [-1, inference_variance.shape[0]])
   noise_variance = tf.square(input_scale) / 12.0 * tf.reduce_sum(
       tf.square(weights), axis=0)
-  signal = tf.greater(batch_norm.inference_variance, noise_variance)
+  signal = tf.greater(inference_variance, noise_variance)
   return tf.stop_gradient(tf.cast(signal, tf.float32), name='signal_mask')
 
 

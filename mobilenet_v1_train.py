@@ -222,10 +222,9 @@ flags.DEFINE_bool('fuse_batch_norm_relu6', True,
                   'Train through one fused batch norm + ReLU6 kernel per '
                   'layer (batch_norm_relu6_ops.cc): the same math and '
                   'variables, fewer passes over memory. Used by float '
-                  'training and by --quantize with per-channel weights and '
-                  'no --freeze_bn_delay (the other schemes fold batch norms, '
-                  'which needs the separate ops); ignored when a GPU is '
-                  'visible.')
+                  'training and by --quantize without --freeze_bn_delay '
+                  '(which folds batch norms, with the separate ops); '
+                  'ignored when a GPU is visible.')
 flags.DEFINE_integer('random_seed', None,
                      'Seed of the weight initialization, dropout, the order '
                      'of the training records and their distortions, so that '
@@ -571,12 +570,10 @@ def build_train_op(images, labels, global_step, num_examples, quant_delay):
   mask_drowned_channels = FLAGS.weight_quantization != quantize.PER_CHANNEL
   # The fused kernels are CPU-only; on a GPU, cuDNN's batch norm is the fast
   # path and a CPU op in the middle of the model would cost transfers.
-  # Folding batch norms (per-tensor weights, or freezing them mid-run) needs
-  # TensorFlow's separate ops.
+  # Folding batch norms (to freeze them mid-run) needs TensorFlow's separate
+  # ops.
   if (FLAGS.fuse_batch_norm_relu6 and
-      (not FLAGS.quantize or quantize.keeps_batch_norms(
-          FLAGS.weight_quantization, freeze_bn_delay,
-          mask_drowned_channels)) and
+      (not FLAGS.quantize or quantize.keeps_batch_norms(freeze_bn_delay)) and
       not tf.config.list_physical_devices('GPU')):
     unavailable = batch_norm_relu6.unavailable_reason()
     if unavailable:

@@ -38,11 +38,18 @@ optionally by a residual `Add` of a same-shaped tensor, then optionally by a
    gamma / sigma with a tiny sigma, and one such channel can blow up the
    layer's per-tensor weight range. It is folded as the constant it
    outputs: zero weights, offset beta (fused batch norms, whose beta is at
-   hand). Per-channel training graphs whose batch norms are never frozen
-   mid-run keep them instead (`keeps_batch_norms`): per-channel ranges
-   scale with their channels, so a batch norm after the quantized layer
-   computes what the folded layer would, with one convolution instead of
-   two; their saved weight ranges are the folded weights'.
+   hand). Training graphs whose batch norms are never frozen mid-run keep
+   them instead (`keeps_batch_norms`): each layer's weights are quantized
+   as the folded ones will be and scaled back by the batch norm's
+   multiplier m, quant(W * m) / m, so that the batch norm after the
+   quantized layer computes what the folded layer would, with one
+   convolution instead of two (per-channel ranges scale with their
+   channels, so there the weights are quantized directly,
+   quant(W * m) / m = quant(W)). The batch norm's statistics are then
+   those of the quantized layer's output, mean shift from rounding the
+   weights included, and inference folds them in. Drowned channels get a
+   zero multiplier, so zero weights, and their batch norm outputs beta.
+   The saved weight ranges are the folded weights'.
 
 2. Weight quantization: an 8-bit fake quant of the (folded) weights, range
    from the last value, narrow range. `weights` picks the scheme
@@ -142,6 +149,8 @@ _RANGE_VARIABLE_RE = re.compile(r'/(%s|%s|%s|%s)/(min|max)$' % (
     WEIGHTS_QUANT, ACT_QUANT, CONV_QUANT, ADD_QUANT))
 
 _ACTIVATION_TYPES = frozenset(['Relu', 'Relu6'])
+# Ops whose output is never negative: ReLUs and batch_norm_relu6's fused op.
+_NONNEGATIVE_TYPES = _ACTIVATION_TYPES | {'FusedBatchNormRelu6'}
 _ADD_TYPES = frozenset(['Add', 'AddV2'])
 
 # Initial ranges. Weight ranges are overwritten by every training step; an
@@ -162,10 +171,10 @@ def create_training_graph(input_graph=None, quant_delay=0,
                           mask_drowned_channels=False):
   """Rewrites a float training graph in place for quantization-aware training.
 
-  Folds batch norms with batch statistics and the correction described in
-  fold_batch_norms, or, with per-channel weights and no freezing scheduled,
-  keeps them after the quantized layers (`keeps_batch_norms`), and adds fake
-  quantization that updates its ranges on every run.
+  Keeps batch norms after the quantized layers (`keeps_batch_norms`), or,
+  with freezing scheduled, folds them with batch statistics and the
+  correction described in fold_batch_norms, and adds fake quantization that
+  updates its ranges on every run.
 
   Args:
     input_graph: the tf.Graph to rewrite; the default graph when None.
@@ -304,6 +313,10 @@ def _rewrite(input_graph, is_training, quant_delay, weights, freeze_bn_delay,
   if weights not in WEIGHT_SCHEMES:
     raise ValueError('weights must be one of %s, got %r.' %
                      (', '.join(WEIGHT_SCHEMES), weights))
+  if mask_drowned_channels and weights == PER_CHANNEL:
+    raise ValueError('Drowned channels are masked for per-tensor weight '
+                     'ranges, which one such channel would blow up; '
+                     'per-channel ranges need no mask.')
   with graph.as_default():
     if mask_drowned_channels:
       _mask_variable()
@@ -316,13 +329,14 @@ def _rewrite(input_graph, is_training, quant_delay, weights, freeze_bn_delay,
             tf.cast(freeze_bn_delay, global_step.dtype.base_dtype),
             name='use_moving_statistics')
     quantizer = _Quantizer(graph, is_training, quant_delay, weights)
-    keep_batch_norms = is_training and keeps_batch_norms(
-        weights, freeze_bn_delay, mask_drowned_channels)
+    keep_batch_norms = is_training and keeps_batch_norms(freeze_bn_delay)
     output_layer = layers[-1][0]
     for layer_op, context in layers:
       is_model_output = layer_op is output_layer
       if keep_batch_norms:
-        unfolded = fold_batch_norms.inference_multiplier(layer_op, context)
+        unfolded = fold_batch_norms.inference_multiplier(
+            layer_op, context,
+            _input_scale(layer_op) if mask_drowned_channels else None)
         if unfolded is not None:
           multiplier, output, output_is_activation = unfolded
           quantizer.quantize_layer(layer_op, output, context,
@@ -346,28 +360,25 @@ def _rewrite(input_graph, is_training, quant_delay, weights, freeze_bn_delay,
       tflite_emulation.round_biases(graph, quantizer.biases)
 
 
-def keeps_batch_norms(weights, freeze_bn_delay, mask_drowned_channels):
+def keeps_batch_norms(freeze_bn_delay):
   """Whether the training rewrite leaves a layer's fused batch norm in place.
 
-  Per-channel weights with batch norms that are never frozen mid-run (their
-  mode, batch or moving statistics, is the one the model was built in) and
-  no drowned channels to mask need no folding in training
-  (fold_batch_norms.inference_multiplier says why): each layer's convolution runs once, rather than twice as folding with
-  batch statistics needs, and its batch norm + ReLU6 may run fused
-  (batch_norm_relu6). The weights and the saved ranges are those folding
-  would give, so eval graphs and exports are the same either way.
+  Batch norms that are never frozen mid-run (their mode, batch or moving
+  statistics, is the one the model was built in) need no folding in
+  training (fold_batch_norms.inference_multiplier says why): each layer's
+  convolution runs once, rather than twice as folding with batch statistics
+  needs, and its batch norm + ReLU6 may run fused (batch_norm_relu6). The
+  saved ranges are those of the folded weights, so eval graphs and exports
+  are built the same either way.
 
   Args:
-    weights: one of WEIGHT_SCHEMES.
     freeze_bn_delay: as for create_training_graph.
-    mask_drowned_channels: as for create_training_graph.
 
   Returns:
-    True if create_training_graph with these arguments keeps the batch
+    True if create_training_graph with this freeze_bn_delay keeps the batch
     norms.
   """
-  return (weights == PER_CHANNEL and freeze_bn_delay is None and
-          not mask_drowned_channels)
+  return freeze_bn_delay is None
 
 
 def _mask_variable():
@@ -526,8 +537,11 @@ class _Quantizer(object):
     if weights.name in self._quantized:
       return
     if self._weights != PER_CHANNEL:
-      self._insert(weights, scope, _LAST_VALUE, narrow_range=True,
-                   init_range=_INIT_RANGE, consumers=[layer_op])
+      if folded_multiplier is None:
+        self._insert(weights, scope, _LAST_VALUE, narrow_range=True,
+                     init_range=_INIT_RANGE, consumers=[layer_op])
+        return
+      self._quantize_folded_weights(layer_op, scope, folded_multiplier)
       return
     with self._graph.name_scope(scope + '/'):
       transpose = (layer_op.type == 'MatMul' and
@@ -586,6 +600,39 @@ class _Quantizer(object):
     self._quantized[weights.name] = quantized
     self._replacements.add(quantized.name)
 
+  def _quantize_folded_weights(self, layer_op, scope, multiplier):
+    """Per-tensor fake quant of a layer's weights as inference folds them.
+
+    The layer keeps its batch norm: its weights become quant(W * m) / m,
+    so that the batch norm's multiplier m (the inference one, which folding
+    will use) turns them back into the quantized folded weights. The range
+    is that of the folded weights W * m, as the eval graph quantizes them.
+    The straight-through gradient reaches W unscaled; a channel whose
+    multiplier is 0 (masked) gets zero weights.
+
+    Args:
+      layer_op: the layer op; its second input is the weights.
+      scope: the name scope of the new ops and range variables.
+      multiplier: the per-output-channel multiplier m.
+    """
+    weights = layer_op.inputs[1]
+    with self._graph.name_scope(scope + '/'):
+      multiplier = tf.stop_gradient(multiplier)
+      if layer_op.type == 'DepthwiseConv2dNative':
+        multiplier = tf.reshape(multiplier, weights.shape[2:],
+                                name='scale_reshape')
+      elif layer_op.type == 'MatMul' and layer_op.get_attr('transpose_b'):
+        multiplier = tf.reshape(multiplier, [-1, 1], name='scale_reshape')
+      folded = tf.multiply(weights, multiplier, name='mul_fold')
+    self._insert(folded, scope, _LAST_VALUE, narrow_range=True,
+                 init_range=_INIT_RANGE, consumers=[])
+    with self._graph.name_scope(scope + '/'):
+      unfolded = tf.math.divide_no_nan(self._quantized[folded.name],
+                                       multiplier, name='unfold')
+    graph_editing.reroute(weights, unfolded, [layer_op])
+    self._quantized[weights.name] = unfolded
+    self._replacements.add(unfolded.name)
+
   def _insert(self, tensor, scope, updates, narrow_range, init_range,
               consumers=None):
     """Puts a per-tensor fake quant op between `tensor` and its consumers.
@@ -624,7 +671,11 @@ class _Quantizer(object):
       if not self._is_training:
         low, high = min_var.value(), max_var.value()
       else:
-        batch_min = tf.minimum(tf.reduce_min(tensor), 0.0, name='BatchMin')
+        if tensor.op.type in _NONNEGATIVE_TYPES:
+          # Its minimum is at least 0, so the range's lower end is 0.
+          batch_min = tf.constant(0.0, name='BatchMin')
+        else:
+          batch_min = tf.minimum(tf.reduce_min(tensor), 0.0, name='BatchMin')
         batch_max = tf.maximum(tf.reduce_max(tensor), 0.0, name='BatchMax')
         if updates == _MOVING_AVERAGE:
           with tf1.variable_scope(tf1.VariableScope(reuse=False, name=scope),

@@ -129,6 +129,8 @@ class MobilenetQuantizeTest(tf.test.TestCase):
     # Channel 3 of Conv2d_1_depthwise reads a near-constant input: its
     # moving variance is tiny and (no weight decay on depthwise weights)
     # its weights large, so its folded weights would be ~1000x the others.
+    # Training keeps the batch norm after weights quantized as the folded
+    # ones (weights_quant/mul_fold); the eval graph folds it.
     layer = 'MobilenetV1/Conv2d_1_depthwise/'
     scope = 'MobilenetV1/MobilenetV1/Conv2d_1_depthwise/'
     dead = 3
@@ -138,17 +140,20 @@ class MobilenetQuantizeTest(tf.test.TestCase):
         with tf.Graph().as_default() as graph:
           images_in, _ = util.build_mobilenet(is_training, quantized_input=True)
           if is_training:
-            quantize.create_training_graph(mask_drowned_channels=True)
+            quantize.create_training_graph(weights=quantize.ASYMMETRIC,
+                                           mask_drowned_channels=True)
+            fetches = [scope + 'weights_quant/mul_fold:0',
+                       scope + 'BatchNorm/FusedBatchNormV3:0']
           else:
-            quantize.create_eval_graph(mask_drowned_channels=True)
+            quantize.create_eval_graph(per_channel_weights=False,
+                                       mask_drowned_channels=True)
+            fetches = [scope + 'mul_fold:0', scope + 'add_fold:0']
           values = util.model_values(graph)
           values[layer + 'BatchNorm/moving_variance'][dead] = 1e-7
           values[layer + 'depthwise_weights'][:, :, dead, 0] *= 20
           with self.session(graph=graph) as sess:
             util.load(sess, values)
-            folded, layer_output = sess.run(
-                [scope + 'mul_fold:0', scope + 'add_fold:0'],
-                {images_in: images})
+            folded, layer_output = sess.run(fetches, {images_in: images})
         folded = folded[:, :, :, 0]
         self.assertAllEqual(folded[:, :, dead], np.zeros([3, 3]))
         # The eval graph rounds the bias to its int32 grid, a few 1e-4 apart.
@@ -227,6 +232,68 @@ class MobilenetQuantizeTest(tf.test.TestCase):
             self.assertLess(differs.mean(), 1e-3)
             self.assertTrue(np.all(np.abs(actual - expected).max(axis=0) <=
                                    folded_bound / 127 * (1 + 1e-5)))
+
+  def test_per_tensor_training_keeps_batch_norms_with_folded_ranges(self):
+    # Per-tensor ranges do not scale with a channel, so training quantizes
+    # the folded weights W * m with the folded weights' range and divides
+    # by m again: through the kept batch norm, m turns them back into the
+    # eval graph's quantized folded weights.
+    images = util.images()
+    layers = ('Conv2d_0', 'Conv2d_1_depthwise', 'Conv2d_13_pointwise')
+    with tf.Graph().as_default() as graph:
+      images_in, logits = util.build_mobilenet(is_training=True)
+      quantize.create_training_graph(weights=quantize.ASYMMETRIC)
+      path = util.ancestors(logits)
+      self.assertLen(_convolutions(path), 28)
+      self.assertLen([op for op in path if op.type == 'FusedBatchNormV3'],
+                     27)
+      self.assertEmpty(graph.get_collection(fold_batch_norms.FOLDED_LAYERS))
+      values = util.model_values(graph)
+      with self.session(graph=graph) as sess:
+        util.load(sess, values)
+        sess.run(logits, {images_in: images})
+        trained_ranges = util.range_values(sess)
+        trained_weights = sess.run({
+            layer: 'MobilenetV1/MobilenetV1/%s/weights_quant/unfold:0' % layer
+            for layer in layers})
+    with tf.Graph().as_default() as graph:
+      util.build_mobilenet(is_training=False)
+      quantize.create_eval_graph(per_channel_weights=False)
+      folded_layers = {op.name.rpartition('/')[0] + '/': op for op in
+                       graph.get_collection(fold_batch_norms.FOLDED_LAYERS)}
+      with self.session(graph=graph) as sess:
+        util.load(sess, dict(values, **trained_ranges))
+        for layer in layers:
+          with self.subTest(layer=layer):
+            scope = 'MobilenetV1/MobilenetV1/%s/' % layer
+            variables = 'MobilenetV1/%s/' % layer
+            multiplier = (values[variables + 'BatchNorm/gamma'] / np.sqrt(
+                values[variables + 'BatchNorm/moving_variance'] +
+                1e-3)).astype(np.float32)
+            # Output channels last, a depthwise [h, w, in, k]'s in * k.
+            weights = values[variables + ('depthwise_weights' if 'depthwise'
+                                          in layer else 'weights')].astype(
+                                          np.float32).reshape(
+                                              -1, multiplier.size)
+            folded = weights * multiplier
+            self.assertAllClose(trained_ranges[scope + 'weights_quant/min'],
+                                min(folded.min(), 0), rtol=1e-6)
+            self.assertAllClose(trained_ranges[scope + 'weights_quant/max'],
+                                max(folded.max(), 0), rtol=1e-6)
+            folded_quant = graph_editing.fake_quant_of(
+                folded_layers[scope].inputs[1])
+            expected = sess.run(folded_quant.outputs[0]).reshape(
+                weights.shape)
+            # Training's weights times m are the eval graph's quantized
+            # folded weights, up to the float32 rounding of the division
+            # and the product (a relative 2.4e-7 at most).
+            actual = trained_weights[layer].reshape(weights.shape) * multiplier
+            self.assertAllClose(actual, expected, rtol=3e-7, atol=0)
+            # And those lie on the 255-level grid of the saved range.
+            step = (trained_ranges[scope + 'weights_quant/max'] -
+                    trained_ranges[scope + 'weights_quant/min']) / 254
+            codes = (expected - expected.min()) / step
+            self.assertAllClose(codes, np.round(codes), atol=1e-3)
 
   def test_frozen_batch_norms_fold_with_moving_statistics(self):
     # Before --freeze_bn_delay a training layer normalizes with its batch's
