@@ -204,11 +204,10 @@ def _tflite_top1(path, data, first_class=0):
       without the background class).
   """
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
   import mobilenet_v1_tflite_eval  # pylint: disable=g-import-not-at-top
   images, labels = _validation(data)
-  interpreter = Interpreter(model_path=path)
-  interpreter.allocate_tensors()
+  interpreter, _ = mobilenet_v1_tflite_eval.load_interpreter(
+      path, mobilenet_v1_tflite_eval.all_cores())
   input_details = interpreter.get_input_details()[0]
   output_index = interpreter.get_output_details()[0]['index']
   scores = []
