@@ -53,6 +53,19 @@ def first_line(error):
   return re.split(r'\n|\s+\[\[', message)[0]
 
 
+def _is_interrupt(error):
+  """Whether `error` is Ctrl-C, also where it cut into TensorFlow's C++.
+
+  A KeyboardInterrupt that arrives while a TensorFlow binding is raising its
+  own error (tf.io.gfile.exists raises NotFound for a missing file, every
+  second while evaluation waits for checkpoints) comes out as pybind11's
+  RuntimeError naming both.
+  """
+  return isinstance(error, KeyboardInterrupt) or (
+      isinstance(error, RuntimeError) and
+      'REPLACED BY KeyboardInterrupt' in str(error))
+
+
 def run(main):
   """Like absl's app.run(main), reporting user errors in one line."""
   program = os.path.basename(sys.argv[0]).replace('.py', '')
@@ -68,7 +81,9 @@ def run(main):
       sys.exit('%s: error: %s' % (program, e))
     except INPUT_OP_ERRORS as e:
       sys.exit('%s: error: %s' % (program, first_line(e)))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, RuntimeError) as e:
+      if not _is_interrupt(e):
+        raise
       print('%s: interrupted' % program, file=sys.stderr)
       sys.exit(130)
 

@@ -238,7 +238,7 @@ class EvalTest(tf.test.TestCase):
     self.assertStartsWith(process.stdout.readline(), 'Waiting for checkpoints')
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
-    self.assertEqual(process.returncode, 130)
+    self.assertEqual(process.returncode, 130, stderr)
     self.assertEqual(stderr, 'mobilenet_v1_eval: interrupted\n')
 
   def test_bad_input_gets_one_line_errors(self):
