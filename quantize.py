@@ -192,7 +192,8 @@ def create_training_graph(input_graph=None, quant_delay=0,
 
   Raises:
     ValueError: if `quant_delay` or `freeze_bn_delay` is negative, `weights`
-      is unknown, the graph is already quantized or folded, already has
+      is unknown, drowned channels are to be masked with per-channel
+      weights, the graph is already quantized or folded, already has
       gradients, or has no layer to quantize.
   """
   if quant_delay is None or quant_delay < 0:
@@ -223,7 +224,8 @@ def create_eval_graph(input_graph=None, per_channel_weights=True,
     mask_drowned_channels: mask drowned channels, as training did.
 
   Raises:
-    ValueError: if the graph is already quantized or folded, already has
+    ValueError: if drowned channels are to be masked with per-channel
+      weights, the graph is already quantized or folded, already has
       gradients, or has no layer to quantize.
   """
   _rewrite(input_graph, is_training=False, quant_delay=0,
@@ -433,9 +435,9 @@ class _Quantizer(object):
         (after folding, the folded batch norm's output; for a layer whose
         batch norm is kept, the batch norm's output).
       context: the layer's name scope.
-      folded_multiplier: for a layer whose batch norm is kept (per-channel
-        weights only), the per-channel multiplier inference will fold into
-        its weights: the saved ranges are those of the folded weights.
+      folded_multiplier: for a layer whose batch norm is kept, the
+        per-channel multiplier inference will fold into its weights: the
+        saved ranges are those of the folded weights.
       output_is_activation: `output` is already through the activation
         (the fused batch norm + ReLU6 op).
       is_model_output: the layer is the model's last; without an activation
@@ -528,10 +530,11 @@ class _Quantizer(object):
       layer_op: the (possibly folded) layer op; its second input is the
         weights.
       scope: the name scope of the new ops and range variables.
-      folded_multiplier: None, or (per-channel weights, training) the
-        per-channel multiplier m that inference folds into these weights:
-        they are quantized with their own ranges, and the range variables
-        hold those of W * m, |m| times theirs.
+      folded_multiplier: None, or (training with kept batch norms) the
+        per-channel multiplier m that inference folds into these weights.
+        Per-channel weights are quantized with their own ranges, and the
+        range variables hold those of W * m, |m| times theirs; per-tensor
+        ones become quant(W * m) / m (_quantize_folded_weights).
     """
     weights = layer_op.inputs[1]
     if weights.name in self._quantized:

@@ -369,6 +369,18 @@ class MobilenetQuantizeTest(tf.test.TestCase):
       with self.assertRaisesRegex(ValueError, 'non-negative'):
         quantize.create_training_graph(quant_delay=-1)
 
+  def test_masking_drowned_channels_with_per_channel_weights_raises(self):
+    # Per-channel training would not mask (its weights are quantized
+    # unfolded) where the eval graph would.
+    for rewrite in (
+        lambda: quantize.create_eval_graph(mask_drowned_channels=True),
+        lambda: quantize.create_training_graph(mask_drowned_channels=True)):
+      with tf.Graph().as_default() as graph:
+        util.build_mobilenet(is_training=False)
+        with self.assertRaisesRegex(ValueError, 'per-channel ranges need no'):
+          rewrite()
+        self.assertEqual(util.count_fake_quants(graph), 0)
+
   def test_rewrite_after_gradients_raises(self):
     with tf.Graph().as_default():
       _, logits = util.build_mobilenet(is_training=True)
