@@ -720,6 +720,13 @@ def train():
                            FLAGS.number_of_steps if FLAGS.number_of_steps
                            else 'an open-ended run'), flush=True)
 
+    if (FLAGS['bfloat16_convolutions'].present and
+        FLAGS.bfloat16_convolutions and not bfloat16_math_takes_effect(
+            batch_norm_relu6.cpu_features())):
+      print('--bfloat16_convolutions has no effect on this CPU: oneDNN\'s '
+            'bfloat16 math mode needs AMX (and oneDNN on); the convolutions '
+            'compute in float32.', flush=True)
+
     teacher_weight = _distillation_weight()
     if teacher_weight:
       print('Distilling from the float model %s: each target is %g of its '

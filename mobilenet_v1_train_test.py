@@ -389,13 +389,17 @@ class TrainTest(tf.test.TestCase):
     env[batch_norm_relu6.CPU_FEATURES_ENV] = 'fpu sse sse2 ssse3 sse4_2 avx'
     result = subprocess.run(
         train_command(self.dataset_dir, checkpoint_dir, '--number_of_steps=3',
-                      '--log_every_n_steps=1'),
+                      '--log_every_n_steps=1', '--bfloat16_convolutions'),
         capture_output=True, text=True, env=env, timeout=600, check=False)
     self.assertEqual(result.returncode, 0, result.stderr)
     notes = [line for line in result.stdout.splitlines()
-             if 'not fused' in line]
-    self.assertEqual(notes, ['Batch norm + ReLU6 run as TensorFlow\'s ops, '
-                             'not fused: this CPU lacks AVX2 and FMA.'])
+             if 'not fused' in line or 'no effect' in line]
+    self.assertEqual(notes, [
+        'Batch norm + ReLU6 run as TensorFlow\'s ops, not fused: this CPU '
+        'lacks AVX2 and FMA.',
+        '--bfloat16_convolutions has no effect on this CPU: oneDNN\'s '
+        'bfloat16 math mode needs AMX (and oneDNN on); the convolutions '
+        'compute in float32.'])
     self.assertIn('step 3 ', result.stdout)
     self.assertEqual(checkpoint_step(checkpoint_dir), 3)
     op_types = test_data.graph_op_types(
