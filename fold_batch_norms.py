@@ -155,11 +155,7 @@ def fold_batch_norm(layer_op, context, input_scale=None, freeze=None):
 
   weights = layer_op.inputs[1]
   with graph.name_scope(context + '/'):
-    if layer_op.type == 'DepthwiseConv2dNative':
-      multiplier = tf.reshape(multiplier, weights.shape[2:],
-                              name='scale_reshape')
-    elif layer_op.type == 'MatMul' and layer_op.get_attr('transpose_b'):
-      multiplier = tf.reshape(multiplier, [-1, 1], name='scale_reshape')
+    multiplier = shaped_for_weights(layer_op, multiplier)
     if input_scale is not None and batch_norm.beta is not None:
       mask = _signal_mask(layer_op, batch_norm.inference_variance,
                           input_scale)
@@ -188,6 +184,26 @@ def fold_batch_norm(layer_op, context, input_scale=None, freeze=None):
                         batch_norm.output.consumers())
   graph.add_to_collection(FOLDED_LAYERS, new_layer_op)
   return new_layer_op, output
+
+
+def shaped_for_weights(layer_op, multiplier):
+  """A per-output-channel multiplier shaped to scale the layer's weights.
+
+  Args:
+    layer_op: a Conv2D, DepthwiseConv2dNative or MatMul op.
+    multiplier: a vector, one value per output channel (a depthwise
+      [h, w, in, k]'s in * k, in that order).
+
+  Returns:
+    `multiplier` as it broadcasts over the weights (`layer_op.inputs[1]`)
+    along their output channels.
+  """
+  if layer_op.type == 'DepthwiseConv2dNative':
+    return tf.reshape(multiplier, layer_op.inputs[1].shape[2:],
+                      name='scale_reshape')
+  if layer_op.type == 'MatMul' and layer_op.get_attr('transpose_b'):
+    return tf.reshape(multiplier, [-1, 1], name='scale_reshape')
+  return multiplier
 
 
 def inference_multiplier(layer_op, context, input_scale=None):

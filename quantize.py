@@ -620,12 +620,8 @@ class _Quantizer(object):
     """
     weights = layer_op.inputs[1]
     with self._graph.name_scope(scope + '/'):
-      multiplier = tf.stop_gradient(multiplier)
-      if layer_op.type == 'DepthwiseConv2dNative':
-        multiplier = tf.reshape(multiplier, weights.shape[2:],
-                                name='scale_reshape')
-      elif layer_op.type == 'MatMul' and layer_op.get_attr('transpose_b'):
-        multiplier = tf.reshape(multiplier, [-1, 1], name='scale_reshape')
+      multiplier = fold_batch_norms.shaped_for_weights(
+          layer_op, tf.stop_gradient(multiplier))
       folded = tf.multiply(weights, multiplier, name='mul_fold')
     self._insert(folded, scope, _LAST_VALUE, narrow_range=True,
                  init_range=_INIT_RANGE, consumers=[])

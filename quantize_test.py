@@ -28,6 +28,33 @@ def _convolutions(ops):
   return [op for op in ops if op.type in ('Conv2D', 'DepthwiseConv2dNative')]
 
 
+def _folded_layers_by_scope(graph):
+  """The eval graph's folded layer ops, by their layer's scope plus '/'."""
+  return {op.name.rpartition('/')[0] + '/': op
+          for op in graph.get_collection(fold_batch_norms.FOLDED_LAYERS)}
+
+
+def _folding_reference(values, layer):
+  """A MobileNet layer's inference multiplier and weights, in NumPy.
+
+  Args:
+    values: the model's variable values (util.model_values).
+    layer: a layer name like 'Conv2d_1_depthwise'.
+
+  Returns:
+    (multiplier, weights): gamma / sqrt(moving_variance + 1e-3), float32,
+    one per output channel, and the weights as float32 [-1, channels]
+    (output channels last, a depthwise [h, w, in, k]'s in * k).
+  """
+  variables = 'MobilenetV1/%s/' % layer
+  multiplier = (values[variables + 'BatchNorm/gamma'] / np.sqrt(
+      values[variables + 'BatchNorm/moving_variance'] + 1e-3)).astype(
+          np.float32)
+  weights = values[variables + ('depthwise_weights' if 'depthwise' in layer
+                                else 'weights')].astype(np.float32)
+  return multiplier, weights.reshape(-1, multiplier.size)
+
+
 class MobilenetQuantizeTest(tf.test.TestCase):
 
   def test_eval_graph_quantizes_every_weight_and_activation(self):
@@ -192,22 +219,13 @@ class MobilenetQuantizeTest(tf.test.TestCase):
     with tf.Graph().as_default() as graph:
       util.build_mobilenet(is_training=False)
       quantize.create_eval_graph()
-      folded_layers = {op.name.rpartition('/')[0] + '/': op for op in
-                       graph.get_collection(fold_batch_norms.FOLDED_LAYERS)}
+      folded_layers = _folded_layers_by_scope(graph)
       with self.session(graph=graph) as sess:
         util.load(sess, dict(values, **trained_ranges))
         for layer in ('Conv2d_0', 'Conv2d_1_depthwise', 'Conv2d_13_pointwise'):
           with self.subTest(layer=layer):
             scope = 'MobilenetV1/MobilenetV1/%s/' % layer
-            variables = 'MobilenetV1/%s/' % layer
-            multiplier = (values[variables + 'BatchNorm/gamma'] / np.sqrt(
-                values[variables + 'BatchNorm/moving_variance'] +
-                1e-3)).astype(np.float32)
-            # Output channels last, a depthwise [h, w, in, k]'s in * k.
-            weights = values[variables + ('depthwise_weights' if 'depthwise'
-                                          in layer else 'weights')].astype(
-                                          np.float32).reshape(
-                                              -1, multiplier.size)
+            multiplier, weights = _folding_reference(values, layer)
             bound = np.abs(weights).max(axis=0)
             folded_bound = trained_ranges[scope + 'weights_quant/max']
             self.assertAllClose(folded_bound, bound * np.abs(multiplier),
@@ -259,22 +277,13 @@ class MobilenetQuantizeTest(tf.test.TestCase):
     with tf.Graph().as_default() as graph:
       util.build_mobilenet(is_training=False)
       quantize.create_eval_graph(per_channel_weights=False)
-      folded_layers = {op.name.rpartition('/')[0] + '/': op for op in
-                       graph.get_collection(fold_batch_norms.FOLDED_LAYERS)}
+      folded_layers = _folded_layers_by_scope(graph)
       with self.session(graph=graph) as sess:
         util.load(sess, dict(values, **trained_ranges))
         for layer in layers:
           with self.subTest(layer=layer):
             scope = 'MobilenetV1/MobilenetV1/%s/' % layer
-            variables = 'MobilenetV1/%s/' % layer
-            multiplier = (values[variables + 'BatchNorm/gamma'] / np.sqrt(
-                values[variables + 'BatchNorm/moving_variance'] +
-                1e-3)).astype(np.float32)
-            # Output channels last, a depthwise [h, w, in, k]'s in * k.
-            weights = values[variables + ('depthwise_weights' if 'depthwise'
-                                          in layer else 'weights')].astype(
-                                          np.float32).reshape(
-                                              -1, multiplier.size)
+            multiplier, weights = _folding_reference(values, layer)
             folded = weights * multiplier
             self.assertAllClose(trained_ranges[scope + 'weights_quant/min'],
                                 min(folded.min(), 0), rtol=1e-6)
