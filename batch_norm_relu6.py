@@ -7,10 +7,16 @@ them fewer times. `fuse_batch_norm_relu6` swaps the pairs in a built graph
 for the fused op, before its gradients are taken. The variables, their
 moving-average updates and checkpoints are untouched, so a model trained this
 way evaluates, exports and fine-tunes exactly as one trained without.
+Quantization-aware training also quantizes each fused op's output, with a
+range that follows the batch's maximum; `fuse_fake_quant` folds that fake
+quant and maximum into the kernels too, bit for bit.
 
   logits = build_model(images, is_training=True)
   if batch_norm_relu6.unavailable_reason() is None:
-    batch_norm_relu6.fuse_batch_norm_relu6(tf.compat.v1.get_default_graph())
+    graph = tf.compat.v1.get_default_graph()
+    batch_norm_relu6.fuse_batch_norm_relu6(graph)
+    # With quantization-aware training, after the quantization rewrite:
+    batch_norm_relu6.fuse_fake_quant(graph)
   ... loss, optimizer.minimize(loss) ...
 
 The kernels are AVX2 + FMA code, built only for x86-64 (BUILD): on other
@@ -21,6 +27,7 @@ the graph keeps TensorFlow's ops.
 import os
 import platform
 
+import numpy as np
 import tensorflow as tf
 
 import graph_editing
@@ -107,8 +114,9 @@ def load_ops():
   """Loads the fused kernels once and returns their Python wrappers.
 
   Returns:
-    The module tf.load_op_library gives: fused_batch_norm_relu6 and
-    fused_batch_norm_relu6_grad.
+    The module tf.load_op_library gives: fused_batch_norm_relu6,
+    fused_batch_norm_relu6_grad, batch_norm_relu6_moments,
+    batch_norm_relu6_fake_quant and batch_norm_relu6_fake_quant_grad.
 
   Raises:
     UnsupportedCpuError: if this CPU cannot run them.
@@ -136,6 +144,21 @@ def _fused_batch_norm_relu6_grad(op, y_backprop, *unused_statistics_grads):
   return load_ops().fused_batch_norm_relu6_grad(
       y_backprop, x, scale, offset, batch_mean=op.outputs[1],
       inverse_std=op.outputs[3])
+
+
+@tf.RegisterGradient('BatchNormRelu6FakeQuant')
+def _batch_norm_relu6_fake_quant_grad(op, y_backprop):
+  # The kernel differentiates through the batch statistics itself (they are
+  # x's, from BatchNormRelu6Moments), so they get no gradient of their own;
+  # nor does the range, which nothing trains.
+  x, scale, offset, batch_mean, inverse_std, low, high = op.inputs
+  return list(load_ops().batch_norm_relu6_fake_quant_grad(
+      y_backprop, x, scale, offset, batch_mean, inverse_std, low, high,
+      num_bits=op.get_attr('num_bits'),
+      narrow_range=op.get_attr('narrow_range'))) + [None] * 4
+
+
+tf.no_gradient('BatchNormRelu6Moments')
 
 
 def _fusable_batch_norm(relu6):
@@ -182,6 +205,76 @@ def fuse_batch_norm_relu6(graph):
           x, scale, offset, epsilon=batch_norm.get_attr('epsilon'))
     for old, new in ((relu6.outputs[0], y), (batch_norm.outputs[1], mean),
                      (batch_norm.outputs[2], variance)):
+      graph_editing.reroute(old, new, old.consumers())
+    fused += 1
+  return fused
+
+
+def _reduces_whole(op, tensor):
+  """Whether `op` is a reduce_max of all of `tensor` to a scalar."""
+  if (op.type != 'Max' or op.inputs[0] is not tensor or
+      op.get_attr('keep_dims')):
+    return False
+  axes = tf.get_static_value(op.inputs[1])
+  rank = tensor.shape.rank
+  return (axes is not None and rank is not None and
+          sorted(np.reshape(axes, [-1]) % rank) == list(range(rank)))
+
+
+def fuse_fake_quant(graph):
+  """Folds the fake quant after each fused batch norm + ReLU6 into it.
+
+  Quantization-aware training's rewrite (quantize.py) quantizes the output y
+  of every FusedBatchNormRelu6 with FakeQuantWithMinMaxVars, over a range
+  that moves with the batch's maximum of y. Where y feeds only that fake
+  quant and whole-tensor maxima, the pair becomes BatchNormRelu6Moments
+  (the statistics, and y's maximum from each channel's extremes) and
+  BatchNormRelu6FakeQuant (the quantized y, straight from x): the same
+  values, bit for bit, without storing y or reading it back. Call it after
+  the quantization rewrite and before taking gradients.
+
+  Args:
+    graph: a tf.Graph after fuse_batch_norm_relu6 and the quantization
+      rewrite.
+
+  Returns:
+    How many fake quants were folded.
+
+  Raises:
+    UnsupportedCpuError: if this CPU cannot run the fused kernels.
+    LibraryNotFoundError: if they were not built.
+  """
+  ops = load_ops()
+  fused = 0
+  for batch_norm in [op for op in graph.get_operations()
+                     if op.type == 'FusedBatchNormRelu6']:
+    y = batch_norm.outputs[0]
+    fake_quants = [op for op in y.consumers()
+                   if op.type == 'FakeQuantWithMinMaxVars' and
+                   op.inputs[0] is y]
+    maxima = [op for op in y.consumers() if _reduces_whole(op, y)]
+    if (len(fake_quants) != 1 or
+        len(y.consumers()) != len(fake_quants) + len(maxima)):
+      continue
+    fake_quant = fake_quants[0]
+    x, scale, offset = batch_norm.inputs
+    with graph.as_default(), graph.name_scope(batch_norm.name +
+                                              '_FakeQuant/'):
+      batch_mean, batch_variance, inverse_std, y_max = (
+          ops.batch_norm_relu6_moments(
+              x, scale, offset, epsilon=batch_norm.get_attr('epsilon')))
+      # The range reads the batch maximum: reroute that before the new op
+      # reads the range.
+      for maximum in maxima:
+        graph_editing.reroute(maximum.outputs[0], y_max,
+                              maximum.outputs[0].consumers())
+      quantized = ops.batch_norm_relu6_fake_quant(
+          x, scale, offset, batch_mean, inverse_std, fake_quant.inputs[1],
+          fake_quant.inputs[2], num_bits=fake_quant.get_attr('num_bits'),
+          narrow_range=fake_quant.get_attr('narrow_range'))
+    for old, new in ((fake_quant.outputs[0], quantized),
+                     (batch_norm.outputs[1], batch_mean),
+                     (batch_norm.outputs[2], batch_variance)):
       graph_editing.reroute(old, new, old.consumers())
     fused += 1
   return fused

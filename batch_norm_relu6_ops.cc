@@ -14,8 +14,18 @@
 //           x_hat = (x - mean) * inverse_std; d_offset = sum(g),
 //           d_scale = sum(g * x_hat),
 //           dx = a * (g - mean(g) - x_hat * mean(g * x_hat)).
+//
+// Quantization-aware training puts a fake quant on every such y, with a
+// range that moves with each batch's maximum of y. The second pair of ops
+// folds it in: BatchNormRelu6Moments gives the statistics and that maximum
+// (from each channel's extremes of x, in the statistics pass), and
+// BatchNormRelu6FakeQuant writes FakeQuantWithMinMaxVars(y) directly, so y
+// itself is never stored, reduced or read back. Its gradient is the one
+// above with the fake quant's straight-through mask (its nudged range) on
+// g: four more passes saved forward and backward.
 #include <algorithm>
 #include <cmath>
+#include <optional>
 #include <vector>
 
 #include <immintrin.h>
@@ -31,6 +41,7 @@ using ::tensorflow::DEVICE_CPU;
 using ::tensorflow::OpKernel;
 using ::tensorflow::OpKernelConstruction;
 using ::tensorflow::OpKernelContext;
+using ::tensorflow::Status;
 using ::tensorflow::Tensor;
 using ::tensorflow::TensorShape;
 using ::tensorflow::errors::InvalidArgument;
@@ -75,6 +86,72 @@ REGISTER_OP("FusedBatchNormRelu6Grad")
       return ::tensorflow::OkStatus();
     });
 
+REGISTER_OP("BatchNormRelu6Moments")
+    .Input("x: float")
+    .Input("scale: float")
+    .Input("offset: float")
+    .Output("batch_mean: float")
+    .Output("batch_variance: float")
+    .Output("inverse_std: float")
+    .Output("y_max: float")
+    .Attr("epsilon: float = 0.001")
+    .Doc(R"doc(
+FusedBatchNormRelu6's statistics, and the largest value of its y (a scalar,
+at least 0), without computing y.
+)doc")
+    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
+      auto channels = c->Dim(c->input(0), -1);
+      for (int i = 0; i < 3; ++i) c->set_output(i, c->Vector(channels));
+      c->set_output(3, c->Scalar());
+      return ::tensorflow::OkStatus();
+    });
+
+REGISTER_OP("BatchNormRelu6FakeQuant")
+    .Input("x: float")
+    .Input("scale: float")
+    .Input("offset: float")
+    .Input("batch_mean: float")
+    .Input("inverse_std: float")
+    .Input("min: float")
+    .Input("max: float")
+    .Output("y: float")
+    .Attr("num_bits: int = 8")
+    .Attr("narrow_range: bool = false")
+    .Doc(R"doc(
+FakeQuantWithMinMaxVars(FusedBatchNormRelu6(x).y, min, max), bit for bit,
+given the batch statistics BatchNormRelu6Moments computed from x.
+)doc")
+    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
+      c->set_output(0, c->input(0));
+      return ::tensorflow::OkStatus();
+    });
+
+REGISTER_OP("BatchNormRelu6FakeQuantGrad")
+    .Input("y_backprop: float")
+    .Input("x: float")
+    .Input("scale: float")
+    .Input("offset: float")
+    .Input("batch_mean: float")
+    .Input("inverse_std: float")
+    .Input("min: float")
+    .Input("max: float")
+    .Output("x_backprop: float")
+    .Output("scale_backprop: float")
+    .Output("offset_backprop: float")
+    .Attr("num_bits: int = 8")
+    .Attr("narrow_range: bool = false")
+    .Doc(R"doc(
+The gradient of BatchNormRelu6FakeQuant through the batch statistics, as
+FusedBatchNormRelu6Grad's, where the fake quant passes it (straight
+through, inside its nudged range).
+)doc")
+    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
+      c->set_output(0, c->input(1));
+      c->set_output(1, c->input(2));
+      c->set_output(2, c->input(2));
+      return ::tensorflow::OkStatus();
+    });
+
 // Rows (pixels) summed in float before adding into double totals.
 constexpr int64_t kChunkRows = 128;
 
@@ -102,10 +179,24 @@ void ChunkedSums(int64_t begin, int64_t end, int64_t channels,
 // sum += x - shift, sum_sq += (x - shift)^2 over rows [begin, end), per
 // channel. Shifting by a value of the channel (its first) keeps the one-pass
 // variance, E[(x - shift)^2] - E[x - shift]^2, exact when the mean is large
-// against the spread.
+// against the spread. With x_min and x_max, also each channel's extremes of
+// x (min into x_min, max into x_max), in the same pass.
 void ShiftedSums(const float* __restrict x, int64_t begin, int64_t end,
                  int64_t channels, const float* __restrict shift,
-                 double* __restrict sum, double* __restrict sum_sq) {
+                 double* __restrict sum, double* __restrict sum_sq,
+                 float* __restrict x_min, float* __restrict x_max) {
+  if (x_min == nullptr) {
+    ChunkedSums(begin, end, channels, sum, sum_sq,
+                [=](int64_t r, float* __restrict ps, float* __restrict pq) {
+                  const float* __restrict row = x + r * channels;
+                  for (int64_t c = 0; c < channels; ++c) {
+                    const float d = row[c] - shift[c];
+                    ps[c] += d;
+                    pq[c] += d * d;
+                  }
+                });
+    return;
+  }
   ChunkedSums(begin, end, channels, sum, sum_sq,
               [=](int64_t r, float* __restrict ps, float* __restrict pq) {
                 const float* __restrict row = x + r * channels;
@@ -113,6 +204,8 @@ void ShiftedSums(const float* __restrict x, int64_t begin, int64_t end,
                   const float d = row[c] - shift[c];
                   ps[c] += d;
                   pq[c] += d * d;
+                  x_min[c] = std::min(x_min[c], row[c]);
+                  x_max[c] = std::max(x_max[c], row[c]);
                 }
               });
 }
@@ -146,23 +239,108 @@ inline __m256 PreActivation8(__m256 centered_x, const float* a,
                        _mm256_loadu_ps(offset));
 }
 
-// ReLU6 passes the gradient where its input lies strictly inside (0, 6).
-inline float Gate(float z, float dy) {
-  return (z > 0.f) & (z < 6.f) ? dy : 0.f;
-}
+// TensorFlow's FakeQuantWithMinMaxVars (fake_quant_ops_functor.h), the same
+// float operations in the same order, so that its values match bit for bit.
+class FakeQuant {
+ public:
+  FakeQuant(float min, float max, int num_bits, bool narrow_range) {
+    zero_range_ = min == 0.f && max == 0.f;
+    if (zero_range_) {
+      // TensorFlow outputs 0 and passes every gradient.
+      pass_min_ = -INFINITY;
+      pass_max_ = INFINITY;
+      return;
+    }
+    const float quant_min = narrow_range ? 1.f : 0.f;
+    const float quant_max = static_cast<float>((1 << num_bits) - 1);
+    scale_ = (max - min) / (quant_max - quant_min);
+    const float inv_scale = (quant_max - quant_min) / (max - min);
+    const float zero_point_from_min = quant_min - min / scale_;
+    uint16_t zero_point;
+    if (zero_point_from_min < quant_min) {
+      zero_point = static_cast<uint16_t>(quant_min);
+    } else if (zero_point_from_min > quant_max) {
+      zero_point = static_cast<uint16_t>(quant_max);
+    } else {
+      zero_point = static_cast<uint16_t>(std::round(zero_point_from_min));
+    }
+    pass_min_ = (quant_min - zero_point) * scale_;
+    pass_max_ = (quant_max - zero_point) * scale_;
+    quant_zero_ = std::floor(-pass_min_ * inv_scale + 0.5f);
+  }
 
-// y = min(max(z, 0), 6) over rows [begin, end).
+  // The nudged range, inside which the gradient passes.
+  float pass_min() const { return pass_min_; }
+  float pass_max() const { return pass_max_; }
+
+  float operator()(float y) const {
+    if (zero_range_) return 0.f;
+    const float clamped = std::max(std::min(y, pass_max_), pass_min_);
+    return std::floor((clamped - pass_min_) / scale_ - quant_zero_ + 0.5f) *
+           scale_;
+  }
+
+  __m256 operator()(__m256 y) const {
+    if (zero_range_) return _mm256_setzero_ps();
+    const __m256 clamped = _mm256_max_ps(
+        _mm256_min_ps(y, _mm256_set1_ps(pass_max_)),
+        _mm256_set1_ps(pass_min_));
+    const __m256 steps = _mm256_add_ps(
+        _mm256_sub_ps(_mm256_div_ps(_mm256_sub_ps(clamped,
+                                                  _mm256_set1_ps(pass_min_)),
+                                    _mm256_set1_ps(scale_)),
+                      _mm256_set1_ps(quant_zero_)),
+        _mm256_set1_ps(0.5f));
+    return _mm256_mul_ps(_mm256_floor_ps(steps), _mm256_set1_ps(scale_));
+  }
+
+ private:
+  bool zero_range_;
+  float scale_ = 0.f, quant_zero_ = 0.f, pass_min_, pass_max_;
+};
+
+// The identity, in FakeQuant's place where y is not quantized.
+struct NoQuant {
+  float operator()(float y) const { return y; }
+  __m256 operator()(__m256 y) const { return y; }
+};
+
+// The gradient passes where ReLU6's input lies strictly inside (0, 6) and,
+// under a fake quant, ReLU6's output (then equal to its input) inside
+// [pass_min, pass_max]; without one, those are -inf and inf.
+struct Gate {
+  float pass_min = -INFINITY, pass_max = INFINITY;
+
+  float operator()(float z, float dy) const {
+    return (z > 0.f) & (z < 6.f) & (z >= pass_min) & (z <= pass_max) ? dy
+                                                                      : 0.f;
+  }
+
+  __m256 operator()(__m256 z, __m256 dy) const {
+    const __m256 inside = _mm256_and_ps(
+        _mm256_and_ps(_mm256_cmp_ps(z, _mm256_setzero_ps(), _CMP_GT_OQ),
+                      _mm256_cmp_ps(z, _mm256_set1_ps(6.f), _CMP_LT_OQ)),
+        _mm256_and_ps(
+            _mm256_cmp_ps(z, _mm256_set1_ps(pass_min), _CMP_GE_OQ),
+            _mm256_cmp_ps(z, _mm256_set1_ps(pass_max), _CMP_LE_OQ)));
+    return _mm256_and_ps(inside, dy);
+  }
+};
+
+// y = quantize(min(max(z, 0), 6)) over rows [begin, end).
+template <typename Quantize>
 void AffineRelu6(const float* __restrict x, int64_t begin, int64_t end,
                  int64_t channels, const float* __restrict mean,
                  const float* __restrict a, const float* __restrict offset,
-                 float* __restrict y) {
+                 const Quantize& quantize, float* __restrict y) {
   if (CanStream(y, channels)) {
     const __m256 zero = _mm256_setzero_ps(), six = _mm256_set1_ps(6.f);
     for (int64_t i = begin * channels; i < end * channels; i += channels) {
       for (int64_t c = 0; c < channels; c += 8) {
         const __m256 z =
             PreActivation8(CenteredX8(x + i + c, mean + c), a + c, offset + c);
-        _mm256_stream_ps(y + i + c, _mm256_min_ps(_mm256_max_ps(z, zero), six));
+        _mm256_stream_ps(
+            y + i + c, quantize(_mm256_min_ps(_mm256_max_ps(z, zero), six)));
       }
     }
     _mm_sfence();
@@ -173,25 +351,25 @@ void AffineRelu6(const float* __restrict x, int64_t begin, int64_t end,
     float* __restrict yr = y + r * channels;
     for (int64_t c = 0; c < channels; ++c) {
       const float z = PreActivation(xr[c], mean[c], a[c], offset[c]);
-      yr[c] = std::min(std::max(z, 0.f), 6.f);
+      yr[c] = quantize(std::min(std::max(z, 0.f), 6.f));
     }
   }
 }
 
-// With g = Gate(z, dy):
+// With g = gate(z, dy):
 // sum_g += g and sum_gx += g * (x - mean) * inv_std over rows [begin, end).
 void GatedSums(const float* __restrict x, const float* __restrict dy,
                int64_t begin, int64_t end, int64_t channels,
                const float* __restrict mean, const float* __restrict a,
                const float* __restrict offset,
-               const float* __restrict inv_std,
+               const float* __restrict inv_std, const Gate& gate,
                double* __restrict sum_g, double* __restrict sum_gx) {
   ChunkedSums(begin, end, channels, sum_g, sum_gx,
               [=](int64_t r, float* __restrict pg, float* __restrict px) {
                 const float* __restrict xr = x + r * channels;
                 const float* __restrict dr = dy + r * channels;
                 for (int64_t c = 0; c < channels; ++c) {
-                  const float g = Gate(
+                  const float g = gate(
                       PreActivation(xr[c], mean[c], a[c], offset[c]), dr[c]);
                   pg[c] += g;
                   px[c] += g * ((xr[c] - mean[c]) * inv_std[c]);
@@ -204,18 +382,15 @@ void InputGradient(const float* __restrict x, const float* __restrict dy,
                    int64_t begin, int64_t end, int64_t channels,
                    const float* __restrict mean, const float* __restrict a,
                    const float* __restrict offset,
-                   const float* __restrict inv_std,
+                   const float* __restrict inv_std, const Gate& gate,
                    const float* __restrict mean_g,
                    const float* __restrict mean_gx, float* __restrict dx) {
   if (CanStream(dx, channels)) {
-    const __m256 zero = _mm256_setzero_ps(), six = _mm256_set1_ps(6.f);
     for (int64_t i = begin * channels; i < end * channels; i += channels) {
       for (int64_t c = 0; c < channels; c += 8) {
         const __m256 centered_x = CenteredX8(x + i + c, mean + c);
         const __m256 z = PreActivation8(centered_x, a + c, offset + c);
-        const __m256 inside = _mm256_and_ps(_mm256_cmp_ps(z, zero, _CMP_GT_OQ),
-                                            _mm256_cmp_ps(z, six, _CMP_LT_OQ));
-        const __m256 g = _mm256_and_ps(inside, _mm256_loadu_ps(dy + i + c));
+        const __m256 g = gate(z, _mm256_loadu_ps(dy + i + c));
         const __m256 x_hat =
             _mm256_mul_ps(centered_x, _mm256_loadu_ps(inv_std + c));
         const __m256 centered = _mm256_sub_ps(
@@ -234,7 +409,7 @@ void InputGradient(const float* __restrict x, const float* __restrict dy,
     float* __restrict out = dx + r * channels;
     for (int64_t c = 0; c < channels; ++c) {
       const float g =
-          Gate(PreActivation(xr[c], mean[c], a[c], offset[c]), dr[c]);
+          gate(PreActivation(xr[c], mean[c], a[c], offset[c]), dr[c]);
       const float x_hat = (xr[c] - mean[c]) * inv_std[c];
       out[c] = a[c] * (g - mean_g[c] - x_hat * mean_gx[c]);
     }
@@ -258,6 +433,87 @@ int NumBlocks(OpKernelContext* context) {
   return 4 * context->device()->tensorflow_cpu_worker_threads()->num_threads;
 }
 
+// Outputs first_output.. of a statistics op: the batch mean, the unbiased
+// variance and 1 / sqrt(biased variance + epsilon) of x (input 0) per
+// channel, with a = scale * inverse_std. With y_max, also the largest
+// min(max((x - mean) * a + offset, 0), 6), at least 0.
+Status ComputeMoments(OpKernelContext* context, int first_output,
+                      float epsilon, std::vector<float>* a, Tensor** mean_out,
+                      Tensor** inv_std_out, float* y_max) {
+  const Tensor& x = context->input(0);
+  if (x.dims() < 1 || x.dim_size(x.dims() - 1) == 0) {
+    return InvalidArgument("x has no channels");
+  }
+  const int64_t channels = x.dim_size(x.dims() - 1);
+  const int64_t rows = x.NumElements() / channels;
+  if (rows < 2) {
+    return InvalidArgument("batch norm needs 2+ values per channel");
+  }
+  for (int i = 1; i < 3; ++i) {
+    if (context->input(i).shape() != TensorShape({channels})) {
+      return InvalidArgument("scale and offset must have shape [", channels,
+                             "]");
+    }
+  }
+  Tensor* variance_out;
+  TensorShape vec({channels});
+  TF_RETURN_IF_ERROR(context->allocate_output(first_output, vec, mean_out));
+  TF_RETURN_IF_ERROR(
+      context->allocate_output(first_output + 1, vec, &variance_out));
+  TF_RETURN_IF_ERROR(
+      context->allocate_output(first_output + 2, vec, inv_std_out));
+  const float* xp = x.flat<float>().data();
+  const int blocks = NumBlocks(context);
+  std::vector<double> sums(2 * blocks * channels, 0.0);
+  std::vector<float> x_min, x_max;
+  if (y_max != nullptr) {
+    x_min.assign(blocks * channels, INFINITY);
+    x_max.assign(blocks * channels, -INFINITY);
+  }
+  ForEachBlock(context, rows, blocks, 2 * channels,
+               [&](int64_t begin, int64_t end, int64_t block) {
+                 double* sum = &sums[2 * block * channels];
+                 ShiftedSums(xp, begin, end, channels, xp, sum,
+                             sum + channels,
+                             y_max ? &x_min[block * channels] : nullptr,
+                             y_max ? &x_max[block * channels] : nullptr);
+               });
+  auto mean = (*mean_out)->flat<float>();
+  auto variance = variance_out->flat<float>();
+  auto inv_std = (*inv_std_out)->flat<float>();
+  const float* scale_p = context->input(1).flat<float>().data();
+  const float* offset_p = context->input(2).flat<float>().data();
+  a->resize(channels);
+  if (y_max != nullptr) *y_max = 0.f;
+  for (int64_t c = 0; c < channels; ++c) {
+    double s = 0, q = 0;
+    for (int block = 0; block < blocks; ++block) {
+      s += sums[2 * block * channels + c];
+      q += sums[(2 * block + 1) * channels + c];
+    }
+    const double shifted_mean = s / rows;
+    const double v = std::max(q / rows - shifted_mean * shifted_mean, 0.0);
+    const double m = xp[c] + shifted_mean;
+    mean(c) = m;
+    variance(c) = v * rows / (rows - 1);  // Bessel's, as FusedBatchNormV3.
+    inv_std(c) = 1.0 / std::sqrt(v + epsilon);
+    (*a)[c] = scale_p[c] * inv_std(c);
+    if (y_max != nullptr) {
+      // Float rounding keeps (x - mean) * a + offset monotonic in x, so the
+      // channel's largest value comes from one of its extremes.
+      float lowest = INFINITY, highest = -INFINITY;
+      for (int block = 0; block < blocks; ++block) {
+        lowest = std::min(lowest, x_min[block * channels + c]);
+        highest = std::max(highest, x_max[block * channels + c]);
+      }
+      const float z = PreActivation((*a)[c] >= 0.f ? highest : lowest,
+                                    mean(c), (*a)[c], offset_p[c]);
+      *y_max = std::max(*y_max, std::min(std::max(z, 0.f), 6.f));
+    }
+  }
+  return ::tensorflow::OkStatus();
+}
+
 class FusedBatchNormRelu6Op : public OpKernel {
  public:
   explicit FusedBatchNormRelu6Op(OpKernelConstruction* context)
@@ -266,61 +522,22 @@ class FusedBatchNormRelu6Op : public OpKernel {
   }
 
   void Compute(OpKernelContext* context) override {
+    std::vector<float> a;
+    Tensor *mean, *inv_std, *y;
+    OP_REQUIRES_OK(context, ComputeMoments(context, 1, epsilon_, &a, &mean,
+                                           &inv_std, nullptr));
     const Tensor& x = context->input(0);
-    const Tensor& scale = context->input(1);
-    const Tensor& offset = context->input(2);
-    OP_REQUIRES(context, x.dims() >= 1 && x.dim_size(x.dims() - 1) > 0,
-                InvalidArgument("x has no channels"));
-    const int64_t channels = x.dim_size(x.dims() - 1);
-    const int64_t rows = x.NumElements() / channels;
-    OP_REQUIRES(context, rows > 1,
-                InvalidArgument("batch norm needs 2+ values per channel"));
-    for (int i = 1; i < 3; ++i) {
-      OP_REQUIRES(context, context->input(i).shape() == TensorShape({channels}),
-                  InvalidArgument("scale and offset must have shape [",
-                                  channels, "]"));
-    }
-    Tensor *y, *mean_out, *variance_out, *inv_std_out;
     OP_REQUIRES_OK(context, context->allocate_output(0, x.shape(), &y));
-    TensorShape vec({channels});
-    OP_REQUIRES_OK(context, context->allocate_output(1, vec, &mean_out));
-    OP_REQUIRES_OK(context, context->allocate_output(2, vec, &variance_out));
-    OP_REQUIRES_OK(context, context->allocate_output(3, vec, &inv_std_out));
+    const int64_t channels = a.size();
+    const int64_t rows = x.NumElements() / channels;
     const float* xp = x.flat<float>().data();
-    const int blocks = NumBlocks(context);
-
-    std::vector<double> sums(2 * blocks * channels, 0.0);
-    ForEachBlock(context, rows, blocks, 2 * channels,
-                 [&](int64_t begin, int64_t end, int64_t block) {
-                   double* sum = &sums[2 * block * channels];
-                   ShiftedSums(xp, begin, end, channels, xp, sum,
-                               sum + channels);
-                 });
-    auto mean = mean_out->flat<float>();
-    auto variance = variance_out->flat<float>();
-    auto inv_std = inv_std_out->flat<float>();
-    std::vector<float> a(channels);
-    const float* scale_p = scale.flat<float>().data();
-    const float* offset_p = offset.flat<float>().data();
-    for (int64_t c = 0; c < channels; ++c) {
-      double s = 0, q = 0;
-      for (int block = 0; block < blocks; ++block) {
-        s += sums[2 * block * channels + c];
-        q += sums[(2 * block + 1) * channels + c];
-      }
-      const double shifted_mean = s / rows;
-      const double v = std::max(q / rows - shifted_mean * shifted_mean, 0.0);
-      const double m = xp[c] + shifted_mean;
-      mean(c) = m;
-      variance(c) = v * rows / (rows - 1);  // Bessel's, as FusedBatchNormV3.
-      inv_std(c) = 1.0 / std::sqrt(v + epsilon_);
-      a[c] = scale_p[c] * inv_std(c);
-    }
+    const float* offset_p = context->input(2).flat<float>().data();
     float* yp = y->flat<float>().data();
-    ForEachBlock(context, rows, blocks, 2 * channels,
+    ForEachBlock(context, rows, NumBlocks(context), 2 * channels,
                  [&](int64_t begin, int64_t end, int64_t) {
-                   AffineRelu6(xp, begin, end, channels, mean.data(),
-                               a.data(), offset_p, yp);
+                   AffineRelu6(xp, begin, end, channels,
+                               mean->flat<float>().data(), a.data(), offset_p,
+                               NoQuant(), yp);
                  });
   }
 
@@ -328,73 +545,212 @@ class FusedBatchNormRelu6Op : public OpKernel {
   float epsilon_;
 };
 
+class BatchNormRelu6MomentsOp : public OpKernel {
+ public:
+  explicit BatchNormRelu6MomentsOp(OpKernelConstruction* context)
+      : OpKernel(context) {
+    OP_REQUIRES_OK(context, context->GetAttr("epsilon", &epsilon_));
+  }
+
+  void Compute(OpKernelContext* context) override {
+    std::vector<float> a;
+    Tensor *mean, *inv_std, *y_max;
+    float y_max_value;
+    OP_REQUIRES_OK(context, ComputeMoments(context, 0, epsilon_, &a, &mean,
+                                           &inv_std, &y_max_value));
+    OP_REQUIRES_OK(context,
+                   context->allocate_output(3, TensorShape({}), &y_max));
+    y_max->scalar<float>()() = y_max_value;
+  }
+
+ private:
+  float epsilon_;
+};
+
+// The per-channel inputs first..first+3 (scale, offset, batch_mean,
+// inverse_std) of an op normalizing x, with a = scale * inverse_std.
+struct Normalization {
+  int64_t channels, rows;
+  const float *offset, *mean, *inv_std;
+  std::vector<float> a;
+};
+
+Status ReadNormalization(OpKernelContext* context, const Tensor& x, int first,
+                         Normalization* n) {
+  if (x.dims() < 1 || x.dim_size(x.dims() - 1) == 0) {
+    return InvalidArgument("x has no channels");
+  }
+  n->channels = x.dim_size(x.dims() - 1);
+  n->rows = x.NumElements() / n->channels;
+  for (int i = first; i < first + 4; ++i) {
+    if (context->input(i).shape() != TensorShape({n->channels})) {
+      return InvalidArgument("per-channel inputs must be [channels]");
+    }
+  }
+  const float* scale = context->input(first).flat<float>().data();
+  n->offset = context->input(first + 1).flat<float>().data();
+  n->mean = context->input(first + 2).flat<float>().data();
+  n->inv_std = context->input(first + 3).flat<float>().data();
+  n->a.resize(n->channels);
+  for (int64_t c = 0; c < n->channels; ++c) n->a[c] = scale[c] * n->inv_std[c];
+  return ::tensorflow::OkStatus();
+}
+
+// The num_bits and narrow_range attrs of a fake-quant op.
+struct FakeQuantAttrs {
+  int num_bits;
+  bool narrow_range;
+
+  Status Read(OpKernelConstruction* construction) {
+    TF_RETURN_IF_ERROR(construction->GetAttr("num_bits", &num_bits));
+    if (num_bits < 2 || num_bits > 16) {
+      return InvalidArgument("num_bits must be in [2, 16], not ", num_bits);
+    }
+    return construction->GetAttr("narrow_range", &narrow_range);
+  }
+
+  // The fake quant of scalar inputs min_input (min) and min_input + 1 (max).
+  Status Make(OpKernelContext* context, int min_input,
+              std::optional<FakeQuant>* fake_quant) const {
+    const Tensor& min = context->input(min_input);
+    const Tensor& max = context->input(min_input + 1);
+    if (min.dims() != 0 || max.dims() != 0) {
+      return InvalidArgument("min and max must be scalars");
+    }
+    fake_quant->emplace(min.scalar<float>()(), max.scalar<float>()(),
+                        num_bits, narrow_range);
+    return ::tensorflow::OkStatus();
+  }
+};
+
+class BatchNormRelu6FakeQuantOp : public OpKernel {
+ public:
+  explicit BatchNormRelu6FakeQuantOp(OpKernelConstruction* context)
+      : OpKernel(context) {
+    OP_REQUIRES_OK(context, attrs_.Read(context));
+  }
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor& x = context->input(0);
+    Normalization n;
+    std::optional<FakeQuant> fake_quant;
+    OP_REQUIRES_OK(context, ReadNormalization(context, x, 1, &n));
+    OP_REQUIRES_OK(context, attrs_.Make(context, 5, &fake_quant));
+    Tensor* y;
+    OP_REQUIRES_OK(context, context->allocate_output(0, x.shape(), &y));
+    const float* xp = x.flat<float>().data();
+    float* yp = y->flat<float>().data();
+    ForEachBlock(context, n.rows, NumBlocks(context), 3 * n.channels,
+                 [&](int64_t begin, int64_t end, int64_t) {
+                   AffineRelu6(xp, begin, end, n.channels, n.mean, n.a.data(),
+                               n.offset, *fake_quant, yp);
+                 });
+  }
+
+ private:
+  FakeQuantAttrs attrs_;
+};
+
+// The gradient of y = fake_quant(relu6(batch_norm(x))) through the batch
+// statistics, for the gate of the fake quant (or none).
+void BackpropThroughBatchNorm(OpKernelContext* context, const Normalization& n,
+                              const Gate& gate) {
+  const Tensor& dy = context->input(0);
+  const Tensor& x = context->input(1);
+  Tensor *dx, *dscale, *doffset;
+  OP_REQUIRES_OK(context, context->allocate_output(0, x.shape(), &dx));
+  TensorShape vec({n.channels});
+  OP_REQUIRES_OK(context, context->allocate_output(1, vec, &dscale));
+  OP_REQUIRES_OK(context, context->allocate_output(2, vec, &doffset));
+  const float* xp = x.flat<float>().data();
+  const float* dyp = dy.flat<float>().data();
+  const int64_t channels = n.channels;
+  const int blocks = NumBlocks(context);
+  std::vector<double> sums(2 * blocks * channels, 0.0);
+  ForEachBlock(context, n.rows, blocks, 3 * channels,
+               [&](int64_t begin, int64_t end, int64_t block) {
+                 double* sum = &sums[2 * block * channels];
+                 GatedSums(xp, dyp, begin, end, channels, n.mean, n.a.data(),
+                           n.offset, n.inv_std, gate, sum, sum + channels);
+               });
+  auto ds = dscale->flat<float>();
+  auto dof = doffset->flat<float>();
+  std::vector<float> mean_g(channels), mean_gx(channels);
+  for (int64_t c = 0; c < channels; ++c) {
+    double g = 0, gx = 0;
+    for (int block = 0; block < blocks; ++block) {
+      g += sums[2 * block * channels + c];
+      gx += sums[(2 * block + 1) * channels + c];
+    }
+    dof(c) = g;
+    ds(c) = gx;
+    mean_g[c] = g / n.rows;
+    mean_gx[c] = gx / n.rows;
+  }
+  float* dxp = dx->flat<float>().data();
+  ForEachBlock(context, n.rows, blocks, 3 * channels,
+               [&](int64_t begin, int64_t end, int64_t) {
+                 InputGradient(xp, dyp, begin, end, channels, n.mean,
+                               n.a.data(), n.offset, n.inv_std, gate,
+                               mean_g.data(), mean_gx.data(), dxp);
+               });
+}
+
+Status CheckGradientShapes(OpKernelContext* context) {
+  if (context->input(1).dims() < 1 ||
+      context->input(0).shape() != context->input(1).shape()) {
+    return InvalidArgument("y_backprop and x must have the same shape");
+  }
+  return ::tensorflow::OkStatus();
+}
+
 class FusedBatchNormRelu6GradOp : public OpKernel {
  public:
   explicit FusedBatchNormRelu6GradOp(OpKernelConstruction* context)
       : OpKernel(context) {}
 
   void Compute(OpKernelContext* context) override {
-    const Tensor& dy = context->input(0);
-    const Tensor& x = context->input(1);
-    OP_REQUIRES(context, x.dims() >= 1 && dy.shape() == x.shape(),
-                InvalidArgument("y_backprop and x must have the same shape"));
-    for (int i = 2; i < 6; ++i) {
-      OP_REQUIRES(context,
-                  context->input(i).shape() ==
-                      TensorShape({x.dim_size(x.dims() - 1)}),
-                  InvalidArgument("per-channel inputs must be [channels]"));
-    }
-    const float* scale_p = context->input(2).flat<float>().data();
-    const float* offset_p = context->input(3).flat<float>().data();
-    const float* mean_p = context->input(4).flat<float>().data();
-    const float* inv_std_p = context->input(5).flat<float>().data();
-    const int64_t channels = x.dim_size(x.dims() - 1);
-    OP_REQUIRES(context, channels > 0, InvalidArgument("x has no channels"));
-    const int64_t rows = x.NumElements() / channels;
-    Tensor *dx, *dscale, *doffset;
-    OP_REQUIRES_OK(context, context->allocate_output(0, x.shape(), &dx));
-    TensorShape vec({channels});
-    OP_REQUIRES_OK(context, context->allocate_output(1, vec, &dscale));
-    OP_REQUIRES_OK(context, context->allocate_output(2, vec, &doffset));
-    const float* xp = x.flat<float>().data();
-    const float* dyp = dy.flat<float>().data();
-    const int blocks = NumBlocks(context);
-    std::vector<float> a(channels);
-    for (int64_t c = 0; c < channels; ++c) a[c] = scale_p[c] * inv_std_p[c];
-    std::vector<double> sums(2 * blocks * channels, 0.0);
-    ForEachBlock(context, rows, blocks, 3 * channels,
-                 [&](int64_t begin, int64_t end, int64_t block) {
-                   double* sum = &sums[2 * block * channels];
-                   GatedSums(xp, dyp, begin, end, channels, mean_p, a.data(),
-                             offset_p, inv_std_p, sum, sum + channels);
-                 });
-    auto ds = dscale->flat<float>();
-    auto dof = doffset->flat<float>();
-    std::vector<float> mean_g(channels), mean_gx(channels);
-    for (int64_t c = 0; c < channels; ++c) {
-      double g = 0, gx = 0;
-      for (int block = 0; block < blocks; ++block) {
-        g += sums[2 * block * channels + c];
-        gx += sums[(2 * block + 1) * channels + c];
-      }
-      dof(c) = g;
-      ds(c) = gx;
-      mean_g[c] = g / rows;
-      mean_gx[c] = gx / rows;
-    }
-    float* dxp = dx->flat<float>().data();
-    ForEachBlock(context, rows, blocks, 3 * channels,
-                 [&](int64_t begin, int64_t end, int64_t) {
-                   InputGradient(xp, dyp, begin, end, channels, mean_p,
-                                 a.data(), offset_p, inv_std_p, mean_g.data(),
-                                 mean_gx.data(), dxp);
-                 });
+    Normalization n;
+    OP_REQUIRES_OK(context, CheckGradientShapes(context));
+    OP_REQUIRES_OK(context,
+                   ReadNormalization(context, context->input(1), 2, &n));
+    BackpropThroughBatchNorm(context, n, Gate());
   }
+};
+
+class BatchNormRelu6FakeQuantGradOp : public OpKernel {
+ public:
+  explicit BatchNormRelu6FakeQuantGradOp(OpKernelConstruction* context)
+      : OpKernel(context) {
+    OP_REQUIRES_OK(context, attrs_.Read(context));
+  }
+
+  void Compute(OpKernelContext* context) override {
+    Normalization n;
+    std::optional<FakeQuant> fake_quant;
+    OP_REQUIRES_OK(context, CheckGradientShapes(context));
+    OP_REQUIRES_OK(context,
+                   ReadNormalization(context, context->input(1), 2, &n));
+    OP_REQUIRES_OK(context, attrs_.Make(context, 6, &fake_quant));
+    Gate gate;
+    gate.pass_min = fake_quant->pass_min();
+    gate.pass_max = fake_quant->pass_max();
+    BackpropThroughBatchNorm(context, n, gate);
+  }
+
+ private:
+  FakeQuantAttrs attrs_;
 };
 
 REGISTER_KERNEL_BUILDER(Name("FusedBatchNormRelu6").Device(DEVICE_CPU),
                         FusedBatchNormRelu6Op);
 REGISTER_KERNEL_BUILDER(Name("FusedBatchNormRelu6Grad").Device(DEVICE_CPU),
                         FusedBatchNormRelu6GradOp);
+REGISTER_KERNEL_BUILDER(Name("BatchNormRelu6Moments").Device(DEVICE_CPU),
+                        BatchNormRelu6MomentsOp);
+REGISTER_KERNEL_BUILDER(Name("BatchNormRelu6FakeQuant").Device(DEVICE_CPU),
+                        BatchNormRelu6FakeQuantOp);
+REGISTER_KERNEL_BUILDER(Name("BatchNormRelu6FakeQuantGrad").Device(DEVICE_CPU),
+                        BatchNormRelu6FakeQuantGradOp);
 
 }  // namespace

@@ -17,6 +17,7 @@ import tensorflow as tf
 
 import batch_norm_relu6
 import mobilenet_v1
+import quantize
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 tf1 = tf.compat.v1
@@ -97,6 +98,48 @@ class KernelTest(tf.test.TestCase):
     self.assertLess(np.abs(np.asarray(y).reshape(want_y.shape) - want_y).max(),
                     1e-3)
 
+  def test_fake_quant_matches_tensorflows_op_bit_for_bit(self):
+    # BatchNormRelu6FakeQuant against FakeQuantWithMinMaxVars on the fused
+    # op's y, and its gradient against FusedBatchNormRelu6Grad of the fake
+    # quant's gradient: the same float operations, so the same bits.
+    ops = batch_norm_relu6.load_ops()
+    rng = np.random.RandomState(1)
+    # Ranges: ReLU6's usual [0, max] below and at 6, a negative minimum
+    # (nudged onto the grid), one beyond 6, and TensorFlow's all-zero case.
+    ranges = [(0.0, 4.0), (0.0, 6.0), (-0.3, 2.5), (0.1, 7.0), (0.0, 0.0)]
+    for shape, scale_range, narrow_range in [((4, 9, 7, 13), (-1, 3), False),
+                                             ((8, 32, 32, 64), (0.5, 3), True),
+                                             ((2, 3, 3, 1024), (0.1, 0.4),
+                                              False)]:
+      x, _, offset, dy = random_inputs(shape)
+      scale = rng.uniform(*scale_range, shape[-1]).astype(np.float32)
+      y, mean, variance, inverse_std = ops.fused_batch_norm_relu6(
+          x, scale, offset, epsilon=EPSILON)
+      moments = ops.batch_norm_relu6_moments(x, scale, offset,
+                                             epsilon=EPSILON)
+      for want, got in zip((mean, variance, inverse_std, np.max(y)), moments):
+        self.assertAllEqual(want, got)
+      for low, high in ranges:
+        quantized = ops.batch_norm_relu6_fake_quant(
+            x, scale, offset, mean, inverse_std, low, high,
+            narrow_range=narrow_range)
+        self.assertAllEqual(
+            quantized, tf.quantization.fake_quant_with_min_max_vars(
+                y, low, high, narrow_range=narrow_range))
+        y_backprop = tf.raw_ops.FakeQuantWithMinMaxVarsGradient(
+            gradients=dy, inputs=y, min=low, max=high,
+            narrow_range=narrow_range)[0]
+        want = ops.fused_batch_norm_relu6_grad(y_backprop, x, scale, offset,
+                                               mean, inverse_std)
+        got = ops.batch_norm_relu6_fake_quant_grad(
+            dy, x, scale, offset, mean, inverse_std, low, high,
+            narrow_range=narrow_range)
+        for want_part, got_part in zip(want, got):
+          self.assertAllEqual(want_part, got_part)
+    # The last shape's small scales keep y below 6: its maximum is not a
+    # clipping edge.
+    self.assertLess(np.max(y), 6.0)
+
   def test_bad_shapes_are_errors(self):
     ops = batch_norm_relu6.load_ops()
     x = np.ones([2, 2, 2, 4], np.float32)
@@ -105,10 +148,27 @@ class KernelTest(tf.test.TestCase):
                                  np.zeros(4, np.float32))
     with self.assertRaisesRegex(tf.errors.InvalidArgumentError, 'same shape'):
       ops.fused_batch_norm_relu6_grad(x[:1], x, *[np.ones(4, np.float32)] * 4)
+    with self.assertRaisesRegex(tf.errors.InvalidArgumentError, r'\[4\]'):
+      ops.batch_norm_relu6_moments(x, np.ones(4, np.float32),
+                                   np.zeros(5, np.float32))
+    vectors = [np.ones(4, np.float32)] * 4
+    with self.assertRaisesRegex(tf.errors.InvalidArgumentError, 'channels'):
+      ops.batch_norm_relu6_fake_quant(x, *vectors[:3], np.ones(3, np.float32),
+                                      0.0, 6.0)
+    with self.assertRaisesRegex(tf.errors.InvalidArgumentError, 'scalars'):
+      ops.batch_norm_relu6_fake_quant(x, *vectors, [0.0], 6.0)
+    with self.assertRaisesRegex(tf.errors.InvalidArgumentError, 'same shape'):
+      ops.batch_norm_relu6_fake_quant_grad(x[:1], x, *vectors, 0.0, 6.0)
 
 
-def build_training_graph(fuse):
-  """A small MobileNet V1 training graph; returns (graph, tensors, fused)."""
+def build_training_graph(fuse, quantize_weights=None, quant_delay=0,
+                         fold_fake_quant=False):
+  """A small MobileNet V1 training graph; returns (graph, tensors, fused).
+
+  With quantize_weights (one of quantize.WEIGHT_SCHEMES), quantization-aware
+  from `quant_delay`; tensors['folded'] counts the fake quants
+  fold_fake_quant folded into the fused kernels.
+  """
   graph = tf.Graph()
   with graph.as_default():
     tf1.set_random_seed(0)
@@ -120,6 +180,11 @@ def build_training_graph(fuse):
       logits, _ = mobilenet_v1.mobilenet_v1(images, num_classes=5,
                                             depth_multiplier=0.25)
     fused = batch_norm_relu6.fuse_batch_norm_relu6(graph) if fuse else 0
+    if quantize_weights:
+      quantize.create_training_graph(quant_delay=quant_delay,
+                                     weights=quantize_weights)
+    folded = (batch_norm_relu6.fuse_fake_quant(graph) if fold_fake_quant
+              else 0)
     loss = tf1.losses.sparse_softmax_cross_entropy(labels, logits)
     variables = tf1.trainable_variables()
     tensors = {
@@ -129,6 +194,7 @@ def build_training_graph(fuse):
         'moving': [v for v in tf1.global_variables() if 'moving_' in v.name],
         'variables': tf1.global_variables(),
         'trainable_names': [v.name for v in variables],
+        'folded': folded,
     }
   return graph, tensors, fused
 
@@ -208,6 +274,35 @@ class FuseGraphTest(tf.test.TestCase):
     for want, got in zip(plain[2], fused[2]):
       self.assertLess(np.abs(got - want).max(),
                       2e-5 * max(np.abs(want).max(), 1e-3))
+
+  def test_fake_quant_folds_bit_for_bit(self):
+    # Quantization-aware training with the activations' fake quants folded
+    # into the fused kernels computes what it did with them apart: the same
+    # loss, gradients and updated ranges and statistics, bit for bit.
+    def train_two_steps(weights, fold, quant_delay=0):
+      graph, tensors, _ = build_training_graph(
+          fuse=True, quantize_weights=weights, quant_delay=quant_delay,
+          fold_fake_quant=fold)
+      with tf1.Session(graph=graph) as session:
+        session.run(tf1.global_variables_initializer())
+        first = session.run([tensors['loss'], tensors['gradients']])
+        session.run(tensors['updates'])
+        second = session.run([tensors['loss'], tensors['gradients']])
+        values = session.run(tensors['variables'])
+      op_types = [op.type for op in graph.get_operations()]
+      return (tf.nest.flatten([first, second, values]), tensors['folded'],
+              op_types.count('BatchNormRelu6FakeQuantGrad'))
+
+    for weights in (quantize.PER_CHANNEL, quantize.ASYMMETRIC):
+      apart, _, _ = train_two_steps(weights, fold=False)
+      folded, count, gradients = train_two_steps(weights, fold=True)
+      self.assertEqual((count, gradients), (27, 27), weights)
+      for want, got in zip(apart, folded):
+        self.assertAllEqual(want, got, weights)
+    # With a quantization delay y also feeds the delay's switch: not folded.
+    self.assertEqual(
+        train_two_steps(quantize.PER_CHANNEL, fold=True, quant_delay=1)[1:],
+        (0, 0))
 
   def test_inference_graph_is_left_alone(self):
     graph = tf.Graph()

@@ -126,15 +126,17 @@ class EndToEndTest(tf.test.TestCase):
     # Quantization-aware fine-tuning keeps the float model's accuracy.
     self.assertGreaterEqual(quant_top1, float_top1 - 0.02)
     # With per-channel weights it keeps the batch norms, fused with their
-    # ReLU6 as in float training where the kernels run: one convolution per
-    # layer (14 of them dense, and the logits). The float model teaches it
-    # (by default), from its own scope.
+    # ReLU6 as in float training where the kernels run, and with the fake
+    # quant of their output: one convolution per layer (14 of them dense,
+    # and the logits). The float model teaches it (by default), from its own
+    # scope.
     quant_checkpoint = tf.train.latest_checkpoint(quant_dir)
     op_types = test_data.graph_op_types(quant_checkpoint, 'MobilenetV1/')
     self.assertIn('Conv2D', test_data.graph_op_types(quant_checkpoint,
                                                      'Teacher/'))
     fused = 27 if batch_norm_relu6.unavailable_reason() is None else 0
     self.assertEqual(op_types.count('FusedBatchNormRelu6'), fused)
+    self.assertEqual(op_types.count('BatchNormRelu6FakeQuant'), fused)
     self.assertEqual(op_types.count('Conv2D'), 15)
 
     bundle = os.path.join(work, 'bundle')

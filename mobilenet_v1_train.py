@@ -572,6 +572,7 @@ def build_train_op(images, labels, global_step, num_examples, quant_delay):
   # path and a CPU op in the middle of the model would cost transfers.
   # Folding batch norms (to freeze them mid-run) needs TensorFlow's separate
   # ops.
+  fused = False
   if (FLAGS.fuse_batch_norm_relu6 and
       (not FLAGS.quantize or quantize.keeps_batch_norms(freeze_bn_delay)) and
       not tf.config.list_physical_devices('GPU')):
@@ -581,11 +582,14 @@ def build_train_op(images, labels, global_step, num_examples, quant_delay):
             unavailable, flush=True)
     else:
       batch_norm_relu6.fuse_batch_norm_relu6(logits.graph)
+      fused = True
   if FLAGS.quantize:
     quantize.create_training_graph(
         quant_delay=quant_delay, weights=FLAGS.weight_quantization,
         freeze_bn_delay=freeze_bn_delay,
         mask_drowned_channels=mask_drowned_channels)
+    if fused:
+      batch_norm_relu6.fuse_fake_quant(logits.graph)
   targets = tf.one_hot(labels, FLAGS.num_classes)
   hooks = []
   teacher_weight = _distillation_weight()
