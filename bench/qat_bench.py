@@ -82,6 +82,9 @@ flags.DEFINE_float('learning_rate', 1e-4, 'SGD learning rate of every QAT '
 flags.DEFINE_integer('seed', 0, 'Seed of every QAT run (our --random_seed; '
                      'the peer\'s tf_keras seed and input order), so that a '
                      'run repeats.')
+flags.DEFINE_list('train_flags', [], 'Flags added to each of our QAT '
+                  'training runs, comma-separated (e.g. '
+                  '--batch_norm_decay=0.999), to measure a variant.')
 flags.DEFINE_integer('calibration_examples', 200, 'Training images the '
                      'post-training int8 model is calibrated on.',
                      lower_bound=1)
@@ -240,7 +243,8 @@ def _ours(name, held_out, checkpoint, extra_flags):
                '--learning_rate=%g' % FLAGS.learning_rate,
                '--number_of_steps=%d' % FLAGS.steps,
                '--random_seed=%d' % FLAGS.seed,
-               '--log_every_n_steps=%d' % _LOG_EVERY, *extra_flags)
+               '--log_every_n_steps=%d' % _LOG_EVERY, *extra_flags,
+               *FLAGS.train_flags)
     bundle = os.path.join(run_dir, 'bundle')
     _run('mobilenet_v1_export', '--checkpoint_dir=' + train_dir,
          '--output_dir=' + bundle, '--quantize=True')
@@ -462,6 +466,8 @@ def main(argv):
         'learning rate %g, seed %d; CPU %s, %d cores' % (
             FLAGS.steps, FLAGS.batch_size, FLAGS.learning_rate, FLAGS.seed,
             peer_process.cpu()[0], os.cpu_count()), flush=True)
+  if FLAGS.train_flags:
+    print('Our runs add: %s' % ' '.join(FLAGS.train_flags), flush=True)
   for name in FLAGS.runs:
     if name not in _DESCRIPTIONS:
       raise app.UsageError('unknown run %r (--runs takes %s)' % (
