@@ -221,9 +221,11 @@ flags.DEFINE_integer('freeze_bn_delay', None,
 flags.DEFINE_bool('fuse_batch_norm_relu6', True,
                   'Train through one fused batch norm + ReLU6 kernel per '
                   'layer (batch_norm_relu6_ops.cc): the same math and '
-                  'variables, fewer passes over memory. Used by float '
-                  'training and by --quantize without --freeze_bn_delay '
-                  '(which folds batch norms, with the separate ops); '
+                  'variables, fewer passes over memory; with --quantize '
+                  'it also computes the fake quant of its output. Used by '
+                  'float training and by --quantize without '
+                  '--freeze_bn_delay (which folds batch norms, with the '
+                  'separate ops); '
                   'ignored when a GPU is visible.')
 flags.DEFINE_integer('random_seed', None,
                      'Seed of the weight initialization, dropout, the order '
