@@ -46,6 +46,16 @@ using ::tensorflow::Tensor;
 using ::tensorflow::TensorShape;
 using ::tensorflow::errors::InvalidArgument;
 
+// The gradient ops' outputs: x_backprop shaped as x (input 1),
+// scale_backprop and offset_backprop as scale (input 2).
+::tensorflow::Status GradientShapes(
+    ::tensorflow::shape_inference::InferenceContext* c) {
+  c->set_output(0, c->input(1));
+  c->set_output(1, c->input(2));
+  c->set_output(2, c->input(2));
+  return ::tensorflow::OkStatus();
+}
+
 REGISTER_OP("FusedBatchNormRelu6")
     .Input("x: float")
     .Input("scale: float")
@@ -79,12 +89,7 @@ REGISTER_OP("FusedBatchNormRelu6Grad")
     .Output("x_backprop: float")
     .Output("scale_backprop: float")
     .Output("offset_backprop: float")
-    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
-      c->set_output(0, c->input(1));
-      c->set_output(1, c->input(2));
-      c->set_output(2, c->input(2));
-      return ::tensorflow::OkStatus();
-    });
+    .SetShapeFn(GradientShapes);
 
 REGISTER_OP("BatchNormRelu6Moments")
     .Input("x: float")
@@ -145,12 +150,7 @@ The gradient of BatchNormRelu6FakeQuant through the batch statistics, as
 FusedBatchNormRelu6Grad's, where the fake quant passes it (straight
 through, inside its nudged range).
 )doc")
-    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
-      c->set_output(0, c->input(1));
-      c->set_output(1, c->input(2));
-      c->set_output(2, c->input(2));
-      return ::tensorflow::OkStatus();
-    });
+    .SetShapeFn(GradientShapes);
 
 // Rows (pixels) summed in float before adding into double totals.
 constexpr int64_t kChunkRows = 128;
