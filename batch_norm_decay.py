@@ -9,16 +9,32 @@ hundreds of thousands of steps, but after 600 steps the averages are still
 0.9997^600 = 84% their initial values, and the model evaluates at chance
 however well it trained.
 
-The rule used when --batch_norm_decay is not given: the averages' memory is
-at most a tenth of the run, decay = 1 - 10 / number_of_steps, capped at
-0.9997. The initial values then weigh at most
-(1 - 10/n)^n < e^-10 = 4.5e-5 at the end, and the averages describe the
-last tenth of training, when the weights have settled. Runs of 33,334 steps
-or more, and runs without --number_of_steps, keep 0.9997.
+The rules used when --batch_norm_decay is not given:
+- From scratch, the averages' memory is at most a tenth of the run,
+  decay = 1 - 10 / number_of_steps, capped at 0.9997. The initial values
+  then weigh at most (1 - 10/n)^n < e^-10 = 4.5e-5 at the end, and the
+  averages describe the last tenth of training, when the weights have
+  settled. Runs of 33,334 steps or more, and runs without
+  --number_of_steps, keep 0.9997.
+- Fine-tuning starts from a checkpoint's converged averages, estimated
+  from far more images than a short fine-tune sees; forgetting them within
+  a tenth of the run swaps them for an estimate from a few hundred
+  augmented images, whose noise alone cost the released 1.0_224 a point of
+  top-1 (README). So a fine-tune's memory is the whole run,
+  decay = 1 - 1 / number_of_steps (capped at 0.9997): the checkpoint's
+  values weigh (1 - 1/n)^n ~ e^-1 = 37% at the end, and the run's batches
+  the rest, which takes in what the fine-tune changes.
+- Where the change is large from the first step (quantization-aware
+  training with per-tensor weights, whose rounding moves the layers'
+  output means by more than that noise), keeping 37% of the checkpoint's
+  averages keeps that much of the error: the averages become the plain
+  mean of the run's batch statistics instead (`run_average`), so the
+  checkpoint's values go at the first update and every batch of the run
+  weighs the same.
 
-The decay a model trained with is recorded in its training graph (the
-`.meta` file beside each checkpoint), so that evaluation can tell when a
-checkpoint's averages cannot have converged.
+The decay a model trained with, and whether it was fine-tuned, are recorded
+in its training graph (the `.meta` file beside each checkpoint), so that
+evaluation can tell when a checkpoint's averages cannot have converged.
 """
 
 import os
@@ -29,40 +45,87 @@ import tensorflow as tf
 tf1 = tf.compat.v1
 
 IMAGENET_DECAY = 0.9997
-# The averages' memory 1 / (1 - decay) as a fraction of the run.
+# The averages' memory 1 / (1 - decay) as a fraction of the run, from
+# scratch and fine-tuning.
 MEMORY_FRACTION = 0.1
+FINE_TUNING_MEMORY_FRACTION = 1.0
 # Evaluation warns when the initial values still weigh more than this in the
 # averages, i.e. after fewer than ln(20) = 3 memory lengths of training.
 UNCONVERGED_WEIGHT = 0.05
-# The graph constant that records the decay.
+# The graph constants that record the decay and whether the run fine-tuned.
 RECORD_NAME = 'batch_norm_decay'
+FINE_TUNED_RECORD_NAME = 'batch_norm_fine_tuned'
 
 
-def for_steps(number_of_steps):
+def for_steps(number_of_steps, fine_tuning=False):
   """The decay for a run of `number_of_steps` steps (see the module doc).
 
   Args:
     number_of_steps: steps the run takes, or None for an open-ended run.
+    fine_tuning: whether the run starts from a checkpoint's averages.
 
   Returns:
     The decay, in [0, IMAGENET_DECAY].
   """
   if not number_of_steps:
     return IMAGENET_DECAY
+  fraction = FINE_TUNING_MEMORY_FRACTION if fine_tuning else MEMORY_FRACTION
   return min(IMAGENET_DECAY,
-             max(0.0, 1.0 - 1.0 / (MEMORY_FRACTION * number_of_steps)))
+             max(0.0, 1.0 - 1.0 / (fraction * number_of_steps)))
 
 
-def record(decay):
-  """Records `decay` in the default graph, where a checkpoint's .meta keeps it.
+def run_average(global_step, decay):
+  """A decay that makes the moving averages the mean of the run's batches.
+
+  At step t (counted from 0) the decay is t / (t + 1): the first update
+  replaces the averages' initial values with the batch's statistics, and
+  each later one adds its batch with the same weight as every earlier one,
+  until the averages' memory reaches that of `decay`, which holds from
+  there on.
 
   Args:
-    decay: the decay the graph's batch norms use.
+    global_step: the global step tensor.
+    decay: the largest decay, in [0, 1).
 
   Returns:
-    The constant tensor.
+    A float32 scalar tensor.
   """
+  step = tf.cast(global_step, tf.float32)
+  return tf.minimum(step / (step + 1.0), decay, name='run_average_decay')
+
+
+def record(decay, fine_tuned=False):
+  """Records the decay in the default graph, where a checkpoint's .meta keeps it.
+
+  Args:
+    decay: the decay the graph's batch norms use (the largest, for a run
+      average).
+    fine_tuned: whether the averages started from a checkpoint's.
+
+  Returns:
+    The constant tensor holding the decay.
+  """
+  tf.constant(fine_tuned, tf.bool, name=FINE_TUNED_RECORD_NAME)
   return tf.constant(decay, tf.float32, name=RECORD_NAME)
+
+
+def _recorded_constants(checkpoint):
+  """{name: value} of the graph constants saved beside `checkpoint`."""
+  path = checkpoint + '.meta'
+  if not os.path.exists(path):
+    return {}
+  meta_graph = tf1.MetaGraphDef()
+  try:
+    with open(path, 'rb') as f:
+      meta_graph.ParseFromString(f.read())
+  except Exception:  # pylint: disable=broad-except
+    # A damaged .meta says nothing about the averages; restoring the
+    # checkpoint reports damage to what matters.
+    return {}
+  return {node.name: tf.make_ndarray(node.attr['value'].tensor).item()
+          for node in meta_graph.graph_def.node
+          if node.name in (RECORD_NAME, FINE_TUNED_RECORD_NAME) and
+          node.op == 'Const'}
 
 
 def recorded(checkpoint):
@@ -75,21 +138,7 @@ def recorded(checkpoint):
     The decay, or None when there is no .meta file or it records none
     (exported bundles, other tools' checkpoints).
   """
-  path = checkpoint + '.meta'
-  if not os.path.exists(path):
-    return None
-  meta_graph = tf1.MetaGraphDef()
-  try:
-    with open(path, 'rb') as f:
-      meta_graph.ParseFromString(f.read())
-  except Exception:  # pylint: disable=broad-except
-    # A damaged .meta says nothing about the averages; restoring the
-    # checkpoint reports damage to what matters.
-    return None
-  for node in meta_graph.graph_def.node:
-    if node.name == RECORD_NAME and node.op == 'Const':
-      return tf.make_ndarray(node.attr['value'].tensor).item()
-  return None
+  return _recorded_constants(checkpoint).get(RECORD_NAME)
 
 
 def unconverged_warning(checkpoint, step):
@@ -100,11 +149,13 @@ def unconverged_warning(checkpoint, step):
     step: its global step.
 
   Returns:
-    The warning text, or None when the averages have had time to converge
-    or the decay is not recorded.
+    The warning text, or None when the averages have had time to converge,
+    started from a checkpoint's (a fine-tune), or the decay is not
+    recorded.
   """
-  decay = recorded(checkpoint)
-  if decay is None or step is None:
+  constants = _recorded_constants(checkpoint)
+  decay = constants.get(RECORD_NAME)
+  if decay is None or step is None or constants.get(FINE_TUNED_RECORD_NAME):
     return None
   weight = decay ** step if step > 0 else 1.0
   if weight <= UNCONVERGED_WEIGHT:

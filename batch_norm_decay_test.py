@@ -2,6 +2,7 @@
 
 import os
 
+import numpy as np
 import slim_compat  # pylint: disable=unused-import
 import tensorflow as tf
 
@@ -10,13 +11,13 @@ import batch_norm_decay
 tf1 = tf.compat.v1
 
 
-def save_checkpoint(directory, step, decay=None):
+def save_checkpoint(directory, step, decay=None, fine_tuned=False):
   """Saves a one-variable checkpoint whose graph records `decay`, if given."""
   with tf.Graph().as_default():
     tf1.get_variable('v', [2])
     global_step = tf1.train.get_or_create_global_step()
     if decay is not None:
-      batch_norm_decay.record(decay)
+      batch_norm_decay.record(decay, fine_tuned=fine_tuned)
     with tf1.Session() as session:
       session.run(tf1.global_variables_initializer())
       session.run(global_step.assign(step))
@@ -44,6 +45,41 @@ class ForStepsTest(tf.test.TestCase):
   def test_very_short_runs_use_batch_statistics(self):
     self.assertEqual(batch_norm_decay.for_steps(5), 0.0)
 
+  def test_fine_tunes_remember_the_whole_run(self):
+    for steps in (20, 300, 3333):
+      decay = batch_norm_decay.for_steps(steps, fine_tuning=True)
+      self.assertAlmostEqual(1 / (1 - decay), steps, places=4)
+      # The checkpoint's averages weigh (1 - 1/n)^n at the end, which
+      # rises towards e^-1 with n: 0.358 for 20 steps.
+      self.assertBetween(decay ** steps, 0.358, np.exp(-1))
+    for steps in (None, 3334, 10**6):
+      self.assertEqual(batch_norm_decay.for_steps(steps, fine_tuning=True),
+                       0.9997)
+
+  def test_run_average_is_the_mean_of_the_batches(self):
+    batches = np.random.RandomState(0).normal(size=[12, 3]).astype(np.float32)
+    restored = np.full([3], 5.0, np.float32)
+    largest_decay = 0.8  # t / (t + 1) passes it after step 4.
+    with tf.Graph().as_default():
+      global_step = tf1.train.get_or_create_global_step()
+      average = tf1.get_variable('average', initializer=restored)
+      batch = tf1.placeholder(tf.float32, [3])
+      decay = batch_norm_decay.run_average(global_step, largest_decay)
+      update = tf1.assign_sub(average, (average - batch) * (1 - decay))
+      with tf.control_dependencies([update]):
+        step = tf1.assign_add(global_step, 1)
+      with tf1.Session() as session:
+        session.run(tf1.global_variables_initializer())
+        want = restored
+        for t, values in enumerate(batches):
+          session.run(step, {batch: values})
+          if t <= 4:
+            want = batches[:t + 1].mean(0)
+          else:
+            want = largest_decay * want + (1 - largest_decay) * values
+          self.assertAllClose(session.run(average), want, rtol=1e-5,
+                              atol=1e-6)
+
 
 class RecordTest(tf.test.TestCase):
 
@@ -58,6 +94,16 @@ class RecordTest(tf.test.TestCase):
 
     fitted = save_checkpoint(directory, 601, decay=0.98)
     self.assertIsNone(batch_norm_decay.unconverged_warning(fitted, 601))
+
+    # A fine-tune keeps part of its checkpoint's converged averages by
+    # design: 37% after 300 steps is no sign of trouble there.
+    fine_tune_decay = batch_norm_decay.for_steps(300, fine_tuning=True)
+    fine_tuned = save_checkpoint(directory, 300, decay=fine_tune_decay,
+                                 fine_tuned=True)
+    self.assertIsNone(batch_norm_decay.unconverged_warning(fine_tuned, 300))
+    from_scratch = save_checkpoint(directory, 300, decay=fine_tune_decay)
+    self.assertIn('37%',
+                  batch_norm_decay.unconverged_warning(from_scratch, 300))
 
   def test_no_record_no_warning(self):
     checkpoint = save_checkpoint(self.get_temp_dir(), 3)

@@ -255,9 +255,14 @@ flags.DEFINE_float('weight_decay', 0.00004, 'L2 weight decay of conv weights.',
 flags.DEFINE_float('batch_norm_decay', None,
                    'Decay of batch norm\'s moving averages. Default: 0.9997 '
                    '(slim\'s ImageNet value) for runs of 33,334 steps or more '
-                   'or without --number_of_steps; for shorter runs 1 - 10 / '
-                   '--number_of_steps, so that the averages converge within '
-                   'the run.',
+                   'or without --number_of_steps; for shorter runs from '
+                   'scratch 1 - 10 / --number_of_steps, so that the averages '
+                   'converge within the run; for shorter fine-tunes 1 - 1 / '
+                   '--number_of_steps, so that they keep part of the '
+                   'checkpoint\'s (see batch_norm_decay.py). Fine-tuning '
+                   'with per-tensor quantization (--weight_quantization='
+                   'symmetric or asymmetric) averages the run\'s batches '
+                   'with equal weights, up to that decay, instead.',
                    lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_list('checkpoint_exclude_scopes', [],
                   'Comma-separated variable scopes not restored from '
@@ -316,10 +321,18 @@ def _batch_norms_frozen_from_start():
 
 
 def _batch_norm_decay():
-  """--batch_norm_decay, or the decay that fits --number_of_steps."""
+  """--batch_norm_decay, or the decay that fits this run (see its help)."""
   if FLAGS.batch_norm_decay is not None:
     return FLAGS.batch_norm_decay
-  return batch_norm_decay.for_steps(FLAGS.number_of_steps)
+  return batch_norm_decay.for_steps(FLAGS.number_of_steps,
+                                    fine_tuning=_is_fine_tuning())
+
+
+def _averages_the_run():
+  """Whether the moving averages are the mean of this run's batches."""
+  return (FLAGS.batch_norm_decay is None and _is_fine_tuning() and
+          FLAGS.quantize and
+          FLAGS.weight_quantization != quantize.PER_CHANNEL)
 
 
 def build_model(images, is_training):
@@ -332,9 +345,13 @@ def build_model(images, is_training):
   Returns:
     The logits, [batch, num_classes].
   """
+  decay = _batch_norm_decay()
+  if is_training and _averages_the_run():
+    decay = batch_norm_decay.run_average(
+        tf1.train.get_or_create_global_step(), decay)
   scope = mobilenet_v1.mobilenet_v1_arg_scope(
       is_training=is_training, weight_decay=FLAGS.weight_decay,
-      batch_norm_decay=_batch_norm_decay())
+      batch_norm_decay=decay)
   with slim.arg_scope(scope):
     logits, _ = mobilenet_v1.mobilenet_v1(
         images, num_classes=FLAGS.num_classes, is_training=is_training,
@@ -715,16 +732,24 @@ def train():
       images, labels = tf1.data.make_one_shot_iterator(dataset).get_next()
       train_op, total_loss, learning_rate, teacher_hooks = build_train_op(
           images, labels, global_step, num_examples, quant_delay)
-    batch_norm_decay.record(_batch_norm_decay())
+    batch_norm_decay.record(_batch_norm_decay(),
+                            fine_tuned=_is_fine_tuning())
+    run_length = ('%d steps' % FLAGS.number_of_steps if FLAGS.number_of_steps
+                  else 'an open-ended run')
     if _batch_norms_frozen_from_start():
       print('Batch norms frozen: they normalize with the moving statistics '
             'of the checkpoint (--freeze_bn_delay sets a later step).',
             flush=True)
+    elif _averages_the_run():
+      print('Batch norm moving averages: the mean of this run\'s batches '
+            '(per-tensor rounding moves the checkpoint\'s), decay at most '
+            '%.6g for %s (--batch_norm_decay sets a fixed one).' % (
+                _batch_norm_decay(), run_length), flush=True)
     elif FLAGS.batch_norm_decay is None:
-      print('Batch norm decay %.6g for %s (--batch_norm_decay sets '
-            'another).' % (_batch_norm_decay(), '%d steps' %
-                           FLAGS.number_of_steps if FLAGS.number_of_steps
-                           else 'an open-ended run'), flush=True)
+      print('Batch norm decay %.6g for %s%s (--batch_norm_decay sets '
+            'another).' % (_batch_norm_decay(), run_length,
+                           ' of fine-tuning' if _is_fine_tuning() else ''),
+            flush=True)
 
     if (FLAGS['bfloat16_convolutions'].present and
         FLAGS.bfloat16_convolutions and not bfloat16_math_takes_effect(

@@ -471,6 +471,13 @@ class TrainTest(tf.test.TestCase):
     self.assertIn('Distilling from the float model %s: each target is 1 of '
                   'its softmax and 0 of the label (the default' % source,
                   stdout)
+    # A fine-tune's batch norm averages remember the whole run (here one
+    # step: decay 0); with per-tensor weights they are the run's mean.
+    self.assertIn('Batch norm decay 0 for 1 steps of fine-tuning', stdout)
+    stdout, _ = fine_tune('per_tensor', '--quantize',
+                          '--weight_quantization=asymmetric')
+    self.assertIn('Batch norm moving averages: the mean of this run\'s '
+                  'batches', stdout)
     # Asked for labels alone, or without --quantize: no teacher, no line.
     for name, flags in (('labels', ['--quantize', '--distillation_weight=0']),
                         ('float', [])):
