@@ -128,12 +128,11 @@ class EndToEndTest(tf.test.TestCase):
     # With per-channel weights it keeps the batch norms, fused with their
     # ReLU6 as in float training where the kernels run, and with the fake
     # quant of their output: one convolution per layer (14 of them dense,
-    # and the logits). The float model teaches it (by default), from its own
-    # scope.
+    # and the logits). By default it trains on the labels, without the
+    # float model as teacher.
     quant_checkpoint = tf.train.latest_checkpoint(quant_dir)
     op_types = test_data.graph_op_types(quant_checkpoint, 'MobilenetV1/')
-    self.assertIn('Conv2D', test_data.graph_op_types(quant_checkpoint,
-                                                     'Teacher/'))
+    self.assertFalse(test_data.graph_op_types(quant_checkpoint, 'Teacher/'))
     fused = 27 if batch_norm_relu6.unavailable_reason() is None else 0
     self.assertEqual(op_types.count('FusedBatchNormRelu6'), fused)
     self.assertEqual(op_types.count('BatchNormRelu6FakeQuant'), fused)

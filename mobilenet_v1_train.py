@@ -244,11 +244,13 @@ flags.DEFINE_float('distillation_weight', None,
                    'softmax and the rest the one-hot label (distillation.py), '
                    'so that a fine-tune keeps what the teacher predicts on '
                    'classes it does not train on. Every step also runs the '
-                   'teacher\'s forward pass. Default: 1 with --quantize when '
-                   'fine-tuning the whole model (no '
+                   'teacher\'s forward pass. Default: 1 with --quantize and '
+                   'per-tensor weights (--weight_quantization=symmetric or '
+                   'asymmetric) when fine-tuning the whole model (no '
                    '--checkpoint_exclude_scopes), where it kept more of the '
                    'released 1.0_224\'s top-1 than the labels alone '
-                   '(README); 0, the labels alone, otherwise.',
+                   '(README); 0, the labels alone, otherwise (per-channel '
+                   'weights kept as much without it).',
                    lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_float('weight_decay', 0.00004, 'L2 weight decay of conv weights.',
                    lower_bound=0.0)
@@ -310,6 +312,7 @@ def _distillation_weight():
   if FLAGS.distillation_weight is not None:
     return FLAGS.distillation_weight
   if (FLAGS.quantize and _is_fine_tuning() and
+      FLAGS.weight_quantization != quantize.PER_CHANNEL and
       not FLAGS.checkpoint_exclude_scopes):
     return 1.0
   return 0.0

@@ -452,7 +452,7 @@ class TrainTest(tf.test.TestCase):
         read_variable(tuned, 'MobilenetV1/Logits/Conv2d_1c_1x1/biases').shape,
         (5,))
 
-  def test_quantization_aware_fine_tune_distills_by_default(self):
+  def test_quantization_aware_fine_tune_distills_per_tensor_by_default(self):
     source = self.float_source()
 
     def fine_tune(name, *flags):
@@ -465,35 +465,41 @@ class TrainTest(tf.test.TestCase):
       return result.stdout, bool(test_data.graph_op_types(
           tf.train.latest_checkpoint(target_dir), 'Teacher/'))
 
-    # --quantize alone: the float checkpoint teaches, and a line says so.
-    stdout, has_teacher = fine_tune('default', '--quantize')
+    per_tensor = ['--quantize', '--weight_quantization=asymmetric']
+    # Per-tensor weights: the float checkpoint teaches, and a line says so.
+    stdout, has_teacher = fine_tune('per_tensor', *per_tensor)
     self.assertTrue(has_teacher)
     self.assertIn('Distilling from the float model %s: each target is 1 of '
                   'its softmax and 0 of the label (the default' % source,
                   stdout)
-    # A fine-tune's batch norm averages remember the whole run (here one
-    # step: decay 0); with per-tensor weights they are the run's mean.
-    self.assertIn('Batch norm decay 0 for 1 steps of fine-tuning', stdout)
-    stdout, _ = fine_tune('per_tensor', '--quantize',
-                          '--weight_quantization=asymmetric')
+    # Its batch norm averages are the mean of the run's batches.
     self.assertIn('Batch norm moving averages: the mean of this run\'s '
                   'batches', stdout)
-    # Asked for labels alone, or without --quantize: no teacher, no line.
-    for name, flags in (('labels', ['--quantize', '--distillation_weight=0']),
+    # --quantize alone (per-channel weights), labels alone asked for, or
+    # without --quantize: no teacher, no line; a fine-tune's batch norm
+    # averages remember the whole run (here one step: decay 0).
+    for name, flags in (('default', ['--quantize']),
+                        ('labels', per_tensor + ['--distillation_weight=0']),
                         ('float', [])):
       with self.subTest(name):
         stdout, has_teacher = fine_tune(name, *flags)
         self.assertFalse(has_teacher)
         self.assertNotIn('Distilling', stdout)
+        if name != 'labels':
+          self.assertIn('Batch norm decay 0 for 1 steps of fine-tuning',
+                        stdout)
+    # Asked for with per-channel weights, the teacher is there.
+    self.assertTrue(fine_tune('distilled', '--quantize',
+                              '--distillation_weight=1')[1])
     # Onto new classes the checkpoint cannot teach: labels alone, unasked.
     stdout, has_teacher = fine_tune(
-        'new_classes', '--quantize', '--num_classes=5',
+        'new_classes', *per_tensor, '--num_classes=5',
         '--checkpoint_exclude_scopes=MobilenetV1/Logits')
     self.assertFalse(has_teacher)
     # New classes without the exclusion: one line naming both ways out.
     result = run(train_command(
         self.dataset_dir, os.path.join(self.get_temp_dir(), 'unfit'),
-        '--quantize', '--num_classes=5', '--number_of_steps=1',
+        *per_tensor, '--num_classes=5', '--number_of_steps=1',
         '--fine_tune_checkpoint=' + source))
     self.assertEqual(result.returncode, 1)
     self.assertLen(result.stderr.strip().splitlines(), 1, result.stderr)

@@ -9,13 +9,14 @@ user could ship and training images/s of both QAT runs:
   ptq_int8       mobilenet_v1_export --post_training=int8, calibrated on
                  --calibration_examples training images.
   ours_int8      mobilenet_v1_train --quantize=True with default flags
-                 (per-channel weights, distilled from the float model),
-                 then mobilenet_v1_export: the full-integer int8 .tflite.
-  ours_int8_labels  the same with --distillation_weight=0: trained on the
-                 labels alone.
-  ours_uint8     the same with --weight_quantization=asymmetric (per-tensor
-                 ranges, contrib.quantize's scheme; the trainer equalises
-                 the float model's channel ranges first): the uint8 .tflite.
+                 (per-channel weights, trained on the labels), then
+                 mobilenet_v1_export: the full-integer int8 .tflite.
+  ours_int8_distilled  the same with --distillation_weight=1: distilled
+                 from the float model.
+  ours_uint8     --weight_quantization=asymmetric (per-tensor ranges,
+                 contrib.quantize's scheme; the trainer equalises the float
+                 model's channel ranges first, and distils by default): the
+                 uint8 .tflite.
   ours_uint8_labels  the same with --distillation_weight=0.
   peer_int8      the released weights in tf_keras.applications.MobileNet
                  (the same network; its 1000 logits are ours without the
@@ -89,7 +90,7 @@ flags.DEFINE_integer('calibration_examples', 200, 'Training images the '
                      'post-training int8 model is calibrated on.',
                      lower_bound=1)
 flags.DEFINE_list('runs', ['float', 'ptq_int8', 'peer_float', 'peer_int8',
-                           'ours_int8', 'ours_int8_labels', 'ours_uint8',
+                           'ours_int8', 'ours_int8_distilled', 'ours_uint8',
                            'ours_uint8_labels'],
                   'Rows to measure, in order.')
 flags.DEFINE_list('held_out', ['odd', 'even'], 'The halves of the classes '
@@ -381,10 +382,10 @@ def _spawn(peer, held_out):
 _DESCRIPTIONS = {
     'float': 'released float checkpoint',
     'ptq_int8': 'post-training int8 (per-channel), export --post_training',
-    'ours_int8': 'our QAT, default flags (per-channel int8, distilled)',
-    'ours_int8_labels': 'the same, --distillation_weight=0 (labels alone)',
+    'ours_int8': 'our QAT, default flags (per-channel int8, labels alone)',
+    'ours_int8_distilled': 'the same, --distillation_weight=1 (distilled)',
     'ours_uint8': 'our QAT, --weight_quantization=asymmetric (uint8; ranges '
-                  'equalised first, the default)',
+                  'equalised first, distilled: the defaults)',
     'ours_uint8_labels': 'the same, --distillation_weight=0 (labels alone)',
     'peer_float': 'the released weights in tf_keras, float',
     'peer_int8': 'tfmot quantize_model on tf_keras MobileNet (int8)',
@@ -394,7 +395,7 @@ _DESCRIPTIONS = {
 # Our rows: the trainer's flags beyond the bench's shared ones.
 _OURS_FLAGS = {
     'ours_int8': [],
-    'ours_int8_labels': ['--distillation_weight=0'],
+    'ours_int8_distilled': ['--distillation_weight=1'],
     'ours_uint8': ['--weight_quantization=asymmetric'],
     'ours_uint8_labels': ['--weight_quantization=asymmetric',
                           '--distillation_weight=0'],
