@@ -233,7 +233,8 @@ def _ours(name, held_out, checkpoint, extra_flags):
   data = _split_path(held_out, 'data')
   run_dir = _split_path(held_out, name)
   log_path = os.path.join(run_dir, 'train_log.txt')
-  if not os.path.exists(log_path):
+  cached = os.path.exists(log_path)
+  if not cached:
     train_dir = os.path.join(run_dir, 'train')
     shutil.rmtree(train_dir, ignore_errors=True)
     log = _run('mobilenet_v1_train', '--dataset_dir=' + data,
@@ -255,7 +256,7 @@ def _ours(name, held_out, checkpoint, extra_flags):
     log = f.read()
   tflite = os.path.join(run_dir, 'bundle', 'mobilenet_v1_1.0_224_quant.tflite')
   return {'top1': _tflite_top1(tflite, data),
-          'images_per_second': _train_speed(log)}
+          'images_per_second': _train_speed(log), 'cached': cached}
 
 
 def _float(held_out, checkpoint):
@@ -358,7 +359,8 @@ def _run_peer_qat(held_out):
 def _peer_int8(held_out):
   """The peer's QAT (in a child process, once), then its .tflite's top-1."""
   result_path = _split_path(held_out, 'peer_int8', 'result.json')
-  if not os.path.exists(result_path):
+  cached = os.path.exists(result_path)
+  if not cached:
     os.makedirs(_split_path(held_out, 'peer_int8'), exist_ok=True)
     result, error = _spawn('peer_int8', held_out)
     if result is None:
@@ -370,6 +372,7 @@ def _peer_int8(held_out):
   result['top1'] = _tflite_top1(
       _split_path(held_out, 'peer_int8', 'model.tflite'),
       _split_path(held_out, 'data'), first_class=1)
+  result['cached'] = cached
   return result
 
 
@@ -432,8 +435,11 @@ def _print_row(name, result, note):
 def _print_speed_ratio(results):
   ours, peer = results.get('ours_int8'), results.get('peer_int8')
   if ours and peer:
-    print('QAT training speed, ours / peer: %.2fx' % (
-        ours['images_per_second'] / peer['images_per_second']), flush=True)
+    print('QAT training speed, ours / peer: %.2fx%s' % (
+        ours['images_per_second'] / peer['images_per_second'],
+        ' (trained in an earlier invocation, possibly under other load; a '
+        'fresh --work_dir trains both in one run)'
+        if ours.get('cached') or peer.get('cached') else ''), flush=True)
 
 
 def _combined(per_split):
@@ -443,7 +449,8 @@ def _combined(per_split):
     results = [split[name] for split in per_split.values() if name in split]
     if len(results) < len(per_split):
       continue
-    combined[name] = {'top1': sum(r['top1'] for r in results) / len(results)}
+    combined[name] = {'top1': sum(r['top1'] for r in results) / len(results),
+                      'cached': any(r.get('cached') for r in results)}
     if all(r.get('images_per_second') for r in results):
       combined[name]['images_per_second'] = sum(
           r['images_per_second'] for r in results) / len(results)
