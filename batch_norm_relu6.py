@@ -263,8 +263,6 @@ def fuse_fake_quant(graph):
       batch_mean, batch_variance, inverse_std, y_max = (
           ops.batch_norm_relu6_moments(
               x, scale, offset, epsilon=batch_norm.get_attr('epsilon')))
-      # The range reads the batch maximum: reroute that before the new op
-      # reads the range.
       for maximum in maxima:
         graph_editing.reroute(maximum.outputs[0], y_max,
                               maximum.outputs[0].consumers())

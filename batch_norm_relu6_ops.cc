@@ -74,7 +74,9 @@ inverse_std: 1 / sqrt(biased variance + epsilon), for the gradient.
 )doc")
     .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
       c->set_output(0, c->input(0));
-      auto channels = c->Dim(c->input(0), -1);
+      ::tensorflow::shape_inference::ShapeHandle x;
+      TF_RETURN_IF_ERROR(c->WithRankAtLeast(c->input(0), 1, &x));
+      auto channels = c->Dim(x, -1);
       for (int i = 1; i < 4; ++i) c->set_output(i, c->Vector(channels));
       return ::tensorflow::OkStatus();
     });
@@ -105,7 +107,9 @@ FusedBatchNormRelu6's statistics, and the largest value of its y (a scalar,
 at least 0), without computing y.
 )doc")
     .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
-      auto channels = c->Dim(c->input(0), -1);
+      ::tensorflow::shape_inference::ShapeHandle x;
+      TF_RETURN_IF_ERROR(c->WithRankAtLeast(c->input(0), 1, &x));
+      auto channels = c->Dim(x, -1);
       for (int i = 0; i < 3; ++i) c->set_output(i, c->Vector(channels));
       c->set_output(3, c->Scalar());
       return ::tensorflow::OkStatus();

@@ -159,6 +159,11 @@ class KernelTest(tf.test.TestCase):
       ops.batch_norm_relu6_fake_quant(x, *vectors, [0.0], 6.0)
     with self.assertRaisesRegex(tf.errors.InvalidArgumentError, 'same shape'):
       ops.batch_norm_relu6_fake_quant_grad(x[:1], x, *vectors, 0.0, 6.0)
+    # A scalar x is refused when the graph is built, not read past its end.
+    for op in (ops.fused_batch_norm_relu6, ops.batch_norm_relu6_moments):
+      with tf.Graph().as_default():
+        with self.assertRaisesRegex(ValueError, 'rank'):
+          op(tf1.placeholder(tf.float32, []), vectors[0], vectors[1])
 
 
 def build_training_graph(fuse, quantize_weights=None, quant_delay=0,

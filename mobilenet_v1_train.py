@@ -222,7 +222,8 @@ flags.DEFINE_bool('fuse_batch_norm_relu6', True,
                   'Train through one fused batch norm + ReLU6 kernel per '
                   'layer (batch_norm_relu6_ops.cc): the same math and '
                   'variables, fewer passes over memory; with --quantize '
-                  'it also computes the fake quant of its output. Used by '
+                  'quantizing from the first step (as fine-tunes do) it '
+                  'also computes the fake quant of its output. Used by '
                   'float training and by --quantize without '
                   '--freeze_bn_delay (which folds batch norms, with the '
                   'separate ops); '
@@ -259,8 +260,9 @@ flags.DEFINE_float('batch_norm_decay', None,
                    '(slim\'s ImageNet value) for runs of 33,334 steps or more '
                    'or without --number_of_steps; for shorter runs from '
                    'scratch 1 - 10 / --number_of_steps, so that the averages '
-                   'converge within the run; for shorter fine-tunes 1 - 1 / '
-                   '--number_of_steps, so that they keep part of the '
+                   'converge within the run; for fine-tunes shorter than '
+                   '3,334 steps 1 - 1 / --number_of_steps, so that they keep '
+                   'part of the '
                    'checkpoint\'s (see batch_norm_decay.py). Fine-tuning '
                    'with per-tensor quantization (--weight_quantization='
                    'symmetric or asymmetric) averages the run\'s batches '
@@ -637,8 +639,15 @@ def build_train_op(images, labels, global_step, num_examples, quant_delay):
   total_loss = tf1.losses.get_total_loss(name='total_loss')
   learning_rate = _learning_rate(global_step, num_examples)
   train_op = slim.learning.create_train_op(
-      total_loss, _optimizer(learning_rate), global_step=global_step,
+      total_loss, _optimizer(learning_rate), global_step=None,
       variables_to_train=_variables_to_train())
+  # The step counts up after the step's batch norm updates (which
+  # run_average's decay reads it for) as well as after the weight updates;
+  # slim's increment waits only for the latter.
+  with tf.control_dependencies([train_op]):
+    increment = tf1.assign_add(global_step, 1)
+  with tf.control_dependencies([increment]):
+    train_op = tf.identity(train_op)
   tf1.summary.scalar('losses/total_loss', total_loss)
   tf1.summary.scalar('learning_rate', learning_rate)
   accuracy = tf.reduce_mean(tf.cast(

@@ -426,10 +426,12 @@ def _measure(name, held_out, checkpoint):
 
 
 def _print_row(name, result, note):
-  print('%-19s top-1 %5.1f%%%s  (%s)' % (
+  print('%-19s top-1 %5.1f%%%s  (%s%s)' % (
       name, 100 * result['top1'],
       '  %5.2f train images/s' % result['images_per_second']
-      if result.get('images_per_second') else '', note), flush=True)
+      if result.get('images_per_second') else '', note,
+      '; trained by an earlier invocation in this --work_dir'
+      if result.get('cached') else ''), flush=True)
 
 
 def _print_speed_ratio(results):
