@@ -185,22 +185,11 @@ void ChunkedSums(int64_t begin, int64_t end, int64_t channels,
 // variance, E[(x - shift)^2] - E[x - shift]^2, exact when the mean is large
 // against the spread. With x_min and x_max, also each channel's extremes of
 // x (min into x_min, max into x_max), in the same pass.
+template <bool kExtremes>
 void ShiftedSums(const float* __restrict x, int64_t begin, int64_t end,
                  int64_t channels, const float* __restrict shift,
                  double* __restrict sum, double* __restrict sum_sq,
                  float* __restrict x_min, float* __restrict x_max) {
-  if (x_min == nullptr) {
-    ChunkedSums(begin, end, channels, sum, sum_sq,
-                [=](int64_t r, float* __restrict ps, float* __restrict pq) {
-                  const float* __restrict row = x + r * channels;
-                  for (int64_t c = 0; c < channels; ++c) {
-                    const float d = row[c] - shift[c];
-                    ps[c] += d;
-                    pq[c] += d * d;
-                  }
-                });
-    return;
-  }
   ChunkedSums(begin, end, channels, sum, sum_sq,
               [=](int64_t r, float* __restrict ps, float* __restrict pq) {
                 const float* __restrict row = x + r * channels;
@@ -208,8 +197,10 @@ void ShiftedSums(const float* __restrict x, int64_t begin, int64_t end,
                   const float d = row[c] - shift[c];
                   ps[c] += d;
                   pq[c] += d * d;
-                  x_min[c] = std::min(x_min[c], row[c]);
-                  x_max[c] = std::max(x_max[c], row[c]);
+                  if constexpr (kExtremes) {
+                    x_min[c] = std::min(x_min[c], row[c]);
+                    x_max[c] = std::max(x_max[c], row[c]);
+                  }
                 }
               });
 }
@@ -243,6 +234,28 @@ inline __m256 PreActivation8(__m256 centered_x, const float* a,
                        _mm256_loadu_ps(offset));
 }
 
+// The gradient passes where ReLU6's input lies strictly inside (0, 6) and,
+// under a fake quant, ReLU6's output (then equal to its input) inside
+// [pass_min, pass_max]; without one, those are -inf and inf.
+struct Gate {
+  float pass_min = -INFINITY, pass_max = INFINITY;
+
+  float operator()(float z, float dy) const {
+    return (z > 0.f) & (z < 6.f) & (z >= pass_min) & (z <= pass_max) ? dy
+                                                                      : 0.f;
+  }
+
+  __m256 operator()(__m256 z, __m256 dy) const {
+    const __m256 inside = _mm256_and_ps(
+        _mm256_and_ps(_mm256_cmp_ps(z, _mm256_setzero_ps(), _CMP_GT_OQ),
+                      _mm256_cmp_ps(z, _mm256_set1_ps(6.f), _CMP_LT_OQ)),
+        _mm256_and_ps(
+            _mm256_cmp_ps(z, _mm256_set1_ps(pass_min), _CMP_GE_OQ),
+            _mm256_cmp_ps(z, _mm256_set1_ps(pass_max), _CMP_LE_OQ)));
+    return _mm256_and_ps(inside, dy);
+  }
+};
+
 // TensorFlow's FakeQuantWithMinMaxVars (fake_quant_ops_functor.h), the same
 // float operations in the same order, so that its values match bit for bit.
 class FakeQuant {
@@ -273,9 +286,8 @@ class FakeQuant {
     quant_zero_ = std::floor(-pass_min_ * inv_scale + 0.5f);
   }
 
-  // The nudged range, inside which the gradient passes.
-  float pass_min() const { return pass_min_; }
-  float pass_max() const { return pass_max_; }
+  // ReLU6's gate narrowed to the nudged range, where the gradient passes.
+  Gate gate() const { return Gate{pass_min_, pass_max_}; }
 
   float operator()(float y) const {
     if (zero_range_) return 0.f;
@@ -307,28 +319,6 @@ class FakeQuant {
 struct NoQuant {
   float operator()(float y) const { return y; }
   __m256 operator()(__m256 y) const { return y; }
-};
-
-// The gradient passes where ReLU6's input lies strictly inside (0, 6) and,
-// under a fake quant, ReLU6's output (then equal to its input) inside
-// [pass_min, pass_max]; without one, those are -inf and inf.
-struct Gate {
-  float pass_min = -INFINITY, pass_max = INFINITY;
-
-  float operator()(float z, float dy) const {
-    return (z > 0.f) & (z < 6.f) & (z >= pass_min) & (z <= pass_max) ? dy
-                                                                      : 0.f;
-  }
-
-  __m256 operator()(__m256 z, __m256 dy) const {
-    const __m256 inside = _mm256_and_ps(
-        _mm256_and_ps(_mm256_cmp_ps(z, _mm256_setzero_ps(), _CMP_GT_OQ),
-                      _mm256_cmp_ps(z, _mm256_set1_ps(6.f), _CMP_LT_OQ)),
-        _mm256_and_ps(
-            _mm256_cmp_ps(z, _mm256_set1_ps(pass_min), _CMP_GE_OQ),
-            _mm256_cmp_ps(z, _mm256_set1_ps(pass_max), _CMP_LE_OQ)));
-    return _mm256_and_ps(inside, dy);
-  }
 };
 
 // y = quantize(min(max(z, 0), 6)) over rows [begin, end).
@@ -477,10 +467,14 @@ Status ComputeMoments(OpKernelContext* context, int first_output,
   ForEachBlock(context, rows, blocks, 2 * channels,
                [&](int64_t begin, int64_t end, int64_t block) {
                  double* sum = &sums[2 * block * channels];
-                 ShiftedSums(xp, begin, end, channels, xp, sum,
-                             sum + channels,
-                             y_max ? &x_min[block * channels] : nullptr,
-                             y_max ? &x_max[block * channels] : nullptr);
+                 if (y_max == nullptr) {
+                   ShiftedSums<false>(xp, begin, end, channels, xp, sum,
+                                      sum + channels, nullptr, nullptr);
+                 } else {
+                   ShiftedSums<true>(xp, begin, end, channels, xp, sum,
+                                     sum + channels, &x_min[block * channels],
+                                     &x_max[block * channels]);
+                 }
                });
   auto mean = (*mean_out)->flat<float>();
   auto variance = variance_out->flat<float>();
@@ -708,37 +702,27 @@ Status CheckGradientShapes(OpKernelContext* context) {
   return ::tensorflow::OkStatus();
 }
 
-class FusedBatchNormRelu6GradOp : public OpKernel {
+// FusedBatchNormRelu6Grad, or with kFakeQuant BatchNormRelu6FakeQuantGrad
+// (whose min and max, inputs 6 and 7, narrow the gate).
+template <bool kFakeQuant>
+class BatchNormRelu6GradOp : public OpKernel {
  public:
-  explicit FusedBatchNormRelu6GradOp(OpKernelConstruction* context)
-      : OpKernel(context) {}
-
-  void Compute(OpKernelContext* context) override {
-    Normalization n;
-    OP_REQUIRES_OK(context, CheckGradientShapes(context));
-    OP_REQUIRES_OK(context,
-                   ReadNormalization(context, context->input(1), 2, &n));
-    BackpropThroughBatchNorm(context, n, Gate());
-  }
-};
-
-class BatchNormRelu6FakeQuantGradOp : public OpKernel {
- public:
-  explicit BatchNormRelu6FakeQuantGradOp(OpKernelConstruction* context)
+  explicit BatchNormRelu6GradOp(OpKernelConstruction* context)
       : OpKernel(context) {
-    OP_REQUIRES_OK(context, attrs_.Read(context));
+    if constexpr (kFakeQuant) OP_REQUIRES_OK(context, attrs_.Read(context));
   }
 
   void Compute(OpKernelContext* context) override {
     Normalization n;
-    std::optional<FakeQuant> fake_quant;
     OP_REQUIRES_OK(context, CheckGradientShapes(context));
     OP_REQUIRES_OK(context,
                    ReadNormalization(context, context->input(1), 2, &n));
-    OP_REQUIRES_OK(context, attrs_.Make(context, 6, &fake_quant));
     Gate gate;
-    gate.pass_min = fake_quant->pass_min();
-    gate.pass_max = fake_quant->pass_max();
+    if constexpr (kFakeQuant) {
+      std::optional<FakeQuant> fake_quant;
+      OP_REQUIRES_OK(context, attrs_.Make(context, 6, &fake_quant));
+      gate = fake_quant->gate();
+    }
     BackpropThroughBatchNorm(context, n, gate);
   }
 
@@ -749,12 +733,12 @@ class BatchNormRelu6FakeQuantGradOp : public OpKernel {
 REGISTER_KERNEL_BUILDER(Name("FusedBatchNormRelu6").Device(DEVICE_CPU),
                         FusedBatchNormRelu6Op);
 REGISTER_KERNEL_BUILDER(Name("FusedBatchNormRelu6Grad").Device(DEVICE_CPU),
-                        FusedBatchNormRelu6GradOp);
+                        BatchNormRelu6GradOp<false>);
 REGISTER_KERNEL_BUILDER(Name("BatchNormRelu6Moments").Device(DEVICE_CPU),
                         BatchNormRelu6MomentsOp);
 REGISTER_KERNEL_BUILDER(Name("BatchNormRelu6FakeQuant").Device(DEVICE_CPU),
                         BatchNormRelu6FakeQuantOp);
 REGISTER_KERNEL_BUILDER(Name("BatchNormRelu6FakeQuantGrad").Device(DEVICE_CPU),
-                        BatchNormRelu6FakeQuantGradOp);
+                        BatchNormRelu6GradOp<true>);
 
 }  // namespace
