@@ -24,13 +24,12 @@ The rules used when --batch_norm_decay is not given:
   decay = 1 - 1 / number_of_steps (capped at 0.9997): the checkpoint's
   values weigh (1 - 1/n)^n ~ e^-1 = 37% at the end, and the run's batches
   the rest, which takes in what the fine-tune changes.
-- Where the change is large from the first step (quantization-aware
-  training with per-tensor weights, whose rounding moves the layers'
-  output means by more than that noise), keeping 37% of the checkpoint's
-  averages keeps that much of the error: the averages become the plain
-  mean of the run's batch statistics instead (`run_average`), so the
-  checkpoint's values go at the first update and every batch of the run
-  weighs the same.
+- Quantization-aware fine-tunes with per-tensor weights keep the
+  checkpoint's averages as they are (decay 1, `KEEP`). Their weights'
+  rounding moves the layers' output means far more than that noise, but
+  by an amount the weights and their inputs' means give exactly: after the
+  last step `weight_rounding` adds it to the means, and the averages stay
+  those of the full dataset.
 
 The decay a model trained with, and whether it was fine-tuned, are recorded
 in its training graph (the `.meta` file beside each checkpoint), so that
@@ -45,6 +44,8 @@ import tensorflow as tf
 tf1 = tf.compat.v1
 
 IMAGENET_DECAY = 0.9997
+# The decay that keeps a checkpoint's averages as they are.
+KEEP = 1.0
 # The averages' memory 1 / (1 - decay) as a fraction of the run, from
 # scratch and fine-tuning.
 MEMORY_FRACTION = 0.1
@@ -74,32 +75,11 @@ def for_steps(number_of_steps, fine_tuning=False):
              max(0.0, 1.0 - 1.0 / (fraction * number_of_steps)))
 
 
-def run_average(global_step, decay):
-  """A decay that makes the moving averages the mean of the run's batches.
-
-  At step t (counted from 0) the decay is t / (t + 1): the first update
-  replaces the averages' initial values with the batch's statistics, and
-  each later one adds its batch with the same weight as every earlier one,
-  until the averages' memory reaches that of `decay`, which holds from
-  there on.
-
-  Args:
-    global_step: the global step tensor.
-    decay: the largest decay, in [0, 1).
-
-  Returns:
-    A float32 scalar tensor.
-  """
-  step = tf.cast(global_step, tf.float32)
-  return tf.minimum(step / (step + 1.0), decay, name='run_average_decay')
-
-
 def record(decay, fine_tuned=False):
   """Records the decay in the default graph, where a checkpoint's .meta keeps it.
 
   Args:
-    decay: the decay the graph's batch norms use (the largest, for a run
-      average).
+    decay: the decay the graph's batch norms use.
     fine_tuned: whether the averages started from a checkpoint's.
 
   Returns:

@@ -56,33 +56,6 @@ class ForStepsTest(tf.test.TestCase):
       self.assertEqual(batch_norm_decay.for_steps(steps, fine_tuning=True),
                        0.9997)
 
-  def test_run_average_is_the_mean_of_the_batches(self):
-    batches = np.random.RandomState(0).normal(size=[12, 3]).astype(np.float32)
-    restored = np.full([3], 5.0, np.float32)
-    largest_decay = 0.8  # t / (t + 1) passes it after step 4.
-    with tf.Graph().as_default():
-      global_step = tf1.train.get_or_create_global_step()
-      average = tf1.get_variable('average', initializer=restored)
-      batch = tf1.placeholder(tf.float32, [3])
-      decay = batch_norm_decay.run_average(global_step, largest_decay)
-      update = tf1.assign_sub(average, (average - batch) * (1 - decay))
-      with tf.control_dependencies([update]):
-        step = tf1.assign_add(global_step, 1)
-      with tf1.Session() as session:
-        session.run(tf1.global_variables_initializer())
-        want = restored
-        for t, values in enumerate(batches):
-          session.run(step, {batch: values})
-          if t <= 4:
-            want = batches[:t + 1].mean(0)
-          else:
-            want = largest_decay * want + (1 - largest_decay) * values
-          self.assertAllClose(session.run(average), want, rtol=1e-5,
-                              atol=1e-6)
-
-
-class RecordTest(tf.test.TestCase):
-
   def test_warns_only_when_averages_cannot_have_converged(self):
     directory = self.get_temp_dir()
     short = save_checkpoint(directory, 600, decay=0.9997)

@@ -117,6 +117,7 @@ import inference_model
 import mobilenet_v1
 import quantize
 import tflite_emulation
+import weight_rounding
 # pylint: enable=g-import-not-at-top,wrong-import-position,g-bad-import-order
 
 tf1 = tf.compat.v1
@@ -263,11 +264,20 @@ flags.DEFINE_float('batch_norm_decay', None,
                    'converge within the run; for fine-tunes shorter than '
                    '3,334 steps 1 - 1 / --number_of_steps, so that they keep '
                    'part of the '
-                   'checkpoint\'s (see batch_norm_decay.py). Fine-tuning '
-                   'with per-tensor quantization (--weight_quantization='
-                   'symmetric or asymmetric) averages the run\'s batches '
-                   'with equal weights, up to that decay, instead.',
+                   'checkpoint\'s (see batch_norm_decay.py); 1 (the '
+                   'checkpoint\'s kept) for quantization-aware fine-tunes '
+                   'with per-tensor weights (--weight_quantization='
+                   'symmetric or asymmetric), which then round their '
+                   'weights after the last step (see --rounding_examples).',
                    lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_integer('rounding_examples', 500,
+                     'Training images (the first, in eval preprocessing) '
+                     'over which a quantization-aware fine-tune with '
+                     'per-tensor weights and the checkpoint\'s batch norm '
+                     'averages kept rounds its weights for the least output '
+                     'error after the last step, and adds the rounding\'s '
+                     'shift to the batch norm means (see weight_rounding.py).',
+                     lower_bound=1)
 flags.DEFINE_list('checkpoint_exclude_scopes', [],
                   'Comma-separated variable scopes not restored from '
                   '--fine_tune_checkpoint, e.g. MobilenetV1/Logits to '
@@ -325,19 +335,45 @@ def _batch_norms_frozen_from_start():
   return FLAGS.quantize and FLAGS.freeze_bn_delay == 0
 
 
+def _per_tensor_fine_tune():
+  """Whether this run fine-tunes quantization-aware with per-tensor weights."""
+  return (FLAGS.quantize and _is_fine_tuning() and
+          FLAGS.weight_quantization != quantize.PER_CHANNEL)
+
+
 def _batch_norm_decay():
   """--batch_norm_decay, or the decay that fits this run (see its help)."""
   if FLAGS.batch_norm_decay is not None:
     return FLAGS.batch_norm_decay
+  if _per_tensor_fine_tune():
+    return batch_norm_decay.KEEP
   return batch_norm_decay.for_steps(FLAGS.number_of_steps,
                                     fine_tuning=_is_fine_tuning())
 
 
-def _averages_the_run():
-  """Whether the moving averages are the mean of this run's batches."""
-  return (FLAGS.batch_norm_decay is None and _is_fine_tuning() and
-          FLAGS.quantize and
-          FLAGS.weight_quantization != quantize.PER_CHANNEL)
+def _rounds_weights():
+  """Whether the last checkpoint's weights are rounded (weight_rounding.py).
+
+  That needs moving means that describe the float layers: those of the
+  checkpoint fine-tuned, kept.
+  """
+  return (_per_tensor_fine_tune() and
+          (_batch_norm_decay() == batch_norm_decay.KEEP or
+           _batch_norms_frozen_from_start()))
+
+
+def _round_weights(checkpoint):
+  """Rounds the weights of `checkpoint` in place, saying so."""
+  print('Rounding the weights for the least output error over %d training '
+        'images and adding the rounding\'s shift to the batch norm means '
+        '(weight_rounding.py)...' % FLAGS.rounding_examples, flush=True)
+  summary = weight_rounding.round_checkpoint(
+      checkpoint, FLAGS.dataset_dir, FLAGS.rounding_examples,
+      FLAGS.image_size, FLAGS.num_classes, FLAGS.depth_multiplier)
+  print('Rounded %d layers over %d images: output error %.2fx that of '
+        'nearest rounding.' % (
+            summary['layers'], summary['examples'],
+            summary['rounded'] / max(summary['nearest'], 1e-30)), flush=True)
 
 
 def build_model(images, is_training):
@@ -351,9 +387,6 @@ def build_model(images, is_training):
     The logits, [batch, num_classes].
   """
   decay = _batch_norm_decay()
-  if is_training and _averages_the_run():
-    decay = batch_norm_decay.run_average(
-        tf1.train.get_or_create_global_step(), decay)
   scope = mobilenet_v1.mobilenet_v1_arg_scope(
       is_training=is_training, weight_decay=FLAGS.weight_decay,
       batch_norm_decay=decay)
@@ -641,9 +674,8 @@ def build_train_op(images, labels, global_step, num_examples, quant_delay):
   train_op = slim.learning.create_train_op(
       total_loss, _optimizer(learning_rate), global_step=None,
       variables_to_train=_variables_to_train())
-  # The step counts up after the step's batch norm updates (which
-  # run_average's decay reads it for) as well as after the weight updates;
-  # slim's increment waits only for the latter.
+  # The step counts up after the whole step, its batch norm updates
+  # included; slim's increment waits only for the weight updates.
   with tf.control_dependencies([train_op]):
     increment = tf1.assign_add(global_step, 1)
   with tf.control_dependencies([increment]):
@@ -752,11 +784,12 @@ def train():
       print('Batch norms frozen: they normalize with the moving statistics '
             'of the checkpoint (--freeze_bn_delay sets a later step).',
             flush=True)
-    elif _averages_the_run():
-      print('Batch norm moving averages: the mean of this run\'s batches '
-            '(per-tensor rounding moves the checkpoint\'s), decay at most '
-            '%.6g for %s (--batch_norm_decay sets a fixed one).' % (
-                _batch_norm_decay(), run_length), flush=True)
+    elif _rounds_weights():
+      print('Batch norm moving averages: the checkpoint\'s, kept; after the '
+            'last step the weights are rounded for the least output error '
+            'and the rounding\'s shift is added to the means '
+            '(--batch_norm_decay sets a decay instead, and skips both).',
+            flush=True)
     elif FLAGS.batch_norm_decay is None:
       print('Batch norm decay %.6g for %s%s (--batch_norm_decay sets '
             'another).' % (_batch_norm_decay(), run_length,
@@ -796,6 +829,9 @@ def train():
         # MonitoredTrainingSession would still run one more step.
         print('Already trained to step %d (--number_of_steps=%d): %s.' %
               (done_steps, FLAGS.number_of_steps, resuming), flush=True)
+        if (is_chief and _rounds_weights() and
+            not weight_rounding.is_rounded(resuming)):
+          _round_weights(resuming)
         return
       print('Resuming from %s.' % resuming, flush=True)
     scaffold = tf1.train.Scaffold(
@@ -844,6 +880,8 @@ def train():
               ' '.join(shlex.quote(arg) for arg in sys.argv[1:])),
           flush=True)
     sys.exit(128 + stopper.received)
+  if is_chief and final and _rounds_weights():
+    _round_weights(final)
   if is_chief and final:
     print('Done; checkpoint %s%s.' % (final, _skipped_records_note()),
           flush=True)

@@ -18,6 +18,7 @@ import imagenet_input
 import mobilenet_v1
 import mobilenet_v1_train
 import test_data
+import weight_rounding
 
 test_data.use_float32_math()
 
@@ -472,9 +473,27 @@ class TrainTest(tf.test.TestCase):
     self.assertIn('Distilling from the float model %s: each target is 1 of '
                   'its softmax and 0 of the label (the default' % source,
                   stdout)
-    # Its batch norm averages are the mean of the run's batches.
-    self.assertIn('Batch norm moving averages: the mean of this run\'s '
-                  'batches', stdout)
+    # Its batch norm averages are the checkpoint's, and after the last step
+    # its weights are rounded, in the checkpoint that says so.
+    self.assertIn('Batch norm moving averages: the checkpoint\'s, kept',
+                  stdout)
+    self.assertIn('Rounded 28 layers over 32 images', stdout)
+    rounded = tf.train.latest_checkpoint(
+        os.path.join(self.get_temp_dir(), 'per_tensor'))
+    self.assertTrue(weight_rounding.is_rounded(rounded))
+    self.assertAllEqual(
+        read_variable(rounded, 'MobilenetV1/Conv2d_3_pointwise/BatchNorm/'
+                      'moving_variance'),
+        read_variable(source, 'MobilenetV1/Conv2d_3_pointwise/BatchNorm/'
+                      'moving_variance'))
+    # Run again, it is done and stays as it was.
+    result = run(train_command(
+        self.dataset_dir, os.path.join(self.get_temp_dir(), 'per_tensor'),
+        '--number_of_steps=1', '--fine_tune_checkpoint=' + source,
+        *per_tensor))
+    self.assertEqual(result.returncode, 0, result.stderr)
+    self.assertIn('Already trained to step 1', result.stdout)
+    self.assertNotIn('Rounded', result.stdout)
     # --quantize alone (per-channel weights), labels alone asked for, or
     # without --quantize: no teacher, no line; a fine-tune's batch norm
     # averages remember the whole run (here one step: decay 0).
@@ -488,6 +507,7 @@ class TrainTest(tf.test.TestCase):
         if name != 'labels':
           self.assertIn('Batch norm decay 0 for 1 steps of fine-tuning',
                         stdout)
+          self.assertNotIn('Rounded', stdout)
     # Asked for with per-channel weights, the teacher is there.
     self.assertTrue(fine_tune('distilled', '--quantize',
                               '--distillation_weight=1')[1])
