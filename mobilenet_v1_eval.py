@@ -24,6 +24,7 @@ import checkpoint_utils
 import cli
 import imagenet_input
 import inference_model
+import weight_rounding
 
 tf1 = tf.compat.v1
 
@@ -185,9 +186,11 @@ def main(argv):
         raise
       _warn('skipping %s' % e)
       continue
-    warning = batch_norm_decay.unconverged_warning(checkpoint, step)
-    if warning:
-      _warn(warning)
+    for warning in (batch_norm_decay.unconverged_warning(checkpoint, step),
+                    FLAGS.quantize and
+                    weight_rounding.unrounded_warning(checkpoint)):
+      if warning:
+        _warn(warning)
     write_summaries(eval_dir, metrics, step)
     skipped = imagenet_input.skipped_records.count
     print('%s (%s): Accuracy %.4f  Recall_5 %.4f  on %d examples '

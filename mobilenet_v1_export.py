@@ -58,6 +58,7 @@ Export builds the same graph that mobilenet_v1_eval measures
 import contextlib
 import os
 import shutil
+import sys
 import tempfile
 
 from absl import flags
@@ -73,6 +74,7 @@ import imagenet_input
 import inference_model
 import tflite_emulation
 import tflite_int8
+import weight_rounding
 
 tf1 = tf.compat.v1
 
@@ -517,6 +519,10 @@ def _write_bundle(checkpoint, name, prefix):
 def main(argv):
   del argv  # unused
   checkpoint, step, paths = export()
+  warning = FLAGS.quantize and weight_rounding.unrounded_warning(checkpoint)
+  if warning:
+    print('mobilenet_v1_export: warning: %s' % warning, file=sys.stderr,
+          flush=True)
   print('Exported %s (%s) to %s:' % (checkpoint,
                                      checkpoint_utils.describe_step(step),
                                      FLAGS.output_dir))

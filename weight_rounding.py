@@ -38,6 +38,7 @@ import numpy as np
 import slim_compat  # pylint: disable=unused-import
 import tensorflow as tf
 
+import batch_norm_decay
 import checkpoint_utils
 import imagenet_input
 import inference_model
@@ -223,6 +224,32 @@ def is_rounded(checkpoint):
         checkpoint)
   except checkpoint_utils.CheckpointError:
     return False
+
+
+def unrounded_warning(checkpoint):
+  """A one-line warning for a per-tensor fine-tune's checkpoint not yet rounded.
+
+  Its moving means are still the float layers' (the fine-tune kept the
+  checkpoint's averages), so the quantized model lacks the rounding's shift
+  and scores well below what the finished run's last checkpoint will.
+
+  Args:
+    checkpoint: a checkpoint prefix.
+
+  Returns:
+    The warning text, or None for any other checkpoint.
+  """
+  if (batch_norm_decay.recorded(checkpoint) != batch_norm_decay.KEEP or
+      is_rounded(checkpoint) or
+      inference_model.quantize_options(checkpoint).get(
+          'per_channel_weights', True)):
+    return None
+  return ('%s is from a per-tensor quantization-aware fine-tune before its '
+          'weights were rounded: its batch norm means lack the rounding\'s '
+          'shift, so the quantized model is less accurate than the finished '
+          'run\'s; mobilenet_v1_train rounds the checkpoint of its last step '
+          '(rerun it to finish an interrupted run)' %
+          os.path.basename(checkpoint))
 
 
 def rounded_values(checkpoint, make_images, num_classes, depth_multiplier):

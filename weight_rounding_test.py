@@ -8,6 +8,7 @@ import numpy as np
 import slim_compat  # pylint: disable=unused-import
 import tensorflow as tf
 
+import batch_norm_decay
 import inference_model
 import quantize
 import quantize_test_util as qtu
@@ -169,8 +170,16 @@ class RoundedCheckpointTest(tf.test.TestCase):
         qtu.NUM_CLASSES, 0.25)
     self.assertEqual(summary['layers'], 28)
     self.assertEqual(summary['examples'], 32)
+    # Its training graph records the checkpoint's averages kept: until it is
+    # rounded, evaluation and export warn.
+    with tf.Graph().as_default():
+      batch_norm_decay.record(batch_norm_decay.KEEP, fine_tuned=True)
+      tf1.train.export_meta_graph(self.checkpoint + '.meta')
+    self.assertIn('before its weights were rounded',
+                  weight_rounding.unrounded_warning(self.checkpoint))
     weight_rounding.write_rounded(self.checkpoint, values)
     self.assertTrue(weight_rounding.is_rounded(self.checkpoint))
+    self.assertIsNone(weight_rounding.unrounded_warning(self.checkpoint))
     _, rounded_outputs, weights, bias_precision = self.layer_outputs(
         self.checkpoint, images, inputs)
 
