@@ -387,12 +387,16 @@ def write_rounded(checkpoint, values):
       session.run(tf1.variables_initializer(variables))
       tf1.train.Saver(variables).save(session, staged, write_meta_graph=False,
                                       write_state=False)
+  directory, prefix = os.path.split(checkpoint)
   data = sorted(name for name in os.listdir(staging)
-                if name.startswith(os.path.basename(checkpoint) + '.data'))
-  for name in data + [os.path.basename(checkpoint) + '.index']:
-    os.replace(os.path.join(staging, name),
-               os.path.join(os.path.dirname(checkpoint), name))
+                if name.startswith(prefix + '.data'))
+  for name in data + [prefix + '.index']:
+    os.replace(os.path.join(staging, name), os.path.join(directory, name))
   shutil.rmtree(staging, ignore_errors=True)
+  # A sharded checkpoint (parameter-server training) becomes one shard.
+  for name in os.listdir(directory):
+    if name.startswith(prefix + '.data') and name not in data:
+      os.remove(os.path.join(directory, name))
 
 
 def round_checkpoint(checkpoint, dataset_dir, examples, image_size,
