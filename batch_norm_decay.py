@@ -121,6 +121,20 @@ def recorded(checkpoint):
   return _recorded_constants(checkpoint).get(RECORD_NAME)
 
 
+def kept_checkpoint_averages(checkpoint):
+  """Whether `checkpoint`'s training graph kept a checkpoint's averages.
+
+  Args:
+    checkpoint: a checkpoint prefix.
+
+  Returns:
+    True when its .meta records a fine-tune with decay KEEP.
+  """
+  constants = _recorded_constants(checkpoint)
+  return bool(constants.get(RECORD_NAME) == KEEP and
+              constants.get(FINE_TUNED_RECORD_NAME))
+
+
 def unconverged_warning(checkpoint, step):
   """A one-line warning when `checkpoint`'s moving averages cannot have converged.
 

@@ -267,8 +267,10 @@ flags.DEFINE_float('batch_norm_decay', None,
                    'checkpoint\'s (see batch_norm_decay.py); 1 (the '
                    'checkpoint\'s kept) for quantization-aware fine-tunes '
                    'with per-tensor weights (--weight_quantization='
-                   'symmetric or asymmetric), which then round their '
-                   'weights after the last step (see --rounding_examples).',
+                   'symmetric or asymmetric) of a set --number_of_steps '
+                   'whose batch norms all come from the checkpoint and do '
+                   'not freeze, which then round their weights after the '
+                   'last step (see --rounding_examples).',
                    lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_integer('rounding_examples', 500,
                      'Training images (the first, in eval preprocessing) '
@@ -335,43 +337,70 @@ def _batch_norms_frozen_from_start():
   return FLAGS.quantize and FLAGS.freeze_bn_delay == 0
 
 
-def _per_tensor_fine_tune():
-  """Whether this run fine-tunes quantization-aware with per-tensor weights."""
+def _in_scopes(variable_name, scopes):
+  return any(variable_name == s or variable_name.startswith(s + '/')
+             for s in scopes)
+
+
+def _keeps_checkpoint_averages():
+  """Whether this run's batch norms keep the checkpoint's averages (decay 1).
+
+  A quantization-aware fine-tune with per-tensor weights of a set length
+  does, unless --batch_norm_decay says otherwise, its batch norms freeze
+  (then training adapts to the averages as they are) or the checkpoint does
+  not give every batch norm its averages; its last checkpoint's weights are
+  then rounded (weight_rounding.py).
+  """
+  batch_norms = ['MobilenetV1/%s/BatchNorm/moving_mean' % layer
+                 for layer in mobilenet_v1.endpoint_names(
+                     mobilenet_v1.MOBILENETV1_CONV_DEFS)]
   return (FLAGS.quantize and _is_fine_tuning() and
-          FLAGS.weight_quantization != quantize.PER_CHANNEL)
+          FLAGS.weight_quantization != quantize.PER_CHANNEL and
+          FLAGS.batch_norm_decay is None and FLAGS.number_of_steps and
+          FLAGS.freeze_bn_delay is None and
+          not any(_in_scopes(name, FLAGS.checkpoint_exclude_scopes)
+                  for name in batch_norms))
 
 
 def _batch_norm_decay():
   """--batch_norm_decay, or the decay that fits this run (see its help)."""
   if FLAGS.batch_norm_decay is not None:
     return FLAGS.batch_norm_decay
-  if _per_tensor_fine_tune():
+  if _keeps_checkpoint_averages():
     return batch_norm_decay.KEEP
   return batch_norm_decay.for_steps(FLAGS.number_of_steps,
                                     fine_tuning=_is_fine_tuning())
 
 
-def _rounds_weights():
-  """Whether the last checkpoint's weights are rounded (weight_rounding.py).
+def _rounds_weights(checkpoint):
+  """Whether `checkpoint`, the run's last, is to be rounded now.
 
-  That needs moving means that describe the float layers: those of the
-  checkpoint fine-tuned, kept.
+  Its training graph must record the checkpoint's averages kept (so that
+  its means describe the float layers), whatever this command's flags say,
+  and batch norms that never froze (frozen ones trained against the means
+  as they are).
   """
-  return (_per_tensor_fine_tune() and
-          (_batch_norm_decay() == batch_norm_decay.KEEP or
-           _batch_norms_frozen_from_start()))
+  return (FLAGS.freeze_bn_delay is None and
+          weight_rounding.needs_rounding(checkpoint))
 
 
 def _round_weights(checkpoint):
-  """Rounds the weights of `checkpoint` in place, saying so."""
+  """Rounds the weights of `checkpoint` in place, saying so.
+
+  A signal during the rounding ends the process before the checkpoint is
+  replaced (SIGINT as KeyboardInterrupt, whose message says to rerun).
+  """
+  signal.signal(signal.SIGINT, signal.default_int_handler)
+  signal.signal(signal.SIGTERM, signal.SIG_DFL)
   print('Rounding the weights for the least output error over %d training '
         'images and adding the rounding\'s shift to the batch norm means '
         '(weight_rounding.py)...' % FLAGS.rounding_examples, flush=True)
   summary = weight_rounding.round_checkpoint(
       checkpoint, FLAGS.dataset_dir, FLAGS.rounding_examples,
-      FLAGS.image_size, FLAGS.num_classes, FLAGS.depth_multiplier)
-  print('Rounded %d layers over %d images: output error %.2fx that of '
-        'nearest rounding.' % (
+      FLAGS.image_size, FLAGS.num_classes, FLAGS.depth_multiplier,
+      skip_corrupt=FLAGS.skip_corrupt_records)
+  print('Rounded %d layers over %d images: output error variance, summed '
+        'over the layers, %.2fx that of nearest rounding.' % (
             summary['layers'], summary['examples'],
             summary['rounded'] / max(summary['nearest'], 1e-30)), flush=True)
 
@@ -419,16 +448,12 @@ def _optimizer(learning_rate):
   return tf1.train.GradientDescentOptimizer(learning_rate)
 
 
-def _in_scopes(variable, scopes):
-  return any(variable.op.name == s or variable.op.name.startswith(s + '/')
-             for s in scopes)
-
-
 def _variables_to_train():
   variables = tf1.trainable_variables()
   if not FLAGS.trainable_scopes:
     return variables
-  chosen = [v for v in variables if _in_scopes(v, FLAGS.trainable_scopes)]
+  chosen = [v for v in variables
+            if _in_scopes(v.op.name, FLAGS.trainable_scopes)]
   if not chosen:
     raise cli.UserError('--trainable_scopes=%s matches no trainable variable '
                         '(they start with MobilenetV1/)' %
@@ -450,7 +475,7 @@ def _fine_tune_init_fn():
   path = checkpoint_utils.resolve(FLAGS.fine_tune_checkpoint)
   candidates = [v for v in tf1.global_variables()
                 if v.op.name != 'global_step' and
-                not _in_scopes(v, FLAGS.checkpoint_exclude_scopes)]
+                not _in_scopes(v.op.name, FLAGS.checkpoint_exclude_scopes)]
   found = checkpoint_utils.match(path, candidates)
   # Weight ranges are statistics of the weights, set anew at every step: a
   # per-tensor quantized checkpoint (Google's _quant releases) fine-tunes
@@ -784,12 +809,11 @@ def train():
       print('Batch norms frozen: they normalize with the moving statistics '
             'of the checkpoint (--freeze_bn_delay sets a later step).',
             flush=True)
-    elif _rounds_weights():
+    elif _keeps_checkpoint_averages():
       print('Batch norm moving averages: the checkpoint\'s, kept; after the '
             'last step the weights are rounded for the least output error '
             'and the rounding\'s shift is added to the means '
-            '(--batch_norm_decay sets a decay instead, and skips both).',
-            flush=True)
+            '(--batch_norm_decay below 1 skips both).', flush=True)
     elif FLAGS.batch_norm_decay is None:
       print('Batch norm decay %.6g for %s%s (--batch_norm_decay sets '
             'another).' % (_batch_norm_decay(), run_length,
@@ -829,8 +853,7 @@ def train():
         # MonitoredTrainingSession would still run one more step.
         print('Already trained to step %d (--number_of_steps=%d): %s.' %
               (done_steps, FLAGS.number_of_steps, resuming), flush=True)
-        if (is_chief and _rounds_weights() and
-            not weight_rounding.is_rounded(resuming)):
+        if is_chief and _rounds_weights(resuming):
           _round_weights(resuming)
         return
       print('Resuming from %s.' % resuming, flush=True)
@@ -880,7 +903,7 @@ def train():
               ' '.join(shlex.quote(arg) for arg in sys.argv[1:])),
           flush=True)
     sys.exit(128 + stopper.received)
-  if is_chief and final and _rounds_weights():
+  if is_chief and final and _rounds_weights(final):
     _round_weights(final)
   if is_chief and final:
     print('Done; checkpoint %s%s.' % (final, _skipped_records_note()),

@@ -508,6 +508,13 @@ class TrainTest(tf.test.TestCase):
           self.assertIn('Batch norm decay 0 for 1 steps of fine-tuning',
                         stdout)
           self.assertNotIn('Rounded', stdout)
+    # A batch norm not restored from the checkpoint: no averages to keep,
+    # nothing rounded.
+    stdout, _ = fine_tune('fresh_batch_norm', *per_tensor,
+                          '--checkpoint_exclude_scopes='
+                          'MobilenetV1/Conv2d_13_pointwise')
+    self.assertIn('Batch norm decay 0 for 1 steps of fine-tuning', stdout)
+    self.assertNotIn('Rounded', stdout)
     # Asked for with per-channel weights, the teacher is there.
     self.assertTrue(fine_tune('distilled', '--quantize',
                               '--distillation_weight=1')[1])

@@ -18,20 +18,20 @@ the shift that remains:
   where that is better. The weights then lie on their grid, where the eval
   graph's fake quantization leaves them as they are.
 * Means: the rounded layer's output mean differs from the float layer's by
-  (q - w) . E[x] per channel. Added to the batch norm's moving mean (to the
-  bias of a layer without batch norm), it lands in the folded bias, so that
-  each channel's mean is the float model's (Nagel et al. 2019's bias
-  correction).
+  (q - w) . E[x] per channel. Divided by the batch norm's multiplier and
+  added to its moving mean (subtracted from the bias of a layer without
+  batch norm), it leaves each channel's mean the float layer's, given the
+  float model's inputs (Nagel et al. 2019's bias correction).
 
 The statistics come from the eval graph with float weights (its
 activations quantized), the model fine-tuning aimed at, over training
 images in eval preprocessing. This applies where the moving means describe
 the float layers, as they do after a per-tensor fine-tune that keeps the
-checkpoint's averages (`batch_norm_decay.for_steps`).
+checkpoint's averages (decay `batch_norm_decay.KEEP`; they are those of the
+float checkpoint's weights, which the fine-tune moves only a little).
 """
 
 import os
-import shutil
 
 import numpy as np
 
@@ -57,7 +57,7 @@ class Grid(object):
   """The values an 8-bit narrow-range FakeQuantWithMinMaxVars outputs.
 
   TensorFlow nudges [min, max] so that zero is a grid point, then rounds
-  clamp(x) to the nearest of the 254 steps (levels 1 to 255).
+  clamp(x) to the nearest of the 255 levels (1 to 255).
   """
 
   def __init__(self, minimum, maximum, num_bits=8):
@@ -226,6 +226,22 @@ def is_rounded(checkpoint):
     return False
 
 
+def needs_rounding(checkpoint):
+  """Whether `checkpoint` is a per-tensor fine-tune's, not yet rounded.
+
+  Args:
+    checkpoint: a checkpoint prefix.
+
+  Returns:
+    True when its training graph kept the fine-tuned checkpoint's batch norm
+    averages, its weight ranges are per tensor and it is not rounded.
+  """
+  return (batch_norm_decay.kept_checkpoint_averages(checkpoint) and
+          not is_rounded(checkpoint) and
+          not inference_model.quantize_options(checkpoint).get(
+              'per_channel_weights', True))
+
+
 def unrounded_warning(checkpoint):
   """A one-line warning for a per-tensor fine-tune's checkpoint not yet rounded.
 
@@ -239,10 +255,7 @@ def unrounded_warning(checkpoint):
   Returns:
     The warning text, or None for any other checkpoint.
   """
-  if (batch_norm_decay.recorded(checkpoint) != batch_norm_decay.KEEP or
-      is_rounded(checkpoint) or
-      inference_model.quantize_options(checkpoint).get(
-          'per_channel_weights', True)):
+  if not needs_rounding(checkpoint):
     return None
   return ('%s is from a per-tensor quantization-aware fine-tune before its '
           'weights were rounded: its batch norm means lack the rounding\'s '
@@ -360,9 +373,11 @@ def rounded_values(checkpoint, make_images, num_classes, depth_multiplier):
 def write_rounded(checkpoint, values):
   """Replaces `checkpoint` with itself updated by `values`, marked rounded.
 
-  The new files are written beside it first and then moved over it, so that
-  an interruption leaves either checkpoint whole or (between the two moves)
-  one whose checksums fail, which resuming skips.
+  The new files are written beside it first and then moved over it, data
+  before index, so that an interruption leaves the old checkpoint whole,
+  the new one whole or (between the moves) one whose checksums fail: then
+  resuming skips it, back to the run's checkpoint before, and retrains the
+  steps since.
 
   Args:
     checkpoint: a checkpoint prefix.
@@ -370,9 +385,10 @@ def write_rounded(checkpoint, values):
   """
   reader = tf.train.load_checkpoint(checkpoint)
   dtypes = reader.get_variable_to_dtype_map()
-  staging = os.path.join(os.path.dirname(checkpoint), '.rounding')
-  shutil.rmtree(staging, ignore_errors=True)
-  staged = os.path.join(staging, os.path.basename(checkpoint))
+  directory, prefix = os.path.split(checkpoint)
+  staging = os.path.join(directory, '.rounding')
+  if tf.io.gfile.exists(staging):
+    tf.io.gfile.rmtree(staging)
   with tf.Graph().as_default():
     variables = []
     for name in sorted(dtypes):
@@ -385,22 +401,24 @@ def write_rounded(checkpoint, values):
                                   trainable=False))
     with tf1.Session() as session:
       session.run(tf1.variables_initializer(variables))
-      tf1.train.Saver(variables).save(session, staged, write_meta_graph=False,
-                                      write_state=False)
-  directory, prefix = os.path.split(checkpoint)
-  data = sorted(name for name in os.listdir(staging)
+      tf1.train.Saver(variables).save(
+          session, os.path.join(staging, prefix), write_meta_graph=False,
+          write_state=False)
+  data = sorted(name for name in tf.io.gfile.listdir(staging)
                 if name.startswith(prefix + '.data'))
   for name in data + [prefix + '.index']:
-    os.replace(os.path.join(staging, name), os.path.join(directory, name))
-  shutil.rmtree(staging, ignore_errors=True)
+    tf.io.gfile.rename(os.path.join(staging, name),
+                       os.path.join(directory, name), overwrite=True)
+  tf.io.gfile.rmtree(staging)
   # A sharded checkpoint (parameter-server training) becomes one shard.
-  for name in os.listdir(directory):
+  for name in tf.io.gfile.listdir(directory):
     if name.startswith(prefix + '.data') and name not in data:
-      os.remove(os.path.join(directory, name))
+      tf.io.gfile.remove(os.path.join(directory, name))
 
 
 def round_checkpoint(checkpoint, dataset_dir, examples, image_size,
-                     num_classes, depth_multiplier, batch_size=25):
+                     num_classes, depth_multiplier, batch_size=25,
+                     skip_corrupt=False):
   """Rounds a per-tensor fine-tune's weights in place (see the module doc).
 
   Args:
@@ -412,6 +430,7 @@ def round_checkpoint(checkpoint, dataset_dir, examples, image_size,
     num_classes: classes of the logits layer.
     depth_multiplier: width multiplier.
     batch_size: images per statistics batch.
+    skip_corrupt: skip undecodable records (imagenet_input.build_dataset).
 
   Returns:
     The summary of `rounded_values`.
@@ -419,7 +438,7 @@ def round_checkpoint(checkpoint, dataset_dir, examples, image_size,
   def make_images():
     dataset = imagenet_input.build_dataset(
         dataset_dir, 'train', batch_size, image_size, is_training=False,
-        num_epochs=1)
+        num_epochs=1, skip_corrupt=skip_corrupt)
     return dataset.map(lambda images, labels: images).unbatch().take(
         examples).batch(batch_size)
 

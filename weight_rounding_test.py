@@ -172,13 +172,21 @@ class RoundedCheckpointTest(tf.test.TestCase):
     self.assertEqual(summary['examples'], 32)
     # Its training graph records the checkpoint's averages kept: until it is
     # rounded, evaluation and export warn.
-    with tf.Graph().as_default():
-      batch_norm_decay.record(batch_norm_decay.KEEP, fine_tuned=True)
-      tf1.train.export_meta_graph(self.checkpoint + '.meta')
+    def record(decay):
+      with tf.Graph().as_default():
+        batch_norm_decay.record(decay, fine_tuned=True)
+        tf1.train.export_meta_graph(self.checkpoint + '.meta')
+
+    record(0.99)  # averages that track the quantized layers: not to round
+    self.assertFalse(weight_rounding.needs_rounding(self.checkpoint))
+    self.assertIsNone(weight_rounding.unrounded_warning(self.checkpoint))
+    record(batch_norm_decay.KEEP)
+    self.assertTrue(weight_rounding.needs_rounding(self.checkpoint))
     self.assertIn('before its weights were rounded',
                   weight_rounding.unrounded_warning(self.checkpoint))
     weight_rounding.write_rounded(self.checkpoint, values)
     self.assertTrue(weight_rounding.is_rounded(self.checkpoint))
+    self.assertFalse(weight_rounding.needs_rounding(self.checkpoint))
     self.assertIsNone(weight_rounding.unrounded_warning(self.checkpoint))
     _, rounded_outputs, weights, bias_precision = self.layer_outputs(
         self.checkpoint, images, inputs)
