@@ -88,7 +88,7 @@ def output_error(rounded, weights, covariance):
     [groups, rows].
   """
   error = rounded - weights
-  return np.einsum('gri,gij,grj->gr', error, covariance, error)
+  return np.sum(np.matmul(error, covariance) * error, axis=2)
 
 
 def round_weights(weights, covariance, grid):
@@ -142,8 +142,8 @@ def _positive_semidefinite(covariance):
   eigenvalues slightly below zero.
   """
   eigenvalues, eigenvectors = np.linalg.eigh(covariance)
-  return np.einsum('gik,gk,gjk->gij', eigenvectors,
-                   np.maximum(eigenvalues, 0.0), eigenvectors)
+  return np.matmul(eigenvectors * np.maximum(eigenvalues, 0.0)[:, None, :],
+                   np.swapaxes(eigenvectors, 1, 2))
 
 
 class _Layer(object):
