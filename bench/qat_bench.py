@@ -15,8 +15,9 @@ user could ship and training images/s of both QAT runs:
                  from the float model.
   ours_uint8     --weight_quantization=asymmetric (per-tensor ranges,
                  contrib.quantize's scheme; the trainer equalises the float
-                 model's channel ranges first, and distils by default): the
-                 uint8 .tflite.
+                 model's channel ranges first, distils by default and
+                 rounds the weights after the last step): the uint8
+                 .tflite.
   ours_uint8_labels  the same with --distillation_weight=0.
   peer_int8      the released weights in tf_keras.applications.MobileNet
                  (the same network; its 1000 logits are ours without the
@@ -388,7 +389,8 @@ _DESCRIPTIONS = {
     'ours_int8': 'our QAT, default flags (per-channel int8, labels alone)',
     'ours_int8_distilled': 'the same, --distillation_weight=1 (distilled)',
     'ours_uint8': 'our QAT, --weight_quantization=asymmetric (uint8; ranges '
-                  'equalised first, distilled: the defaults)',
+                  'equalised first, distilled, weights rounded after the '
+                  'last step: the defaults)',
     'ours_uint8_labels': 'the same, --distillation_weight=0 (labels alone)',
     'peer_float': 'the released weights in tf_keras, float',
     'peer_int8': 'tfmot quantize_model on tf_keras MobileNet (int8)',
