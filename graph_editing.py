@@ -58,14 +58,19 @@ def clone_op(op, inputs):
         name=op.name.rpartition('/')[2] + '_Fold', attrs=attrs)
 
 
-def reads_variable(tensor):
-  """Whether `tensor` is a variable's value (through Identity ops)."""
+def variable_of(tensor):
+  """The variable op whose value `tensor` is (through Identity ops), or None."""
   op = tensor.op
   while op.type == 'Identity':
     op = op.inputs[0].op
   if op.type == 'ReadVariableOp':
     op = op.inputs[0].op
-  return op.type in _VARIABLE_TYPES
+  return op if op.type in _VARIABLE_TYPES else None
+
+
+def reads_variable(tensor):
+  """Whether `tensor` is a variable's value (through Identity ops)."""
+  return variable_of(tensor) is not None
 
 
 def sole_consumer(tensor, types):

@@ -415,10 +415,9 @@ def build_model(images, is_training):
   Returns:
     The logits, [batch, num_classes].
   """
-  decay = _batch_norm_decay()
   scope = mobilenet_v1.mobilenet_v1_arg_scope(
       is_training=is_training, weight_decay=FLAGS.weight_decay,
-      batch_norm_decay=decay)
+      batch_norm_decay=_batch_norm_decay())
   with slim.arg_scope(scope):
     logits, _ = mobilenet_v1.mobilenet_v1(
         images, num_classes=FLAGS.num_classes, is_training=is_training,

@@ -40,6 +40,7 @@ import tensorflow as tf
 
 import batch_norm_decay
 import checkpoint_utils
+import graph_editing
 import imagenet_input
 import inference_model
 
@@ -152,14 +153,13 @@ class _Layer(object):
   def __init__(self, layer_op):
     self.op = layer_op
     fake_quant = layer_op.inputs[1].op
-    self.fake_quant = fake_quant
     self.float_weights = fake_quant.inputs[0]  # folded
     self.minimum, self.maximum = fake_quant.inputs[1], fake_quant.inputs[2]
     folding = self.float_weights.op
     self.multiplier = folding.inputs[1] if folding.type == 'Mul' else None
     weights = folding.inputs[0] if self.multiplier is not None else (
         self.float_weights)
-    self.weights_name = _variable_name(weights)
+    self.weights_name = graph_editing.variable_of(weights).name
     scope = self.weights_name.rpartition('/')[0]
     self.mean_name = (scope + '/BatchNorm/moving_mean'
                       if self.multiplier is not None else None)
@@ -201,20 +201,9 @@ class _Layer(object):
 
   def ungrouped(self, grouped, shape):
     """The inverse of `grouped`."""
-    height, width, channels, multiplier = shape
     if self.depthwise:
       return np.transpose(grouped, (2, 0, 1)).reshape(shape)
     return grouped[0].T.reshape(shape)
-
-
-def _variable_name(tensor):
-  """The name of the variable a tensor reads."""
-  op = tensor.op
-  while op.type not in ('VarHandleOp', 'VariableV2', 'Variable'):
-    if not op.inputs:
-      raise ValueError('%s reads no variable' % tensor.name)
-    op = op.inputs[0].op
-  return op.name
 
 
 def is_rounded(checkpoint):
