@@ -60,10 +60,10 @@ from absl import app
 from absl import flags
 from absl import logging
 import numpy as np
-import slim_compat  # pylint: disable=unused-import
+from runtime import slim_compat  # pylint: disable=unused-import
 import tensorflow as tf
 
-import imagenet_input
+from data import imagenet_input
 
 FLAGS = flags.FLAGS
 

@@ -16,11 +16,11 @@ import subprocess
 import sys
 
 import numpy as np
-import slim_compat  # pylint: disable=unused-import
+from runtime import slim_compat  # pylint: disable=unused-import
 import tensorflow as tf
 
 import build_imagenet_tfrecords as converter
-import imagenet_input
+from data import imagenet_input
 
 try:
   from PIL import Image  # pylint: disable=g-import-not-at-top

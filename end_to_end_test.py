@@ -13,13 +13,13 @@ import sys
 
 from ai_edge_litert import interpreter as litert
 import numpy as np
-import slim_compat  # pylint: disable=unused-import
+from runtime import slim_compat  # pylint: disable=unused-import
 import tensorflow as tf
 
-import batch_norm_relu6
-import imagenet_input
+from kernels import batch_norm_relu6
+from data import imagenet_input
 import mobilenet_v1_tflite_eval
-import test_data
+from testing import test_data
 
 test_data.use_float32_math()
 

@@ -25,7 +25,7 @@ Usage:
 import collections
 import functools
 
-from slim_compat import slim
+from runtime.slim_compat import slim
 import tensorflow as tf
 
 tf1 = tf.compat.v1

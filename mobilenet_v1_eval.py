@@ -16,15 +16,15 @@ import time
 
 from absl import flags
 import numpy as np
-import slim_compat  # pylint: disable=unused-import
+from runtime import slim_compat  # pylint: disable=unused-import
 import tensorflow as tf
 
-import batch_norm_decay
-import checkpoint_utils
-import cli
-import imagenet_input
-import inference_model
-import weight_rounding
+from training import batch_norm_decay
+from model import checkpoint_utils
+from runtime import cli
+from data import imagenet_input
+from model import inference_model
+from quantization import weight_rounding
 
 tf1 = tf.compat.v1
 

@@ -13,13 +13,13 @@ import subprocess
 import sys
 
 import numpy as np
-import slim_compat  # pylint: disable=unused-import
-from slim_compat import slim
+from runtime import slim_compat  # pylint: disable=unused-import
+from runtime.slim_compat import slim
 import tensorflow as tf
 
 import mobilenet_v1
-import quantize
-import test_data
+from quantization import quantize
+from testing import test_data
 
 test_data.use_float32_math()
 

@@ -64,17 +64,17 @@ import tempfile
 from absl import flags
 from absl import logging
 import numpy as np
-import slim_compat  # pylint: disable=unused-import
+from runtime import slim_compat  # pylint: disable=unused-import
 import tensorflow as tf
 
 from ai_edge_litert.interpreter import Interpreter
-import checkpoint_utils
-import cli
-import imagenet_input
-import inference_model
-import tflite_emulation
-import tflite_int8
-import weight_rounding
+from model import checkpoint_utils
+from runtime import cli
+from data import imagenet_input
+from model import inference_model
+from quantization import tflite_emulation
+from export import tflite_int8
+from quantization import weight_rounding
 
 tf1 = tf.compat.v1
 

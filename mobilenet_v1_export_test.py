@@ -14,18 +14,18 @@ import sys
 import time
 
 import numpy as np
-import slim_compat  # pylint: disable=unused-import
-from slim_compat import slim
+from runtime import slim_compat  # pylint: disable=unused-import
+from runtime.slim_compat import slim
 import tensorflow as tf
 
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter
-import imagenet_input
+from data import imagenet_input
 import mobilenet_v1
 import mobilenet_v1_tflite_eval
-import quantize
-import tflite_emulation
-import test_data
+from quantization import quantize
+from quantization import tflite_emulation
+from testing import test_data
 
 test_data.use_float32_math()
 

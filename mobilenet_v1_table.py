@@ -14,8 +14,8 @@ import os
 
 from absl import app
 from absl import flags
-import slim_compat  # pylint: disable=unused-import
-from slim_compat import slim
+from runtime import slim_compat  # pylint: disable=unused-import
+from runtime.slim_compat import slim
 import tensorflow as tf
 
 import mobilenet_v1

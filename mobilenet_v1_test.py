@@ -3,13 +3,13 @@
 import os
 
 import numpy as np
-import slim_compat  # pylint: disable=unused-import
-from slim_compat import slim
+from runtime import slim_compat  # pylint: disable=unused-import
+from runtime.slim_compat import slim
 import tensorflow as tf
 
 import mobilenet_v1
 import mobilenet_v1_table
-import test_data
+from testing import test_data
 
 test_data.use_float32_math()
 

@@ -20,12 +20,12 @@ import time
 
 from absl import flags
 import numpy as np
-import slim_compat  # pylint: disable=unused-import
+from runtime import slim_compat  # pylint: disable=unused-import
 
 from ai_edge_litert.interpreter import Interpreter
 from ai_edge_litert.interpreter import OpResolverType
-import cli
-import imagenet_input
+from runtime import cli
+from data import imagenet_input
 
 FLAGS = flags.FLAGS
 

@@ -27,7 +27,7 @@ import sys
 import time
 
 from absl import flags
-import directory_lock
+from runtime import directory_lock
 
 # A second run on a --checkpoint_dir in use is refused at once, before
 # TensorFlow takes its seconds to load.
@@ -102,22 +102,22 @@ if __name__ == '__main__':
       bfloat16_convolutions_in(sys.argv))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position,g-bad-import-order
-import slim_compat  # pylint: disable=unused-import
-from slim_compat import slim
+from runtime import slim_compat  # pylint: disable=unused-import
+from runtime.slim_compat import slim
 import tensorflow as tf
 
-import batch_norm_decay
-import batch_norm_relu6
-import checkpoint_utils
-import cli
-import distillation
-import equalize
-import imagenet_input
-import inference_model
+from training import batch_norm_decay
+from kernels import batch_norm_relu6
+from model import checkpoint_utils
+from runtime import cli
+from training import distillation
+from quantization import equalize
+from data import imagenet_input
+from model import inference_model
 import mobilenet_v1
-import quantize
-import tflite_emulation
-import weight_rounding
+from quantization import quantize
+from quantization import tflite_emulation
+from quantization import weight_rounding
 # pylint: enable=g-import-not-at-top,wrong-import-position,g-bad-import-order
 
 tf1 = tf.compat.v1

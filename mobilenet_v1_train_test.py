@@ -9,16 +9,16 @@ import sys
 import time
 
 import numpy as np
-import slim_compat  # pylint: disable=unused-import
-from slim_compat import slim
+from runtime import slim_compat  # pylint: disable=unused-import
+from runtime.slim_compat import slim
 import tensorflow as tf
 
-import batch_norm_relu6
-import imagenet_input
+from kernels import batch_norm_relu6
+from data import imagenet_input
 import mobilenet_v1
 import mobilenet_v1_train
-import test_data
-import weight_rounding
+from testing import test_data
+from quantization import weight_rounding
 
 test_data.use_float32_math()
 

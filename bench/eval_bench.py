@@ -40,7 +40,7 @@ sys.path.insert(0, _ROOT)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import peer_process
-import slim_compat  # pylint: disable=unused-import
+from runtime import slim_compat  # pylint: disable=unused-import
 import sample_records
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -79,9 +79,9 @@ _EVAL_LINE = re.compile(r'on (\d+) examples \(([\d.]+) s\)')
 
 def _write_checkpoints():
   """Saves freshly initialized float and quantized eval checkpoints."""
-  import slim_compat  # pylint: disable=g-import-not-at-top,unused-import
+  from runtime import slim_compat  # pylint: disable=g-import-not-at-top,unused-import
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  import inference_model  # pylint: disable=g-import-not-at-top
+  from model import inference_model  # pylint: disable=g-import-not-at-top
   tf1 = tf.compat.v1
   for name, quantized in (('float', False), ('quant', True)):
     graph = tf.Graph()
@@ -100,10 +100,10 @@ def _write_checkpoints():
 
 def _run_tf_keras():
   """One tf_keras `evaluate` pass over the validation split."""
-  import slim_compat  # pylint: disable=g-import-not-at-top,unused-import
+  from runtime import slim_compat  # pylint: disable=g-import-not-at-top,unused-import
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tf_keras  # pylint: disable=g-import-not-at-top
-  import imagenet_input  # pylint: disable=g-import-not-at-top
+  from data import imagenet_input  # pylint: disable=g-import-not-at-top
   size = FLAGS.image_size
   model = tf_keras.applications.MobileNet(
       input_shape=(size, size, 3), alpha=FLAGS.depth_multiplier,

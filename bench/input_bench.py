@@ -40,10 +40,10 @@ sys.path.insert(0, _ROOT)
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import peer_process
 import sample_records
-import slim_compat  # pylint: disable=unused-import
+from runtime import slim_compat  # pylint: disable=unused-import
 import numpy as np
 import tensorflow as tf
-import imagenet_input
+from data import imagenet_input
 # Importing the trainer defines its flags here too (--batch_size,
 # --image_size, --depth_multiplier, --dataset_dir, ...), with its meaning.
 import mobilenet_v1_train

@@ -166,7 +166,7 @@ def _released_checkpoint():
   """The released float 1.0_224 as Google's tarball holds it, made once."""
   prefix = _path('released', 'mobilenet_v1_1.0_224.ckpt')
   if not os.path.exists(prefix + '.index'):
-    import released_models  # pylint: disable=g-import-not-at-top
+    from released import released_models  # pylint: disable=g-import-not-at-top
     os.makedirs(os.path.dirname(prefix), exist_ok=True)
     graph_def = released_models.fetch_float_graph(_path('released'))
     released_models.write_float_checkpoint(graph_def, prefix)
@@ -180,8 +180,8 @@ def _accuracy(stdout):
 def _validation(data):
   """The validation split after eval preprocessing: (images, labels)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  import slim_compat  # pylint: disable=g-import-not-at-top,unused-import
-  import imagenet_input  # pylint: disable=g-import-not-at-top
+  from runtime import slim_compat  # pylint: disable=g-import-not-at-top,unused-import
+  from data import imagenet_input  # pylint: disable=g-import-not-at-top
   batches = list(imagenet_input.build_dataset(
       data, 'validation', 50, _IMAGE_SIZE, is_training=False)
                  .as_numpy_iterator())
@@ -326,11 +326,11 @@ def _run_peer_float(held_out):
 
 def _run_peer_qat(held_out):
   """tfmot QAT of the released weights in tf_keras: images/s, .tflite."""
-  import slim_compat  # pylint: disable=g-import-not-at-top,unused-import
+  from runtime import slim_compat  # pylint: disable=g-import-not-at-top,unused-import
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tensorflow_model_optimization as tfmot  # pylint: disable=g-import-not-at-top
   import tf_keras  # pylint: disable=g-import-not-at-top
-  import imagenet_input  # pylint: disable=g-import-not-at-top
+  from data import imagenet_input  # pylint: disable=g-import-not-at-top
   tf_keras.utils.set_random_seed(FLAGS.seed)
   model = tfmot.quantization.keras.quantize_model(_keras_mobilenet(
       tf_keras, _path('released', 'mobilenet_v1_1.0_224.ckpt')))

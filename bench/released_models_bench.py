@@ -33,13 +33,13 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _ROOT)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-import slim_compat  # pylint: disable=unused-import
+from runtime import slim_compat  # pylint: disable=unused-import
 import tensorflow as tf
 import build_imagenet_tfrecords
-import imagenet_input
-import inference_model
+from data import imagenet_input
+from model import inference_model
 import mobilenet_v1_tflite_eval
-import released_models
+from released import released_models
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 tf1 = tf.compat.v1

@@ -49,13 +49,13 @@ sys.path.insert(0, _ROOT)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import peer_process
-import slim_compat  # pylint: disable=unused-import
+from runtime import slim_compat  # pylint: disable=unused-import
 import tensorflow as tf
 # Importing the exporter defines the model flags here too: --depth_multiplier,
 # --image_size and --num_classes mean what they mean when exporting.
 import mobilenet_v1_export
-import range_calibration
-import tflite_int8
+from testing import range_calibration
+from export import tflite_int8
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 tf1 = tf.compat.v1

@@ -54,7 +54,7 @@ sys.path.insert(0, _ROOT)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import peer_process
-import slim_compat  # pylint: disable=unused-import
+from runtime import slim_compat  # pylint: disable=unused-import
 import mobilenet_v1_table
 # Importing the trainer defines its flags here too: --depth_multiplier,
 # --image_size, --batch_size, --num_classes, --optimizer and
@@ -212,7 +212,7 @@ def _run_ours():
 
 def _run_slim(xla):
   """The slim model with a plain optimizer and a default session."""
-  from slim_compat import slim  # pylint: disable=g-import-not-at-top
+  from runtime.slim_compat import slim  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import mobilenet_v1  # pylint: disable=g-import-not-at-top
   tf1 = tf.compat.v1

@@ -1,0 +1,90 @@
+"""Runs the project's binaries so that user errors read as one line.
+
+A wrong flag value, a missing or corrupt dataset or an unusable checkpoint
+is something the user fixes, not a bug: it gets `program: error: <what and
+how to fix>` on stderr and exit status 1, without a traceback. So does
+Ctrl-C (`program: interrupted`, status 130). Anything else (out of memory,
+internal and unavailable errors, bugs) raises with its message and
+traceback. MOBILENET_V1_DEBUG=1 turns the one-line forms off too, for bug
+reports.
+"""
+
+import os
+import re
+import sys
+
+from absl import app
+from runtime import slim_compat  # pylint: disable=unused-import
+import tensorflow as tf
+
+from model import checkpoint_utils
+from runtime import directory_lock
+from data import imagenet_input
+
+
+class UserError(Exception):
+  """A problem with the command's input that the user can fix."""
+
+
+USER_ERRORS = (UserError, checkpoint_utils.CheckpointError,
+               directory_lock.DirectoryLockedError, imagenet_input.DatasetError)
+
+# TensorFlow errors that come from the command's input: a missing file
+# (NotFound, PermissionDenied), corrupt data (DataLoss; an undecodable image
+# or a failed input assertion is InvalidArgument). Resource exhaustion,
+# internal, unavailable and the other codes are not the user's input.
+INPUT_OP_ERRORS = (tf.errors.NotFoundError, tf.errors.DataLossError,
+                   tf.errors.PermissionDeniedError,
+                   tf.errors.InvalidArgumentError)
+
+
+def first_line(error):
+  """The informative part of a TensorFlow error message, on one line.
+
+  Graph-mode errors wrap the message in 'Graph execution error:' and our
+  own assertions' text in 'assertion failed: [...]'; the op trace after it
+  means nothing to users.
+  """
+  message = getattr(error, 'message', None) or str(error)
+  message = message.replace('Graph execution error:', '').strip()
+  assertion = re.match(r'assertion failed: \[(.*?)\]', message)
+  if assertion:
+    return assertion.group(1)
+  return re.split(r'\n|\s+\[\[', message)[0]
+
+
+def _is_interrupt(error):
+  """Whether `error` is Ctrl-C, also where it cut into TensorFlow's C++.
+
+  A KeyboardInterrupt that arrives while a TensorFlow binding is raising its
+  own error (tf.io.gfile.exists raises NotFound for a missing file, every
+  second while evaluation waits for checkpoints) comes out as pybind11's
+  RuntimeError naming both.
+  """
+  return isinstance(error, KeyboardInterrupt) or (
+      isinstance(error, RuntimeError) and
+      'REPLACED BY KeyboardInterrupt' in str(error))
+
+
+def run(main):
+  """Like absl's app.run(main), reporting user errors in one line."""
+  program = os.path.basename(sys.argv[0]).replace('.py', '')
+
+  def guarded_main(argv):
+    if len(argv) > 1:
+      raise app.UsageError('unexpected arguments: %s' % ' '.join(argv[1:]))
+    if slim_compat.DEBUG:
+      return main(argv)
+    try:
+      return main(argv)
+    except USER_ERRORS as e:
+      sys.exit('%s: error: %s' % (program, e))
+    except INPUT_OP_ERRORS as e:
+      sys.exit('%s: error: %s' % (program, first_line(e)))
+    except (KeyboardInterrupt, RuntimeError) as e:
+      if not _is_interrupt(e):
+        raise
+      print('%s: interrupted' % program, file=sys.stderr)
+      sys.exit(130)
+
+  app.run(guarded_main)
