@@ -22,6 +22,7 @@ import tensorflow as tf
 from training import batch_norm_decay
 from model import checkpoint_utils
 from runtime import cli
+from runtime import errors
 from data import imagenet_input
 from model import inference_model
 from quantization import weight_rounding
@@ -102,7 +103,7 @@ class Evaluator(object):
           totals[name] += int(np.sum(correct))
         examples += len(batch['Accuracy'])
     if not examples:
-      raise cli.UserError('the validation split of %s has no examples' %
+      raise errors.UserError('the validation split of %s has no examples' %
                           FLAGS.dataset_dir)
     return ({n: t / examples for n, t in totals.items()}, examples,
             checkpoint_utils.saved_global_step(checkpoint))
@@ -156,10 +157,10 @@ def _checkpoints():
 def main(argv):
   del argv  # unused
   if not FLAGS.dataset_dir:
-    raise cli.UserError('--dataset_dir is required: a directory of '
+    raise errors.UserError('--dataset_dir is required: a directory of '
                         'validation-*-of-* TFRecords')
   if not (FLAGS.checkpoint_dir or FLAGS.checkpoint_path):
-    raise cli.UserError('give --checkpoint_dir (evaluates the latest '
+    raise errors.UserError('give --checkpoint_dir (evaluates the latest '
                         'checkpoint) or --checkpoint_path')
   eval_dir = FLAGS.eval_dir or os.path.join(
       FLAGS.checkpoint_dir or os.path.dirname(FLAGS.checkpoint_path), 'eval')

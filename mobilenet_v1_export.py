@@ -70,6 +70,7 @@ import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 from model import checkpoint_utils
 from runtime import cli
+from runtime import errors
 from data import imagenet_input
 from model import inference_model
 from quantization import tflite_emulation
@@ -364,21 +365,21 @@ def _representative_images(dataset_dir, split, image_size, count):
 
 
 def _check_flags():
-  """Raises cli.UserError for flags that cannot work together."""
+  """Raises errors.UserError for flags that cannot work together."""
   if not (FLAGS.checkpoint_dir or FLAGS.checkpoint_path):
-    raise cli.UserError('give --checkpoint_dir (exports the latest '
+    raise errors.UserError('give --checkpoint_dir (exports the latest '
                         'checkpoint) or --checkpoint_path')
   if not FLAGS.output_dir:
-    raise cli.UserError('--output_dir is required: where the bundle goes')
+    raise errors.UserError('--output_dir is required: where the bundle goes')
   unknown = [k for k in FLAGS.post_training if k not in POST_TRAINING_KINDS]
   if unknown:
-    raise cli.UserError('--post_training: unknown %s; choose from %s' %
+    raise errors.UserError('--post_training: unknown %s; choose from %s' %
                         (', '.join(unknown), ','.join(POST_TRAINING_KINDS)))
   if FLAGS.post_training and FLAGS.quantize:
-    raise cli.UserError('--post_training quantizes float models; a --quantize '
+    raise errors.UserError('--post_training quantizes float models; a --quantize '
                         'model is already quantized (its NAME.tflite is uint8)')
   if 'int8' in FLAGS.post_training and not FLAGS.dataset_dir:
-    raise cli.UserError('--post_training=int8 calibrates on images: give '
+    raise errors.UserError('--post_training=int8 calibrates on images: give '
                         '--dataset_dir')
 
 
@@ -386,10 +387,10 @@ def _make_output_dir(path):
   try:
     os.makedirs(path, exist_ok=True)
   except OSError as e:
-    raise cli.UserError('cannot create --output_dir %s: %s' %
+    raise errors.UserError('cannot create --output_dir %s: %s' %
                         (path, e.strerror or e)) from e
   if not os.access(path, os.W_OK):
-    raise cli.UserError('--output_dir %s is not writable' % path)
+    raise errors.UserError('--output_dir %s is not writable' % path)
 
 
 def _write(path, content):
@@ -398,7 +399,7 @@ def _write(path, content):
     with open(path, mode) as f:
       f.write(content)
   except OSError as e:
-    raise cli.UserError('cannot write %s: %s' % (path, e.strerror or e)) from e
+    raise errors.UserError('cannot write %s: %s' % (path, e.strerror or e)) from e
 
 
 @contextlib.contextmanager

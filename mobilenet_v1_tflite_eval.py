@@ -25,6 +25,7 @@ from runtime import slim_compat  # pylint: disable=unused-import
 from ai_edge_litert.interpreter import Interpreter
 from ai_edge_litert.interpreter import OpResolverType
 from runtime import cli
+from runtime import errors
 from data import imagenet_input
 
 FLAGS = flags.FLAGS
@@ -86,16 +87,16 @@ def load_interpreter(model, num_threads):
     (the Interpreter, tensors allocated; whether XNNPACK runs it).
 
   Raises:
-    cli.UserError: the file is missing or is not a TFLite model.
+    errors.UserError: the file is missing or is not a TFLite model.
   """
   kwargs = ({'model_content': model} if isinstance(model, bytes)
             else {'model_path': model})
   if 'model_path' in kwargs and not os.path.isfile(model):
-    raise cli.UserError('no TFLite model at %s' % model)
+    raise errors.UserError('no TFLite model at %s' % model)
   try:
     return _interpreter(kwargs, num_threads, OpResolverType.AUTO), True
   except ValueError as e:
-    raise cli.UserError('cannot load %s as a TFLite model: %s' % (
+    raise errors.UserError('cannot load %s as a TFLite model: %s' % (
         model if 'model_path' in kwargs else 'the model',
         str(e).strip().splitlines()[0])) from e
   except RuntimeError:
@@ -136,7 +137,7 @@ def image_size(interpreter):
   """The square input resolution of a [1, size, size, 3] model."""
   shape = interpreter.get_input_details()[0]['shape']
   if len(shape) != 4 or shape[1] != shape[2] or shape[3] != 3:
-    raise cli.UserError('expected a model input of shape [1, size, size, 3], '
+    raise errors.UserError('expected a model input of shape [1, size, size, 3], '
                         'got %s' % list(shape))
   return int(shape[1])
 
@@ -155,7 +156,7 @@ def evaluate(interpreter, dataset_dir, split):
   """Runs the model over a split; returns ({metric: value}, examples).
 
   Raises:
-    cli.UserError: a label does not fit the model's classes, or the split is
+    errors.UserError: a label does not fit the model's classes, or the split is
       empty.
   """
   input_details = interpreter.get_input_details()[0]
@@ -170,14 +171,14 @@ def evaluate(interpreter, dataset_dir, split):
       interpreter.invoke()
       scores = interpreter.get_tensor(output_index)[0]
       if label >= len(scores):
-        raise cli.UserError('label %d does not fit the model\'s %d classes; '
+        raise errors.UserError('label %d does not fit the model\'s %d classes; '
                             'is this the dataset it was trained on?' %
                             (label, len(scores)))
       top1 += in_top_k(scores, label, 1)
       top5 += in_top_k(scores, label, 5)
       examples += 1
   if not examples:
-    raise cli.UserError('the %s split of %s has no examples' %
+    raise errors.UserError('the %s split of %s has no examples' %
                         (split, dataset_dir))
   return {'Accuracy': top1 / examples, 'Recall_5': top5 / examples}, examples
 
@@ -218,9 +219,9 @@ def summarize_latency(durations):
 def main(argv):
   del argv  # unused
   if not FLAGS.tflite_path:
-    raise cli.UserError('--tflite_path is required: the .tflite model')
+    raise errors.UserError('--tflite_path is required: the .tflite model')
   if not (FLAGS.dataset_dir or FLAGS.latency_runs):
-    raise cli.UserError('nothing to do: give --dataset_dir for accuracy '
+    raise errors.UserError('nothing to do: give --dataset_dir for accuracy '
                         'and/or --latency_runs=N for latency')
   threads = FLAGS.num_threads or all_cores()
   interpreter, xnnpack = load_interpreter(FLAGS.tflite_path, threads)

@@ -110,6 +110,7 @@ from training import batch_norm_decay
 from kernels import batch_norm_relu6
 from model import checkpoint_utils
 from runtime import cli
+from runtime import errors
 from training import distillation
 from quantization import equalize
 from data import imagenet_input
@@ -454,7 +455,7 @@ def _variables_to_train():
   chosen = [v for v in variables
             if _in_scopes(v.op.name, FLAGS.trainable_scopes)]
   if not chosen:
-    raise cli.UserError('--trainable_scopes=%s matches no trainable variable '
+    raise errors.UserError('--trainable_scopes=%s matches no trainable variable '
                         '(they start with MobilenetV1/)' %
                         ','.join(FLAGS.trainable_scopes))
   return chosen
@@ -556,7 +557,7 @@ class ProgressHook(tf1.train.SessionRunHook):
     results = run_values.results
     step = results['step'] + 1  # the step just run
     if not math.isfinite(results['loss']):
-      raise cli.UserError('loss became %s at step %d; lower --learning_rate' %
+      raise errors.UserError('loss became %s at step %d; lower --learning_rate' %
                           (results['loss'], step))
     first = self._mark is None
     if not first and step % self._every_n_steps and step != self._last_step:
@@ -732,11 +733,11 @@ def _cluster():
   if not FLAGS.ps_hosts and not FLAGS.worker_hosts:
     return None
   if not FLAGS.ps_hosts or not FLAGS.worker_hosts:
-    raise cli.UserError('give both --ps_hosts and --worker_hosts (host:port '
+    raise errors.UserError('give both --ps_hosts and --worker_hosts (host:port '
                         'lists) for parameter-server training')
   jobs = {'ps': FLAGS.ps_hosts, 'worker': FLAGS.worker_hosts}
   if FLAGS.task >= len(jobs[FLAGS.job_name]):
-    raise cli.UserError('--task=%d but --%s_hosts lists only %d hosts' %
+    raise errors.UserError('--task=%d but --%s_hosts lists only %d hosts' %
                         (FLAGS.task, FLAGS.job_name,
                          len(jobs[FLAGS.job_name])))
   return tf.train.ClusterSpec(jobs)
@@ -744,16 +745,16 @@ def _cluster():
 
 def _check_flags():
   if not FLAGS.dataset_dir:
-    raise cli.UserError('--dataset_dir is required: a directory of '
+    raise errors.UserError('--dataset_dir is required: a directory of '
                         'train-*-of-* TFRecords (see build_imagenet_tfrecords)')
   if not FLAGS.checkpoint_dir:
-    raise cli.UserError('--checkpoint_dir is required: where checkpoints go '
+    raise errors.UserError('--checkpoint_dir is required: where checkpoints go '
                         'and training resumes from')
   if FLAGS.num_classes < 2:
-    raise cli.UserError('--num_classes must be at least 2, got %d' %
+    raise errors.UserError('--num_classes must be at least 2, got %d' %
                         FLAGS.num_classes)
   if FLAGS.distillation_weight and not FLAGS.fine_tune_checkpoint:
-    raise cli.UserError('--distillation_weight needs a teacher: give the '
+    raise errors.UserError('--distillation_weight needs a teacher: give the '
                         'float model as --fine_tune_checkpoint')
 
 

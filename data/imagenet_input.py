@@ -31,6 +31,8 @@ from absl import logging
 from runtime import slim_compat  # pylint: disable=unused-import
 import tensorflow as tf
 
+from runtime import errors
+
 tf1 = tf.compat.v1
 
 TRAIN_SPLIT = 'train'
@@ -68,7 +70,7 @@ _CONVERTER_HINT = ('build them with build_imagenet_tfrecords --image_dir '
                    'IMAGE_FOLDER --output_dir {dataset_dir}')
 
 
-class DatasetError(ValueError):
+class DatasetError(errors.UserError, ValueError):
   """A dataset directory cannot be used; the message says how to fix it."""
 
 

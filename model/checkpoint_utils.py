@@ -13,10 +13,12 @@ import time
 from runtime import slim_compat  # pylint: disable=unused-import
 import tensorflow as tf
 
+from runtime import errors
+
 tf1 = tf.compat.v1
 
 
-class CheckpointError(Exception):
+class CheckpointError(errors.UserError):
   """A checkpoint that is missing, unreadable or does not fit the model."""
 
 

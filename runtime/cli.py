@@ -17,17 +17,7 @@ from absl import app
 from runtime import slim_compat  # pylint: disable=unused-import
 import tensorflow as tf
 
-from model import checkpoint_utils
-from runtime import directory_lock
-from data import imagenet_input
-
-
-class UserError(Exception):
-  """A problem with the command's input that the user can fix."""
-
-
-USER_ERRORS = (UserError, checkpoint_utils.CheckpointError,
-               directory_lock.DirectoryLockedError, imagenet_input.DatasetError)
+from runtime import errors
 
 # TensorFlow errors that come from the command's input: a missing file
 # (NotFound, PermissionDenied), corrupt data (DataLoss; an undecodable image
@@ -77,7 +67,7 @@ def run(main):
       return main(argv)
     try:
       return main(argv)
-    except USER_ERRORS as e:
+    except errors.UserError as e:
       sys.exit('%s: error: %s' % (program, e))
     except INPUT_OP_ERRORS as e:
       sys.exit('%s: error: %s' % (program, first_line(e)))

@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from model import checkpoint_utils
 from runtime import cli
+from runtime import errors
 
 # A program whose main raises what argv[1] names, run through cli.run.
 _PROGRAM = """
@@ -19,7 +20,7 @@ from runtime import cli
 import tensorflow as tf
 
 FAILURES = {
-    'user': lambda: cli.UserError('--dataset_dir is required'),
+    'user': lambda: errors.UserError('--dataset_dir is required'),
     'internal': lambda: tf.errors.InternalError(
         None, None, 'cuDNN launch failure'),
 }
@@ -59,7 +60,7 @@ class RunTest(tf.test.TestCase):
 
   def test_bad_input_gets_one_line(self):
     for error, message in (
-        (cli.UserError('--dataset_dir is required'),
+        (errors.UserError('--dataset_dir is required'),
          '--dataset_dir is required'),
         (checkpoint_utils.CheckpointError('no checkpoint in /x'),
          'no checkpoint in /x'),

@@ -16,10 +16,12 @@ import sys
 
 from absl import flags
 
+from runtime import errors
+
 LOCK_FILE = '.mobilenet_v1_train.lock'
 
 
-class DirectoryLockedError(Exception):
+class DirectoryLockedError(errors.UserError):
   """Another process trains into the directory."""
 
 
