@@ -38,7 +38,8 @@ import mobilenet_v1
 
 tf1 = tf.compat.v1
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
+# third_party/ is at the repository root, one level up.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FLOAT_PACKAGE = 'nudity==0.2.3'
 FLOAT_GRAPH_IN_PACKAGE = 'nudity-0.2.3/nudity/files/retrained_graph.pb'
@@ -51,7 +52,7 @@ _UNREACHABLE = re.compile(
     r'Network is unreachable|Temporary failure in name resolution|'
     r'Name or service not known')
 
-QUANT_0_5_160 = os.path.join(_HERE, 'third_party', 'released',
+QUANT_0_5_160 = os.path.join(_ROOT, 'third_party', 'released',
                              'mobilenet_v1_0.5_160_quant.tflite')
 QUANT_0_5_160_SHA256 = (
     '21e022f6603d1edbb554138bd2b06b651e258b0169a06163fb6b555c8400e1ec')
