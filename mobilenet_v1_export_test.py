@@ -80,9 +80,10 @@ def finish(processes, timeout=600):
 # converter error would (after the checkpoint, graphs and NAME.tflite).
 _FAILING_EXPORT = """
 import sys
+from export import convert
 import mobilenet_v1_export
 
-convert = mobilenet_v1_export._run_converter
+run_converter = convert._run_converter
 calls = []
 
 
@@ -90,10 +91,10 @@ def fail_second(converter):
   calls.append(converter)
   if len(calls) == 2:
     raise RuntimeError('injected converter failure')
-  return convert(converter)
+  return run_converter(converter)
 
 
-mobilenet_v1_export._run_converter = fail_second
+convert._run_converter = fail_second
 sys.argv[0] = 'mobilenet_v1_export'
 mobilenet_v1_export.cli.run(mobilenet_v1_export.main)
 """
