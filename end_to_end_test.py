@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from kernels import batch_norm_relu6
 from data import imagenet_input
-import mobilenet_v1_tflite_eval
+from evaluation import tflite_eval
 from testing import test_data
 
 test_data.use_float32_math()
@@ -72,7 +72,7 @@ def tflite_and_fake_quant_logits(bundle, name, images):
              if t['name'].startswith('MobilenetV1/Logits/SpatialSqueeze') and
              t['dtype'] in (np.uint8, np.int8)]
   logits_scale, logits_zero_point = logits['quantization']
-  uint8_images = mobilenet_v1_tflite_eval.quantize_input(images, model_input)
+  uint8_images = tflite_eval.quantize_input(images, model_input)
   tflite_logits = []
   for image in uint8_images:
     model.set_tensor(model_input['index'], image[None])

@@ -21,8 +21,8 @@ import tensorflow as tf
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter
 from data import imagenet_input
+from evaluation import tflite_eval
 import mobilenet_v1
-import mobilenet_v1_tflite_eval
 from quantization import quantize
 from quantization import tflite_emulation
 from testing import test_data
@@ -80,9 +80,10 @@ def finish(processes, timeout=600):
 # converter error would (after the checkpoint, graphs and NAME.tflite).
 _FAILING_EXPORT = """
 import sys
+from export import convert
 import mobilenet_v1_export
 
-convert = mobilenet_v1_export._run_converter
+run_converter = convert._run_converter
 calls = []
 
 
@@ -90,10 +91,10 @@ def fail_second(converter):
   calls.append(converter)
   if len(calls) == 2:
     raise RuntimeError('injected converter failure')
-  return convert(converter)
+  return run_converter(converter)
 
 
-mobilenet_v1_export._run_converter = fail_second
+convert._run_converter = fail_second
 sys.argv[0] = 'mobilenet_v1_export'
 mobilenet_v1_export.cli.run(mobilenet_v1_export.main)
 """
@@ -152,15 +153,14 @@ def run_tflite(path, images):
     (dequantized outputs, the float images the model actually saw, output
     scale or 0 for a float output).
   """
-  interpreter, _ = mobilenet_v1_tflite_eval.load_interpreter(path, 1)
+  interpreter, _ = tflite_eval.load_interpreter(path, 1)
   input_details = interpreter.get_input_details()[0]
   output_details = interpreter.get_output_details()[0]
   in_scale, in_zero = input_details['quantization']
   out_scale, out_zero = output_details['quantization']
   seen, outputs = [], []
   for image in images:
-    quantized = mobilenet_v1_tflite_eval.quantize_input(image,
-                                                        input_details)
+    quantized = tflite_eval.quantize_input(image, input_details)
     if in_scale:
       # What the integer input stands for: `image` rounded to the input's
       # grid (1/128 for the quantized models, as the eval graph rounds it).

@@ -209,14 +209,13 @@ def _tflite_top1(path, data, first_class=0):
       without the background class).
   """
   import numpy as np  # pylint: disable=g-import-not-at-top
-  import mobilenet_v1_tflite_eval  # pylint: disable=g-import-not-at-top
+  from evaluation import tflite_eval  # pylint: disable=g-import-not-at-top
   images, labels = _validation(data)
-  interpreter, _ = mobilenet_v1_tflite_eval.load_interpreter(
-      path, mobilenet_v1_tflite_eval.all_cores())
+  interpreter, _ = tflite_eval.load_interpreter(path, tflite_eval.all_cores())
   input_details = interpreter.get_input_details()[0]
   output_index = interpreter.get_output_details()[0]['index']
   scores = []
-  for image in mobilenet_v1_tflite_eval.quantize_input(images, input_details):
+  for image in tflite_eval.quantize_input(images, input_details):
     interpreter.set_tensor(input_details['index'], image[np.newaxis])
     interpreter.invoke()
     scores.append(interpreter.get_tensor(output_index)[0].copy())

@@ -37,8 +37,8 @@ from runtime import slim_compat  # pylint: disable=unused-import
 import tensorflow as tf
 import build_imagenet_tfrecords
 from data import imagenet_input
+from evaluation import tflite_eval
 from model import inference_model
-import mobilenet_v1_tflite_eval
 from released import released_models
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -174,7 +174,7 @@ def measure_quantized(path, work_dir):
   print('  all: %d of %d tensors identical' % (len(exact), len(records)))
 
   images = released_models.eval_images(released_models.photo_views(), size)
-  codes = mobilenet_v1_tflite_eval.quantize_input(
+  codes = tflite_eval.quantize_input(
       images, released_models.reference_interpreter(released)
       .get_input_details()[0])
   released_out = released_models.run_uint8(released, codes).astype(np.int64)

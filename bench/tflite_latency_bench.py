@@ -51,20 +51,22 @@ sys.path.insert(0, _ROOT)
 import peer_process
 from runtime import slim_compat  # pylint: disable=unused-import
 import tensorflow as tf
-# Importing the exporter defines the model flags here too: --depth_multiplier,
-# --image_size and --num_classes mean what they mean when exporting.
-import mobilenet_v1_export
-from testing import range_calibration
+from export import convert
+from export import freeze
 from export import tflite_int8
+from testing import range_calibration
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 tf1 = tf.compat.v1
 
 FLAGS = flags.FLAGS
 
-for _name in ('depth_multiplier', 'image_size', 'num_classes'):
-  flags.declare_key_flag(_name)
-
+flags.DEFINE_float('depth_multiplier', 1.0, 'Width multiplier.',
+                   lower_bound=0.01)
+flags.DEFINE_integer('image_size', 224, 'Input resolution (square).',
+                     lower_bound=32)
+flags.DEFINE_integer('num_classes', 1001, 'Classes of the logits layer.',
+                     lower_bound=2)
 flags.DEFINE_integer('runs', 100, 'Timed invocations per model and thread '
                      'setting.', lower_bound=2)
 flags.DEFINE_integer('warmup_runs', 10, 'Untimed invocations first.',
@@ -97,7 +99,7 @@ def _random_images(count):
 
 def _ours(quantized):
   """Our exported TFLite model, float or uint8, from fresh variables."""
-  graph, images_in, _ = mobilenet_v1_export.build_inference_graph(
+  graph, images_in, _ = freeze.build_inference_graph(
       FLAGS.depth_multiplier, FLAGS.image_size, FLAGS.num_classes, quantized,
       {'per_channel_weights': False})
   with tf1.Session(graph=graph) as session:
@@ -107,8 +109,8 @@ def _ours(quantized):
       range_calibration.calibrate_ranges(session, [
           {images_in: image}
           for image in _random_images(FLAGS.calibration_images)])
-    frozen = mobilenet_v1_export.freeze(session, graph)
-  return mobilenet_v1_export.convert(frozen, quantized)
+    frozen = freeze.freeze(session, graph)
+  return convert.convert(frozen, quantized)
 
 
 def _keras(int8, io_type=tf.int8):

@@ -86,7 +86,7 @@ def from_uint8(model_content, global_pool_as_mean=True):
   """Converts a uint8 TFLite model with symmetric weights to int8 exactly.
 
   Args:
-    model_content: a uint8 TFLite flatbuffer, as mobilenet_v1_export.convert
+    model_content: a uint8 TFLite flatbuffer, as export.convert.convert
       writes for a quantized model.
     global_pool_as_mean: write average pools over their whole input as MEAN
       ops, which XNNPACK runs (see the module docstring).

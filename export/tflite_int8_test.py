@@ -15,10 +15,11 @@ import tensorflow as tf
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter
 from ai_edge_litert.interpreter import OpResolverType
-import mobilenet_v1_export
+from export import convert
+from export import freeze
+from export import tflite_int8
 from quantization import quantize
 from testing import range_calibration
-from export import tflite_int8
 
 tf1 = tf.compat.v1
 
@@ -52,7 +53,7 @@ def round_scales_to_powers_of_two(session, graph):
 
 def uint8_model(symmetric_weights, power_of_two_scales=False):
   """Our uint8 TFLite model of a fresh 0.25@96 network, ranges calibrated."""
-  graph, images_in, _ = mobilenet_v1_export.build_inference_graph(
+  graph, images_in, _ = freeze.build_inference_graph(
       0.25, IMAGE_SIZE, NUM_CLASSES, quantized=True,
       quantize_options={'per_channel_weights': False})
   rng = np.random.RandomState(0)
@@ -71,8 +72,8 @@ def uint8_model(symmetric_weights, power_of_two_scales=False):
         for _ in range(4)], symmetric_weights=symmetric_weights)
     if power_of_two_scales:
       round_scales_to_powers_of_two(session, graph)
-    frozen = mobilenet_v1_export.freeze(session, graph)
-  return mobilenet_v1_export.convert(frozen, quantized=True)
+    frozen = freeze.freeze(session, graph)
+  return convert.convert(frozen, quantized=True)
 
 
 def run_all_tensors(model_content, images, delegate):
@@ -244,14 +245,14 @@ class FromUint8Test(tf.test.TestCase):
       tflite_int8.from_uint8(uint8_model(symmetric_weights=False))
 
   def test_float_model_raises(self):
-    graph, _, _ = mobilenet_v1_export.build_inference_graph(
+    graph, _, _ = freeze.build_inference_graph(
         0.25, IMAGE_SIZE, NUM_CLASSES, quantized=False)
     with tf1.Session(graph=graph) as session:
       session.run(tf1.global_variables_initializer())
-      frozen = mobilenet_v1_export.freeze(session, graph)
+      frozen = freeze.freeze(session, graph)
     with self.assertRaisesRegex(ValueError, 'not uint8'):
       tflite_int8.from_uint8(
-          mobilenet_v1_export.convert(frozen, quantized=False))
+          convert.convert(frozen, quantized=False))
 
 
 if __name__ == '__main__':

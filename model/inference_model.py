@@ -5,35 +5,12 @@ model in inference mode and, for quantized models, the quantization eval
 rewrite (folded batch norms, fake quantization reading the trained ranges).
 """
 
-from absl import flags
 from runtime.slim_compat import slim
 
 from model import checkpoint_utils
 import mobilenet_v1
 from quantization import quantize
 from quantization import tflite_emulation
-
-
-def define_flags(quantize_help):
-  """Defines the checkpoint and model flags of a binary that reads one.
-
-  Args:
-    quantize_help: the help text of --quantize.
-  """
-  flags.DEFINE_string('checkpoint_dir', '',
-                      'Directory of training checkpoints; the latest one is '
-                      'used.')
-  flags.DEFINE_string('checkpoint_path', '',
-                      'A specific checkpoint to use instead of the latest in '
-                      '--checkpoint_dir.')
-  flags.DEFINE_integer('num_classes', 1001,
-                       'Classes of the logits layer, as in training.',
-                       lower_bound=2)
-  flags.DEFINE_integer('image_size', 224, 'Input resolution (square).',
-                       lower_bound=32)
-  flags.DEFINE_float('depth_multiplier', 1.0,
-                     'Width multiplier, as in training.', lower_bound=0.01)
-  flags.DEFINE_bool('quantize', False, quantize_help)
 
 
 def build(images, num_classes, depth_multiplier, quantized,

@@ -38,7 +38,7 @@ import mobilenet_v1
 
 tf1 = tf.compat.v1
 
-# The binaries and third_party/ sit at the repository root, one level up.
+# third_party/ is at the repository root, one level up.
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FLOAT_PACKAGE = 'nudity==0.2.3'

@@ -27,8 +27,8 @@ import numpy as np
 from runtime import slim_compat  # pylint: disable=unused-import
 import tensorflow as tf
 
+from evaluation import tflite_eval
 from model import inference_model
-import mobilenet_v1_tflite_eval
 from released import released_models
 from testing import test_data
 from quantization import tflite_emulation
@@ -37,7 +37,7 @@ test_data.use_float32_math()
 
 tf1 = tf.compat.v1
 
-# The binaries and third_party/ sit at the repository root, one level up.
+# The binaries are at the repository root, one level up.
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVAL = os.path.join(_ROOT, 'mobilenet_v1_eval.py')
 EXPORT = os.path.join(_ROOT, 'mobilenet_v1_export.py')
@@ -70,8 +70,7 @@ class ReleasedQuantizedModelTest(tf.test.TestCase):
     interpreter = released_models.reference_interpreter(cls.released)
     cls.input_details = interpreter.get_input_details()[0]
     # What the uint8 models see: the eval images on the released input grid.
-    cls.codes = mobilenet_v1_tflite_eval.quantize_input(cls.images,
-                                                        cls.input_details)
+    cls.codes = tflite_eval.quantize_input(cls.images, cls.input_details)
     cls.released_outputs = released_models.run_uint8(cls.released, cls.codes)
     cls.released_top1 = cls.released_outputs.argmax(-1)
 
@@ -203,7 +202,7 @@ class ReleasedQuantizedModelTest(tf.test.TestCase):
     # Each model is fed as mobilenet_v1_tflite_eval feeds it, from its own
     # input scale and zero point.
     ours = released_models.run_uint8(
-        self.exported, mobilenet_v1_tflite_eval.quantize_input(
+        self.exported, tflite_eval.quantize_input(
             self.images, self.exported_input_details))
     same_top1 = np.sum(ours.argmax(-1) == self.released_top1)
     print('our .tflite: top-1 as released on %d of %d images, outputs '
