@@ -73,6 +73,7 @@ from runtime import cli
 from runtime import errors
 from data import imagenet_input
 from model import inference_model
+from model import variants
 from quantization import tflite_emulation
 from export import tflite_int8
 from quantization import weight_rounding
@@ -123,22 +124,6 @@ OUTPUT_NAME = 'MobilenetV1/Predictions/Reshape_1'
 FLOAT_INPUT_MEAN = 127.5
 FLOAT_INPUT_STD = 127.5
 POST_TRAINING_KINDS = ('dynamic', 'float16', 'int8')
-
-
-def model_name(depth_multiplier, image_size, quantized):
-  """The released models' name: mobilenet_v1_1.0_224, ..._0.25_128_quant.
-
-  Args:
-    depth_multiplier: width multiplier; printed as Python prints floats, so
-      1 -> 1.0 and 0.50 -> 0.5, as the released file names have it.
-    image_size: input resolution.
-    quantized: whether the model is quantized.
-
-  Returns:
-    The name, without extension.
-  """
-  return 'mobilenet_v1_%s_%d%s' % (float(depth_multiplier), image_size,
-                                   '_quant' if quantized else '')
 
 
 def build_inference_graph(depth_multiplier, image_size, num_classes,
@@ -441,8 +426,8 @@ def export():
     imagenet_input.list_split_files(FLAGS.dataset_dir,
                                     FLAGS.calibration_split)
   _make_output_dir(FLAGS.output_dir)
-  name = FLAGS.model_name or model_name(FLAGS.depth_multiplier,
-                                        FLAGS.image_size, FLAGS.quantize)
+  name = FLAGS.model_name or variants.release_name(
+      FLAGS.depth_multiplier, FLAGS.image_size, FLAGS.quantize)
   with _staged(FLAGS.output_dir, name) as staging:
     checkpoint, step, written = _write_bundle(checkpoint, name,
                                               os.path.join(staging, name))

@@ -34,9 +34,10 @@ test_data.use_float32_math()
 
 tf1 = tf.compat.v1
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-EVAL = os.path.join(_HERE, 'mobilenet_v1_eval.py')
-EXPORT = os.path.join(_HERE, 'mobilenet_v1_export.py')
+# The repository root, where the binaries and third_party/ are.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EVAL = os.path.join(_ROOT, 'mobilenet_v1_eval.py')
+EXPORT = os.path.join(_ROOT, 'mobilenet_v1_export.py')
 
 RELEASED_LOGITS = 'MobilenetV1/Predictions/Reshape:0'
 
