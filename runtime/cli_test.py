@@ -17,6 +17,7 @@ from runtime import errors
 _PROGRAM = """
 import sys
 from runtime import cli
+from runtime import errors
 import tensorflow as tf
 
 FAILURES = {
