@@ -74,6 +74,7 @@ from runtime import errors
 from data import imagenet_input
 from model import inference_model
 from model import variants
+from quantization import quantize
 from quantization import tflite_emulation
 from export import tflite_int8
 from quantization import weight_rounding
@@ -449,7 +450,7 @@ def _write_bundle(checkpoint, name, prefix):
   """
   options = (inference_model.quantize_options(checkpoint) if FLAGS.quantize
              else {})
-  per_channel = options.get('per_channel_weights', False)
+  per_channel = options.get('weights') == quantize.PER_CHANNEL
   graph, images, predictions = build_inference_graph(
       FLAGS.depth_multiplier, FLAGS.image_size, FLAGS.num_classes,
       FLAGS.quantize, options)

@@ -54,6 +54,7 @@ import tensorflow as tf
 # Importing the exporter defines the model flags here too: --depth_multiplier,
 # --image_size and --num_classes mean what they mean when exporting.
 import mobilenet_v1_export
+from quantization import quantize
 from testing import range_calibration
 from export import tflite_int8
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -99,7 +100,7 @@ def _ours(quantized):
   """Our exported TFLite model, float or uint8, from fresh variables."""
   graph, images_in, _ = mobilenet_v1_export.build_inference_graph(
       FLAGS.depth_multiplier, FLAGS.image_size, FLAGS.num_classes, quantized,
-      {'per_channel_weights': False})
+      {'weights': quantize.ASYMMETRIC})
   with tf1.Session(graph=graph) as session:
     session.run(tf1.variables_initializer(
         graph.get_collection(tf1.GraphKeys.GLOBAL_VARIABLES)))
