@@ -138,7 +138,7 @@ def run_checkpoint(checkpoint, images, quantized):
           model_input, num_classes=NUM_CLASSES, depth_multiplier=0.25,
           is_training=False)
     if quantized:  # trained with per-tensor symmetric weights
-      quantize.create_eval_graph(per_channel_weights=False)
+      quantize.create_eval_graph(weights=quantize.ASYMMETRIC)
     predictions = end_points['Predictions']
     with tf1.Session(graph=graph) as session:
       tf1.train.Saver().restore(session, checkpoint)

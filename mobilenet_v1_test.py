@@ -8,15 +8,12 @@ from runtime.slim_compat import slim
 import tensorflow as tf
 
 import mobilenet_v1
-import mobilenet_v1_table
+from model import variants
 from testing import test_data
 
 test_data.use_float32_math()
 
 tf1 = tf.compat.v1
-
-WIDTHS = (1.0, 0.75, 0.5, 0.25)
-RESOLUTIONS = (224, 192, 160, 128)
 
 # (layer, stride, depth at width 1.0) of the paper's Table 1, written out
 # here rather than read from mobilenet_v1.MOBILENETV1_CONV_DEFS.
@@ -119,24 +116,25 @@ class VariablesTest(tf.test.TestCase):
 class ShapesTest(tf.test.TestCase):
 
   def test_endpoints_of_all_16_variants(self):
-    for width in WIDTHS:
-      for resolution in RESOLUTIONS:
-        with self.subTest(width=width, resolution=resolution):
-          with tf.Graph().as_default():
-            _, logits, end_points = build(
-                (2, resolution, resolution, 3), num_classes=1001,
-                depth_multiplier=width)
-          expected = expected_endpoint_shapes(width, resolution)
-          for name, shape in expected.items():
-            self.assertEqual(end_points[name].shape.as_list(), shape, name)
-          self.assertEqual(end_points['AvgPool_1a'].shape.as_list(),
-                           [2, 1, 1, max(int(1024 * width), 8)])
-          self.assertEqual(logits.shape.as_list(), [2, 1001])
-          self.assertEqual(end_points['Predictions'].shape.as_list(),
-                           [2, 1001])
-          self.assertCountEqual(
-              end_points,
-              list(expected) + ['AvgPool_1a', 'Logits', 'Predictions'])
+    self.assertLen(variants.VARIANTS, 16)
+    for variant in variants.VARIANTS:
+      width, resolution = variant.depth_multiplier, variant.resolution
+      with self.subTest(variant=variant.name):
+        with tf.Graph().as_default():
+          _, logits, end_points = build(
+              (2, resolution, resolution, 3), num_classes=1001,
+              depth_multiplier=width)
+        expected = expected_endpoint_shapes(width, resolution)
+        for name, shape in expected.items():
+          self.assertEqual(end_points[name].shape.as_list(), shape, name)
+        self.assertEqual(end_points['AvgPool_1a'].shape.as_list(),
+                         [2, 1, 1, max(int(1024 * width), 8)])
+        self.assertEqual(logits.shape.as_list(), [2, 1001])
+        self.assertEqual(end_points['Predictions'].shape.as_list(),
+                         [2, 1001])
+        self.assertCountEqual(
+            end_points,
+            list(expected) + ['AvgPool_1a', 'Logits', 'Predictions'])
 
   def test_base_final_endpoint_and_min_depth(self):
     with tf.Graph().as_default():
@@ -221,37 +219,6 @@ class ShapesTest(tf.test.TestCase):
       self.assertEqual(end_points['Conv2d_1_pointwise'].shape.as_list(),
                        [1, 7, 7, 24])
       self.assertNotIn('Predictions', end_points)
-
-
-class CostsTest(tf.test.TestCase):
-  """Weights and MACs per layer, against the SPEC's figures."""
-
-  def test_width_1_at_224(self):
-    costs = mobilenet_v1_table.layer_costs(1.0, 224, num_classes=0)
-    self.assertEqual(sum(c.weights for c in costs), 3185088)
-    self.assertEqual(sum(c.macs for c in costs), 567716352)
-    by_name = {c.name: c for c in costs}
-    self.assertEqual(by_name['Conv2d_0'][1:], (864, 10838016))
-    self.assertEqual(by_name['Conv2d_13_pointwise'][1:], (1048576, 51380224))
-    self.assertEqual([c.name for c in costs],
-                     mobilenet_v1.endpoint_names())
-
-  def test_width_075_at_128(self):
-    costs = mobilenet_v1_table.layer_costs(0.75, 128, num_classes=0)
-    self.assertEqual(sum(c.weights for c in costs), 1800144)
-    self.assertEqual(sum(c.macs for c in costs), 106002432)
-
-  def test_logits_complete_the_published_macs(self):
-    # The seed table's MACs (millions) follow from the architecture for
-    # widths 1.0, 0.5 and 0.25 (except 0.25_192), logits included.
-    published = {(1.0, 224): 569, (1.0, 128): 186, (0.5, 160): 77,
-                 (0.25, 224): 41, (0.25, 128): 14}
-    for (width, resolution), millions in published.items():
-      costs = mobilenet_v1_table.layer_costs(width, resolution)
-      self.assertEqual(costs[-1].name, 'Logits/Conv2d_1c_1x1')
-      self.assertEqual(costs[-1].macs, int(1024 * width) * 1001)
-      self.assertAlmostEqual(sum(c.macs for c in costs) / 1e6, millions,
-                             delta=0.5)
 
 
 class CheckpointTest(tf.test.TestCase):

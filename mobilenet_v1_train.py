@@ -116,6 +116,7 @@ from quantization import equalize
 from data import imagenet_input
 from model import inference_model
 import mobilenet_v1
+from quantization import quant_ops
 from quantization import quantize
 from quantization import tflite_emulation
 from quantization import weight_rounding
@@ -481,7 +482,7 @@ def _fine_tune_init_fn():
   # per-tensor quantized checkpoint (Google's _quant releases) fine-tunes
   # into per-channel ranges, or back.
   weight_ranges = [m for m in found.mismatched
-                   if '/%s/' % quantize.WEIGHTS_QUANT in m.split(' ')[0]]
+                   if '/%s/' % quant_ops.WEIGHTS_QUANT in m.split(' ')[0]]
   if weight_ranges:
     print('--fine_tune_checkpoint has weight ranges of another scheme than '
           '--weight_quantization=%s; they are computed from the weights '

@@ -39,6 +39,7 @@ import build_imagenet_tfrecords
 from data import imagenet_input
 from evaluation import tflite_eval
 from model import inference_model
+from model import variants
 from released import released_models
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -142,7 +143,7 @@ def measure_quantized(path, work_dir):
   with open(path, 'rb') as f:
     released = f.read()
   depth_multiplier, size = _model_flags(released)
-  name = 'mobilenet_v1_%s_%d_quant' % (depth_multiplier, size)
+  name = variants.release_name(depth_multiplier, size, quantized=True)
   directory = os.path.join(work_dir, name)
   checkpoint = released_models.write_checkpoint(
       released_models.contrib_variables(released, 1),

@@ -53,6 +53,7 @@ from runtime import slim_compat  # pylint: disable=unused-import
 import tensorflow as tf
 from export import convert
 from export import freeze
+from quantization import quantize
 from export import tflite_int8
 from testing import range_calibration
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -101,7 +102,7 @@ def _ours(quantized):
   """Our exported TFLite model, float or uint8, from fresh variables."""
   graph, images_in, _ = freeze.build_inference_graph(
       FLAGS.depth_multiplier, FLAGS.image_size, FLAGS.num_classes, quantized,
-      {'per_channel_weights': False})
+      {'weights': quantize.ASYMMETRIC})
   with tf1.Session(graph=graph) as session:
     session.run(tf1.variables_initializer(
         graph.get_collection(tf1.GraphKeys.GLOBAL_VARIABLES)))

@@ -27,6 +27,8 @@ from export import freeze
 from export import tflite_int8
 from model import checkpoint_utils
 from model import inference_model
+from model import variants
+from quantization import quantize
 from quantization import tflite_emulation
 from quantization import weight_rounding
 from runtime import errors
@@ -50,7 +52,7 @@ class ExportConfig:
     checkpoint_path: a specific checkpoint to export instead.
     output_dir: directory to write the bundle into (created if needed; files
       of the same name are overwritten).
-    model_name: base name of the files; empty for `model_name(...)` of the
+    model_name: base name of the files; empty for `variants.release_name(...)` of the
       model.
     num_classes: classes of the logits layer.
     image_size: input resolution (square).
@@ -107,22 +109,6 @@ class ExportConfig:
     if 'int8' in self.post_training and not self.dataset_dir:
       raise errors.UserError('--post_training=int8 calibrates on images: give '
                              '--dataset_dir')
-
-
-def model_name(depth_multiplier, image_size, quantized):
-  """The released models' name: mobilenet_v1_1.0_224, ..._0.25_128_quant.
-
-  Args:
-    depth_multiplier: width multiplier; printed as Python prints floats, so
-      1 -> 1.0 and 0.50 -> 0.5, as the released file names have it.
-    image_size: input resolution.
-    quantized: whether the model is quantized.
-
-  Returns:
-    The name, without extension.
-  """
-  return 'mobilenet_v1_%s_%d%s' % (float(depth_multiplier), image_size,
-                                   '_quant' if quantized else '')
 
 
 def tflite_io(model_content):
@@ -273,8 +259,8 @@ def write_bundle(config):
     imagenet_input.list_split_files(config.dataset_dir,
                                     config.calibration_split)
   _make_output_dir(config.output_dir)
-  name = config.model_name or model_name(config.depth_multiplier,
-                                         config.image_size, config.quantize)
+  name = config.model_name or variants.release_name(
+      config.depth_multiplier, config.image_size, config.quantize)
   with _staged(config.output_dir, name) as staging:
     step, written = _write_files(config, checkpoint, name,
                                  os.path.join(staging, name))
@@ -297,7 +283,7 @@ def _write_files(config, checkpoint, name, prefix):
   """
   options = (inference_model.quantize_options(checkpoint) if config.quantize
              else {})
-  per_channel = options.get('per_channel_weights', False)
+  per_channel = options.get('weights') == quantize.PER_CHANNEL
   graph, images, predictions = freeze.build_inference_graph(
       config.depth_multiplier, config.image_size, config.num_classes,
       config.quantize, options)

@@ -18,16 +18,6 @@ def valid_config(**changes):
   return dataclasses.replace(config, **changes)
 
 
-class ModelNameTest(absltest.TestCase):
-
-  def test_names_of_the_seed_table(self):
-    self.assertEqual(bundle.model_name(1, 224, False), 'mobilenet_v1_1.0_224')
-    self.assertEqual(bundle.model_name(0.50, 160, False),
-                     'mobilenet_v1_0.5_160')
-    self.assertEqual(bundle.model_name(0.25, 128, True),
-                     'mobilenet_v1_0.25_128_quant')
-
-
 class ExportConfigTest(absltest.TestCase):
 
   def test_settings_that_cannot_work_are_refused_in_one_line(self):

@@ -18,6 +18,7 @@ from ai_edge_litert.interpreter import OpResolverType
 from export import convert
 from export import freeze
 from export import tflite_int8
+from quantization import quant_ops
 from quantization import quantize
 from testing import range_calibration
 
@@ -40,7 +41,7 @@ def round_scales_to_powers_of_two(session, graph):
   """
   for scope, variables in quantize.range_variables_by_scope(graph).items():
     low, high = session.run([variables['min'], variables['max']])
-    if scope.endswith(quantize.WEIGHTS_QUANT):  # symmetric, narrow range
+    if scope.endswith(quant_ops.WEIGHTS_QUANT):  # symmetric, narrow range
       scale = 2.0 ** np.ceil(np.log2(high / 127))
       low, high = -127 * scale, 127 * scale
     else:
@@ -55,7 +56,8 @@ def uint8_model(symmetric_weights, power_of_two_scales=False):
   """Our uint8 TFLite model of a fresh 0.25@96 network, ranges calibrated."""
   graph, images_in, _ = freeze.build_inference_graph(
       0.25, IMAGE_SIZE, NUM_CLASSES, quantized=True,
-      quantize_options={'per_channel_weights': False})
+      quantize_options={'weights': (quantize.SYMMETRIC if symmetric_weights
+                                    else quantize.ASYMMETRIC)})
   rng = np.random.RandomState(0)
   with tf1.Session(graph=graph) as session:
     session.run(tf1.variables_initializer(

@@ -57,7 +57,7 @@ def _reader(path):
     return tf.train.load_checkpoint(path)
   except (tf.errors.OpError, ValueError) as e:
     raise CheckpointError('cannot read checkpoint %s: %s' %
-                          (path, _first_line(e))) from e
+                          (path, errors.first_line(e))) from e
 
 
 def saved_variable_shapes(path):
@@ -233,7 +233,7 @@ def damage(prefix):
   try:
     reader = tf.train.load_checkpoint(prefix)
   except (tf.errors.OpError, ValueError) as e:
-    return 'its index %s.index is unreadable (%s)' % (prefix, _first_line(e))
+    return 'its index %s.index is unreadable (%s)' % (prefix, errors.first_line(e))
   try:
     for name in reader.get_variable_to_shape_map():
       reader.get_tensor(name)
@@ -245,13 +245,8 @@ def damage(prefix):
       where = 'one of its data files %s.data-*' % prefix
     else:
       where = 'its data file (missing)'
-    return '%s is damaged: %s' % (where, _first_line(e))
+    return '%s is damaged: %s' % (where, errors.first_line(e))
   return None
-
-
-def _first_line(error):
-  text = str(error).strip()
-  return text.splitlines()[0] if text else type(error).__name__
 
 
 def write_state(directory, prefixes):

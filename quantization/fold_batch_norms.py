@@ -42,12 +42,8 @@ tf1 = tf.compat.v1
 # Graph collection of the layer ops that folding created.
 FOLDED_LAYERS = 'quantize_folded_layers'
 
-_ADD_TYPES = frozenset(['Add', 'AddV2'])
 _FUSED_BATCH_NORM_TYPES = frozenset(
     ['FusedBatchNorm', 'FusedBatchNormV2', 'FusedBatchNormV3'])
-# batch_norm_relu6's training op: a fused batch norm whose output is already
-# through ReLU6.
-_BATCH_NORM_RELU6_TYPE = 'FusedBatchNormRelu6'
 
 # Moving-average updates of batch norm statistics, and how many ops away from
 # the batch statistic they may be.
@@ -243,14 +239,15 @@ def inference_multiplier(layer_op, context, input_scale=None):
   batch_norms = [
       op for op in conv_output.consumers()
       if (op.type in _FUSED_BATCH_NORM_TYPES or
-          op.type == _BATCH_NORM_RELU6_TYPE) and
+          op.type == graph_editing.BATCH_NORM_RELU6_TYPE) and
       op.inputs[0].name == conv_output.name and op.outputs[0].consumers()]
   if not batch_norms:
     return None
   # After batch_norm_relu6's fusion the replaced batch norm still feeds the
   # replaced ReLU6, which nothing reads.
-  bn_op = max(batch_norms, key=lambda op: op.type == _BATCH_NORM_RELU6_TYPE)
-  is_training = (bn_op.type == _BATCH_NORM_RELU6_TYPE or
+  bn_op = max(batch_norms,
+              key=lambda op: op.type == graph_editing.BATCH_NORM_RELU6_TYPE)
+  is_training = (bn_op.type == graph_editing.BATCH_NORM_RELU6_TYPE or
                  bn_op.get_attr('is_training'))
   with graph.name_scope(context + '/BatchNorm_Fold/'):
     moving_variance = (_moving_statistic(bn_op.outputs[2], 'moving_variance')
@@ -264,7 +261,7 @@ def inference_multiplier(layer_op, context, input_scale=None):
           multiplier, _signal_mask(layer_op, moving_variance, input_scale),
           name='masked_multiplier')
   return (multiplier, bn_op.outputs[0],
-          bn_op.type == _BATCH_NORM_RELU6_TYPE)
+          bn_op.type == graph_editing.BATCH_NORM_RELU6_TYPE)
 
 
 def _signal_mask(layer_op, inference_variance, input_scale):
@@ -368,7 +365,8 @@ def _match_unfused_batch_norm(tensor, mul_op):
     A _BatchNorm, or None if the ops around `mul_op` are not a batch norm.
   """
   multiplier = [t for t in mul_op.inputs if t.name != tensor.name]
-  add_op = graph_editing.sole_consumer(mul_op.outputs[0], _ADD_TYPES)
+  add_op = graph_editing.sole_consumer(mul_op.outputs[0],
+                                       graph_editing.ADD_TYPES)
   if len(multiplier) != 1 or add_op is None:
     return None
   multiplier = multiplier[0]
@@ -382,7 +380,7 @@ def _match_unfused_batch_norm(tensor, mul_op):
       return None
     rsqrt_op = rsqrt_ops[0]
   variance_plus_eps = rsqrt_op.inputs[0].op
-  if variance_plus_eps.type not in _ADD_TYPES:
+  if variance_plus_eps.type not in graph_editing.ADD_TYPES:
     return None
   epsilon = None
   variance = None

@@ -12,6 +12,15 @@ import tensorflow as tf
 
 _VARIABLE_TYPES = frozenset(['VarHandleOp', 'VariableV2', 'Variable'])
 
+# The convolutions, and the layers the rewrites quantize: those and MatMul.
+CONV_TYPES = frozenset(['Conv2D', 'DepthwiseConv2dNative'])
+LAYER_TYPES = CONV_TYPES | {'MatMul'}
+# The two forms of an addition (a bias or a residual connection).
+ADD_TYPES = frozenset(['Add', 'AddV2'])
+# batch_norm_relu6's training op: a fused batch norm whose output is already
+# through ReLU6.
+BATCH_NORM_RELU6_TYPE = 'FusedBatchNormRelu6'
+
 FAKE_QUANT_TYPES = frozenset([
     'FakeQuantWithMinMaxArgs', 'FakeQuantWithMinMaxVars',
     'FakeQuantWithMinMaxVarsPerChannel'
@@ -154,7 +163,6 @@ def per_channel(vector, layer_data_format, rank):
   return vector
 
 
-_LAYER_TYPES = frozenset(['Conv2D', 'DepthwiseConv2dNative', 'MatMul'])
 # Ops that only appear once gradients exist; rewriting after them would leave
 # the optimizer differentiating the float graph.
 _GRADIENT_TYPES = frozenset([
@@ -181,7 +189,7 @@ def find_layers(graph):
   layers = []
   used_contexts = set()
   for op in graph.get_operations():
-    if (op.type not in _LAYER_TYPES or not reads_variable(op.inputs[1]) or
+    if (op.type not in LAYER_TYPES or not reads_variable(op.inputs[1]) or
         not op.outputs[0].consumers()):
       continue
     context = op.name.rpartition('/')[0]

@@ -5,16 +5,13 @@ import os
 import numpy as np
 
 from runtime import slim_compat  # pylint: disable=unused-import
-from runtime.slim_compat import slim
 import tensorflow as tf
 
 from quantization import fold_batch_norms
 from quantization import graph_editing
-import mobilenet_v1
 from quantization import quantize
 from testing import quantize_test_util as util
 from testing import test_data
-from quantization import tflite_emulation
 
 test_data.use_float32_math()
 
@@ -172,7 +169,7 @@ class MobilenetQuantizeTest(tf.test.TestCase):
             fetches = [scope + 'weights_quant/mul_fold:0',
                        scope + 'BatchNorm/FusedBatchNormV3:0']
           else:
-            quantize.create_eval_graph(per_channel_weights=False,
+            quantize.create_eval_graph(weights=quantize.ASYMMETRIC,
                                        mask_drowned_channels=True)
             fetches = [scope + 'mul_fold:0', scope + 'add_fold:0']
           values = util.model_values(graph)
@@ -197,15 +194,22 @@ class MobilenetQuantizeTest(tf.test.TestCase):
         self.assertAllClose(folded[:, :, live], expected[:, :, live],
                             rtol=1e-5, atol=1e-6)
 
-  def test_per_channel_training_keeps_batch_norms_with_folded_ranges(self):
-    # Per-channel ranges scale with their channels, so training quantizes
-    # the unfolded weights and keeps each batch norm (one convolution per
-    # layer, not folding's two) while saving the folded weights' ranges,
-    # which the eval graph then quantizes the folded weights with.
-    images = util.images()
+  def _train_keeping_batch_norms(self, weights, fetches=None):
+    """One training step of MobileNet rewritten with `weights` ranges.
+
+    Checks that the rewrite kept every batch norm and folded none.
+
+    Args:
+      weights: one of quantize.WEIGHT_SCHEMES.
+      fetches: tensors to fetch after the step, or None.
+
+    Returns:
+      (the model's values, {range variable name: value} after the step, the
+      fetched values).
+    """
     with tf.Graph().as_default() as graph:
       images_in, logits = util.build_mobilenet(is_training=True)
-      quantize.create_training_graph()
+      quantize.create_training_graph(weights=weights)
       path = util.ancestors(logits)
       self.assertLen(_convolutions(path), 28)
       self.assertLen([op for op in path if op.type == 'FusedBatchNormV3'],
@@ -214,8 +218,17 @@ class MobilenetQuantizeTest(tf.test.TestCase):
       values = util.model_values(graph)
       with self.session(graph=graph) as sess:
         util.load(sess, values)
-        sess.run(logits, {images_in: images})
-        trained_ranges = util.range_values(sess)
+        sess.run(logits, {images_in: util.images()})
+        return (values, util.range_values(sess),
+                None if fetches is None else sess.run(fetches))
+
+  def test_per_channel_training_keeps_batch_norms_with_folded_ranges(self):
+    # Per-channel ranges scale with their channels, so training quantizes
+    # the unfolded weights and keeps each batch norm (one convolution per
+    # layer, not folding's two) while saving the folded weights' ranges,
+    # which the eval graph then quantizes the folded weights with.
+    values, trained_ranges, _ = self._train_keeping_batch_norms(
+        quantize.PER_CHANNEL)
     with tf.Graph().as_default() as graph:
       util.build_mobilenet(is_training=False)
       quantize.create_eval_graph()
@@ -256,27 +269,14 @@ class MobilenetQuantizeTest(tf.test.TestCase):
     # the folded weights W * m with the folded weights' range and divides
     # by m again: through the kept batch norm, m turns them back into the
     # eval graph's quantized folded weights.
-    images = util.images()
     layers = ('Conv2d_0', 'Conv2d_1_depthwise', 'Conv2d_13_pointwise')
-    with tf.Graph().as_default() as graph:
-      images_in, logits = util.build_mobilenet(is_training=True)
-      quantize.create_training_graph(weights=quantize.ASYMMETRIC)
-      path = util.ancestors(logits)
-      self.assertLen(_convolutions(path), 28)
-      self.assertLen([op for op in path if op.type == 'FusedBatchNormV3'],
-                     27)
-      self.assertEmpty(graph.get_collection(fold_batch_norms.FOLDED_LAYERS))
-      values = util.model_values(graph)
-      with self.session(graph=graph) as sess:
-        util.load(sess, values)
-        sess.run(logits, {images_in: images})
-        trained_ranges = util.range_values(sess)
-        trained_weights = sess.run({
+    values, trained_ranges, trained_weights = (
+        self._train_keeping_batch_norms(quantize.ASYMMETRIC, {
             layer: 'MobilenetV1/MobilenetV1/%s/weights_quant/unfold:0' % layer
-            for layer in layers})
+            for layer in layers}))
     with tf.Graph().as_default() as graph:
       util.build_mobilenet(is_training=False)
-      quantize.create_eval_graph(per_channel_weights=False)
+      quantize.create_eval_graph(weights=quantize.ASYMMETRIC)
       folded_layers = _folded_layers_by_scope(graph)
       with self.session(graph=graph) as sess:
         util.load(sess, dict(values, **trained_ranges))
@@ -397,115 +397,9 @@ class MobilenetQuantizeTest(tf.test.TestCase):
       with self.assertRaisesRegex(ValueError, 'before building the optimizer'):
         quantize.create_training_graph()
 
-  def test_logits_range_keeps_the_extremes_seen(self):
-    # The range holds the extremes of all batches so far, where an average
-    # or the last value would fall back after a batch of smaller logits.
-    with tf.Graph().as_default():
-      images, output = util.build_mobilenet(is_training=True)
-      quantize.create_training_graph(quant_delay=0)
-      graph = tf1.get_default_graph()
-      logits = graph.get_tensor_by_name(_LOGITS_BIAS_ADD + ':0')
-      ranges = {v.op.name: v for v in quantize.range_variables()}
-      logits_range = [ranges['MobilenetV1/Logits/Conv2d_1c_1x1/act_quant/%s'
-                             % end] for end in ('min', 'max')]
-      rng = np.random.RandomState(4)
-      with tf1.Session() as sess:
-        sess.run(tf1.global_variables_initializer())
-        seen = []
-        for _ in range(4):
-          batch = rng.uniform(-1, 1, images.shape.as_list())
-          # The range update runs with the forward pass; read it afterwards.
-          values, _ = sess.run([logits, output], {images: batch})
-          seen.append((min(values.min(), 0), max(values.max(), 0)))
-          low, high = sess.run(logits_range)
-          self.assertAllClose([low, high],
-                              [min(s[0] for s in seen),
-                               max(s[1] for s in seen)], rtol=1e-6)
-    # Some batch is not a new extreme, so the range is not the last batch's.
-    self.assertTrue(any(
-        s[0] > min(t[0] for t in seen[:k]) or s[1] < max(t[1] for t in seen[:k])
-        for k, s in enumerate(seen) if k))
 
 class GenericPatternsTest(tf.test.TestCase):
   """Hand-built layers: unfused batch norm, MatMul, residual Adds."""
-
-  def test_activation_ranges_are_a_zero_debiased_moving_average(self):
-    with tf.Graph().as_default():
-      images, output = util.build_generic_layers(is_training=True)
-      quantize.create_training_graph(quant_delay=0)
-      activation = tf1.get_default_graph().get_tensor_by_name('fc/Relu:0')
-      act_max, = [v for v in quantize.range_variables()
-                  if v.op.name == 'fc/act_quant/max']
-      rng = np.random.RandomState(3)
-      batches = [rng.uniform(-1, 1, [4, 8, 8, 3]) * (1 + i) for i in range(3)]
-      with tf1.Session() as sess:
-        sess.run(tf1.global_variables_initializer())
-        maxima, ranges = [], []
-        for batch in batches:
-          # The range update runs with the forward pass; read it afterwards.
-          maxima.append(sess.run([activation, output],
-                                 {images: batch})[0].max())
-          ranges.append(sess.run(act_max))
-    # contrib.quantize's average: biased_k = d biased_{k-1} + (1 - d) x_k
-    # from 0, divided by 1 - d^k, so the initial 6.0 plays no part and the
-    # first value is the first batch's.
-    biased = 0.0
-    for k, (batch_max, value) in enumerate(zip(maxima, ranges), start=1):
-      biased = quantize.EMA_DECAY * biased + (1 - quantize.EMA_DECAY) * batch_max
-      self.assertAllClose(value, biased / (1 - quantize.EMA_DECAY**k),
-                          rtol=1e-4)
-    # float32's 1 - 0.999 is 1.3e-5 off, so the first is that close.
-    self.assertAllClose(ranges[0], maxima[0], rtol=2e-5)
-
-  def test_training_sets_weight_ranges_per_scheme(self):
-    for scheme in quantize.WEIGHT_SCHEMES:
-      with tf.Graph().as_default():
-        images, output = util.build_generic_layers(is_training=True)
-        quantize.create_training_graph(weights=scheme)
-        weights, = [v for v in tf1.global_variables()
-                    if v.op.name == 'fc/weights']
-        ranges = {v.op.name: v for v in quantize.range_variables()}
-        with tf1.Session() as sess:
-          sess.run(tf1.global_variables_initializer())
-          # Lopsided weights; fc's are not folded, so the range is theirs.
-          weights.load(np.random.RandomState(0).uniform(
-              -0.1, 0.3, weights.shape), sess)
-          values = sess.run(weights)
-          sess.run(output, {images: np.zeros([4, 8, 8, 3])})
-          low, high = sess.run([ranges['fc/weights_quant/min'],
-                                ranges['fc/weights_quant/max']])
-      with self.subTest(scheme=scheme):
-        if scheme == quantize.PER_CHANNEL:
-          # One range per output channel (MatMul weights are [in, out]).
-          bound = np.abs(values).max(axis=0)
-          self.assertAllEqual(high, bound)
-          self.assertAllEqual(low, -bound)
-        elif scheme == quantize.SYMMETRIC:
-          bound = np.abs(values).max()
-          self.assertEqual((low, high), (-bound, bound))
-        else:
-          self.assertEqual((low, high), (values.min(), values.max()))
-
-  def test_depthwise_ranges_are_per_output_channel(self):
-    with tf.Graph().as_default():
-      images = tf1.placeholder(tf.float32, [2, 6, 6, 3])
-      with tf1.variable_scope('dw'):
-        depthwise = tf1.get_variable('depthwise_weights', [3, 3, 3, 2])
-        output = tf.nn.relu6(tf.nn.depthwise_conv2d(
-            images, depthwise, [1, 1, 1, 1], 'SAME'))
-      quantize.create_training_graph(weights=quantize.PER_CHANNEL)
-      high, = [v for v in quantize.range_variables()
-               if v.op.name == 'dw/weights_quant/max']
-      with tf1.Session() as sess:
-        sess.run(tf1.global_variables_initializer())
-        values = np.random.RandomState(1).normal(size=[3, 3, 3, 2]) * [
-            [[[1.0, 10.0]]]]
-        depthwise.load(values, sess)
-        sess.run(output, {images: np.ones([2, 6, 6, 3])})
-        bound = sess.run(high)
-    # Output channel c * 2 + k of a depthwise convolution comes from input
-    # channel c and multiplier k: one range each, in that order.
-    self.assertAllClose(bound, np.abs(values).max(axis=(0, 1)).reshape(-1))
 
   def test_rewrite_names(self):
     with tf.Graph().as_default() as graph:

@@ -17,10 +17,9 @@ import numpy as np
 import tensorflow as tf
 
 from quantization import graph_editing
+from quantization import quant_ops
 
 tf1 = tf.compat.v1
-
-NUM_BITS = 8
 
 # The quantized models' input convention, Google's released quantized
 # MobileNets' and the converter's documented one (its quantized_input_stats):
@@ -32,9 +31,9 @@ NUM_BITS = 8
 INPUT_MEAN = 128
 INPUT_STD = 128
 
-# Name scope of the average pool's rounding, and of the add that makes its
-# halves round up.
-POOL_QUANT = 'act_quant'
+# Name scope of the add that makes the average pool's halves round up, under
+# the pool's own act_quant scope (an activation range's name, as the pool's
+# output is an activation TFLite quantizes).
 _HALF_UP = 'half_up'
 
 
@@ -58,14 +57,14 @@ def quantize_input(images):
   """
   low, high = input_range()
   return tf.quantization.fake_quant_with_min_max_args(
-      images, min=low, max=high, num_bits=NUM_BITS, narrow_range=False,
-      name='input_quant')
+      images, min=low, max=high, num_bits=quant_ops.NUM_BITS,
+      narrow_range=False, name='input_quant')
 
 
 def input_range():
   """(min, max) of the uint8 model input's real values: [-1, 127/128]."""
   return (-INPUT_MEAN / INPUT_STD,
-          (2**NUM_BITS - 1 - INPUT_MEAN) / INPUT_STD)
+          (2**quant_ops.NUM_BITS - 1 - INPUT_MEAN) / INPUT_STD)
 
 
 def round_biases(graph, biases):
@@ -139,7 +138,7 @@ def quantize_average_pools(graph, quantized_names, use_quant=None,
     output = op.outputs[0]
     consumers = output.consumers()
     window = np.prod(op.get_attr('ksize'))
-    with graph.name_scope(op.name + '/' + POOL_QUANT + '/'):
+    with graph.name_scope(op.name + '/' + quant_ops.ACT_QUANT + '/'):
       scale = graph_editing.fake_quant_scale(fake_quant)
       tie_break = scale / (4 * window)
       if int8:
@@ -151,7 +150,7 @@ def quantize_average_pools(graph, quantized_names, use_quant=None,
       half_up = tf.add(output, tie_break, name=_HALF_UP)
       quantized = tf.quantization.fake_quant_with_min_max_vars(
           half_up, fake_quant.inputs[1], fake_quant.inputs[2],
-          num_bits=NUM_BITS, narrow_range=False)
+          num_bits=quant_ops.NUM_BITS, narrow_range=False)
       if use_quant is not None:
         quantized = tf.where(use_quant, quantized, output,
                              name='delayed_quant')
@@ -174,7 +173,7 @@ def without_pool_tie_breaks(graph_def):
   Returns:
     The GraphDef without the tie-break adds (a copy).
   """
-  suffix = '/%s/%s' % (POOL_QUANT, _HALF_UP)
+  suffix = '/%s/%s' % (quant_ops.ACT_QUANT, _HALF_UP)
   pools = {node.name: node.input[0] for node in graph_def.node
            if node.name.endswith(suffix)}
   stripped = tf1.GraphDef()

@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from ai_edge_litert import interpreter as tflite
 from quantization import graph_editing
+from quantization import quant_ops
 from quantization import quantize
 from testing import quantize_test_util as util
 from quantization import tflite_emulation
@@ -36,11 +37,12 @@ class TfliteEmulationTest(tf.test.TestCase):
   def test_pool_tie_breaks_are_removed_for_the_converter(self):
     # uint8 models' pools add a constant tie-break; int8 (per-channel)
     # models' one whose sign follows the mean's code, computed from it.
-    for per_channel, tie_break_reads in ((False, []), (True, ['RealDiv'])):
-      with self.subTest(per_channel=per_channel):
+    for weights, tie_break_reads in ((quantize.ASYMMETRIC, []),
+                                     (quantize.PER_CHANNEL, ['RealDiv'])):
+      with self.subTest(weights=weights):
         with tf.Graph().as_default() as graph:
           util.build_mobilenet(is_training=False, quantized_input=True)
-          quantize.create_eval_graph(per_channel_weights=per_channel)
+          quantize.create_eval_graph(weights=weights)
           graph_def = graph.as_graph_def()
         stripped = tflite_emulation.without_pool_tie_breaks(graph_def)
         pool, = [n.name for n in graph_def.node if n.op == 'AvgPool']
@@ -83,15 +85,14 @@ class TfliteEmulationTest(tf.test.TestCase):
       images_in, logits = util.build_mobilenet(is_training=False,
                                                batch_size=None,
                                                quantized_input=True)
-      quantize.create_eval_graph(
-          per_channel_weights=weights == quantize.PER_CHANNEL)
+      quantize.create_eval_graph(weights=weights)
       with self.session(graph=graph) as sess:
         tf1.train.Saver().restore(sess, checkpoint)
         self._assert_biases_on_the_integer_grid(sess, logits)
         weight_ranges = {
             scope: sess.run(variables['max'])
             for scope, variables in quantize.range_variables_by_scope(
-                graph).items() if scope.endswith(quantize.WEIGHTS_QUANT)}
+                graph).items() if scope.endswith(quant_ops.WEIGHTS_QUANT)}
         frozen = tf1.graph_util.convert_variables_to_constants(
             sess, graph.as_graph_def(), [logits.op.name])
     # Converted as the export converts it: without the eval graph's pool
@@ -186,7 +187,7 @@ class TfliteEmulationTest(tf.test.TestCase):
     activation_quants = [
         op for op in graph.get_operations()
         if op.type == util.FAKE_QUANT and
-        op.name.endswith('/%s/%s' % (quantize.ACT_QUANT, util.FAKE_QUANT))]
+        op.name.endswith('/%s/%s' % (quant_ops.ACT_QUANT, util.FAKE_QUANT))]
     checked = mismatches = worst = 0
     for fake_quant in activation_quants:
       output = fake_quant.inputs[0]
@@ -264,7 +265,7 @@ class TfliteEmulationTest(tf.test.TestCase):
         self.assertEqual(parameters['quantized_dimension'], axis)
         self.assertLen(scales, tensor['shape'][axis])
         self.assertAllEqual(zero_points, np.zeros_like(zero_points))
-        scope, = set(re.findall(r'([^;]*/%s)/' % quantize.WEIGHTS_QUANT,
+        scope, = set(re.findall(r'([^;]*/%s)/' % quant_ops.WEIGHTS_QUANT,
                                 tensor['name']))
         self.assertAllClose(scales, weight_ranges[scope] / 127, rtol=1e-6)
       else:

@@ -43,6 +43,7 @@ from model import checkpoint_utils
 from quantization import graph_editing
 from data import imagenet_input
 from model import inference_model
+from quantization import quantize
 
 tf1 = tf.compat.v1
 
@@ -51,7 +52,6 @@ ROUNDED_VARIABLE = 'quantize/weights_rounded'
 # Added to the covariance's diagonal, as a fraction of its mean, so that its
 # inverse exists where inputs are constant or collinear (GPTQ's dampening).
 DAMPING = 0.01
-_LAYER_TYPES = ('Conv2D', 'DepthwiseConv2dNative')
 
 
 class Grid(object):
@@ -227,8 +227,8 @@ def needs_rounding(checkpoint):
   """
   return (batch_norm_decay.kept_checkpoint_averages(checkpoint) and
           not is_rounded(checkpoint) and
-          not inference_model.quantize_options(checkpoint).get(
-              'per_channel_weights', True))
+          inference_model.quantize_options(checkpoint).get(
+              'weights', quantize.PER_CHANNEL) != quantize.PER_CHANNEL)
 
 
 def unrounded_warning(checkpoint):
@@ -276,7 +276,7 @@ def rounded_values(checkpoint, make_images, num_classes, depth_multiplier):
       no images.
   """
   options = inference_model.quantize_options(checkpoint)
-  if options.get('per_channel_weights', True):
+  if options.get('weights', quantize.PER_CHANNEL) == quantize.PER_CHANNEL:
     raise ValueError('%s has per-channel weight ranges; rounding applies to '
                      'per-tensor ones' % checkpoint)
   graph = tf.Graph()
@@ -285,7 +285,7 @@ def rounded_values(checkpoint, make_images, num_classes, depth_multiplier):
     inference_model.build(images, num_classes, depth_multiplier, True,
                           options)
     layers = [_Layer(op) for op in graph.get_operations()
-              if op.type in _LAYER_TYPES and
+              if op.type in graph_editing.CONV_TYPES and
               op.inputs[1].op.type == 'FakeQuantWithMinMaxVars']
     statistics = [layer.statistics() for layer in layers]
     batch_size = tf.shape(images)[0]

@@ -35,10 +35,11 @@ from ai_edge_litert.interpreter import Interpreter
 from ai_edge_litert.interpreter import OpResolverType
 from data import imagenet_input
 import mobilenet_v1
+from model import variants
 
 tf1 = tf.compat.v1
 
-# third_party/ is at the repository root, one level up.
+# The repository root, where the binaries and third_party/ are.
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FLOAT_PACKAGE = 'nudity==0.2.3'
@@ -52,8 +53,9 @@ _UNREACHABLE = re.compile(
     r'Network is unreachable|Temporary failure in name resolution|'
     r'Name or service not known')
 
-QUANT_0_5_160 = os.path.join(_ROOT, 'third_party', 'released',
-                             'mobilenet_v1_0.5_160_quant.tflite')
+QUANT_0_5_160 = os.path.join(
+    _ROOT, 'third_party', 'released',
+    variants.by_name('0.5_160').release_name(quantized=True) + '.tflite')
 QUANT_0_5_160_SHA256 = (
     '21e022f6603d1edbb554138bd2b06b651e258b0169a06163fb6b555c8400e1ec')
 

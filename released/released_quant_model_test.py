@@ -37,7 +37,7 @@ test_data.use_float32_math()
 
 tf1 = tf.compat.v1
 
-# The binaries are at the repository root, one level up.
+# The repository root, where the binaries and third_party/ are.
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVAL = os.path.join(_ROOT, 'mobilenet_v1_eval.py')
 EXPORT = os.path.join(_ROOT, 'mobilenet_v1_export.py')

@@ -10,7 +10,6 @@ reports.
 """
 
 import os
-import re
 import sys
 
 from absl import app
@@ -26,21 +25,6 @@ from runtime import errors
 INPUT_OP_ERRORS = (tf.errors.NotFoundError, tf.errors.DataLossError,
                    tf.errors.PermissionDeniedError,
                    tf.errors.InvalidArgumentError)
-
-
-def first_line(error):
-  """The informative part of a TensorFlow error message, on one line.
-
-  Graph-mode errors wrap the message in 'Graph execution error:' and our
-  own assertions' text in 'assertion failed: [...]'; the op trace after it
-  means nothing to users.
-  """
-  message = getattr(error, 'message', None) or str(error)
-  message = message.replace('Graph execution error:', '').strip()
-  assertion = re.match(r'assertion failed: \[(.*?)\]', message)
-  if assertion:
-    return assertion.group(1)
-  return re.split(r'\n|\s+\[\[', message)[0]
 
 
 def _is_interrupt(error):
@@ -70,7 +54,7 @@ def run(main):
     except errors.UserError as e:
       sys.exit('%s: error: %s' % (program, e))
     except INPUT_OP_ERRORS as e:
-      sys.exit('%s: error: %s' % (program, first_line(e)))
+      sys.exit('%s: error: %s' % (program, errors.first_line(e)))
     except (KeyboardInterrupt, RuntimeError) as e:
       if not _is_interrupt(e):
         raise

@@ -12,6 +12,7 @@ from runtime.slim_compat import slim
 import tensorflow as tf
 
 import mobilenet_v1
+from quantization import quant_ops
 from quantization import quantize
 from quantization import tflite_emulation
 
@@ -21,7 +22,7 @@ FAKE_QUANT = 'FakeQuantWithMinMaxVars'
 BATCH = 8
 IMAGE_SIZE = 64
 NUM_CLASSES = 11
-_WEIGHTS_QUANT_SCOPE = '/%s/' % quantize.WEIGHTS_QUANT
+_WEIGHTS_QUANT_SCOPE = '/%s/' % quant_ops.WEIGHTS_QUANT
 
 
 def build_mobilenet(is_training, batch_size=BATCH, batch_norm_decay=0.9997,
@@ -41,7 +42,8 @@ def build_mobilenet(is_training, batch_size=BATCH, batch_norm_decay=0.9997,
   """
   images = tf1.placeholder(
       tf.float32, [batch_size, IMAGE_SIZE, IMAGE_SIZE, 3], name='input')
-  model_input = tflite_emulation.quantize_input(images) if quantized_input else images
+  model_input = (tflite_emulation.quantize_input(images) if quantized_input
+                 else images)
   with slim.arg_scope(mobilenet_v1.mobilenet_v1_arg_scope(
       is_training=is_training, batch_norm_decay=batch_norm_decay)):
     logits, _ = mobilenet_v1.mobilenet_v1(

@@ -8,6 +8,7 @@ rewrite's initial ranges.
 
 import numpy as np
 
+from quantization import quant_ops
 from quantization import quantize
 
 
@@ -54,7 +55,7 @@ def calibrate_ranges(session, feeds, symmetric_weights=True, graph=None):
       by_scope[scope]['min'].load(low, session)
       by_scope[scope]['max'].load(high, session)
 
-  weights = [s for s in by_scope if s.endswith('/' + quantize.WEIGHTS_QUANT)]
+  weights = [s for s in by_scope if s.endswith('/' + quant_ops.WEIGHTS_QUANT)]
   calibrate(weights, symmetric_weights)
   # One activation at a time, so that each is measured downstream of ranges
   # already calibrated: through initial ones, small activations would all

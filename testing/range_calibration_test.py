@@ -17,14 +17,15 @@ tf1 = tf.compat.v1
 class RangeCalibrationTest(tf.test.TestCase):
 
   def test_ranges_are_the_weights_and_activations_extremes(self):
-    for per_channel in (False, True):
-      with self.subTest(per_channel=per_channel):
-        values = self._calibrated_ranges(per_channel)
+    for scheme in (quantize.SYMMETRIC, quantize.PER_CHANNEL):
+      with self.subTest(scheme=scheme):
+        values = self._calibrated_ranges(scheme)
         # Symmetric about zero, narrow range. Per tensor: a step of
         # 1.27 / 127 = 0.01, on which every weight lies. Per channel: the
         # first output channel's range is that one, the second's its own.
         self.assertAllClose(values['fc/weights_quant'],
-                            [[-1.27, -0.4], [1.27, 0.4]] if per_channel
+                            [[-1.27, -0.4], [1.27, 0.4]]
+                            if scheme == quantize.PER_CHANNEL
                             else [-1.27, 1.27])
         # ReLU(x W) is [1.47, 0.15] for the first batch and [2.24, 0] for the
         # second (the first channel's weights are on either grid, so
@@ -32,7 +33,7 @@ class RangeCalibrationTest(tf.test.TestCase):
         # 0 as TFLite needs.
         self.assertAllClose(values['fc/act_quant'], [0.0, 2.24], atol=1e-5)
 
-  def _calibrated_ranges(self, per_channel):
+  def _calibrated_ranges(self, scheme):
     """{scope: [min, max]} calibrated on a one-layer graph."""
     with tf.Graph().as_default() as graph:
       inputs = tf1.placeholder(tf.float32, [None, 3])
@@ -40,7 +41,7 @@ class RangeCalibrationTest(tf.test.TestCase):
         weights = tf1.get_variable('weights', initializer=np.array(
             [[1.27, -0.25], [0.1, 0.2], [-0.3, 0.4]], np.float32))
         tf.identity(tf.nn.relu(tf.matmul(inputs, weights)))
-      quantize.create_eval_graph(per_channel_weights=per_channel)
+      quantize.create_eval_graph(weights=scheme)
       ranges = quantize.range_variables_by_scope(graph)
       batches = [np.array([[1.0, 2.0, 0.0]], np.float32),
                  np.array([[2.0, 0.0, 1.0]], np.float32)]
