@@ -55,7 +55,7 @@ sys.path.insert(0, _ROOT)
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import peer_process
 from runtime import slim_compat  # pylint: disable=unused-import
-import mobilenet_v1_table
+from model import costs
 # Importing the trainer defines its flags here too: --depth_multiplier,
 # --image_size, --batch_size, --num_classes, --optimizer and
 # --fuse_batch_norm_relu6 mean the same in this bench as in training
@@ -340,7 +340,7 @@ def _spawn(name, precision):
 
 def _training_gflop_per_image():
   """3 x 2 x forward MACs per image (forward, input and weight gradients)."""
-  macs = sum(cost.macs for cost in mobilenet_v1_table.layer_costs(
+  macs = sum(cost.macs for cost in costs.layer_costs(
       FLAGS.depth_multiplier, FLAGS.image_size, FLAGS.num_classes))
   return macs, 3 * 2 * macs / 1e9
 
