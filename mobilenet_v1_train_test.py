@@ -1,5 +1,7 @@
 """Tests mobilenet_v1_train as users run it: as a program, in subprocesses."""
 
+import copy
+import dataclasses
 import os
 import re
 import signal
@@ -8,6 +10,7 @@ import subprocess
 import sys
 import time
 
+from absl import flags
 import numpy as np
 from runtime import slim_compat  # pylint: disable=unused-import
 from runtime.slim_compat import slim
@@ -17,8 +20,11 @@ from kernels import batch_norm_relu6
 from data import imagenet_input
 import mobilenet_v1
 import mobilenet_v1_train
+from quantization import quantize
 from testing import test_data
 from quantization import weight_rounding
+from training import config as config_lib
+from training import math_mode
 
 test_data.use_float32_math()
 
@@ -620,6 +626,51 @@ class TrainTest(tf.test.TestCase):
         self.assertStartsWith(result.stderr, 'mobilenet_v1_train: error:')
 
 
+def parsed_trainer_flags(*argv):
+  """A copy of the trainer's flags, parsed from `argv`."""
+  flag_values = flags.FlagValues()
+  for flag in mobilenet_v1_train.FLAGS.get_key_flags_for_module(
+      mobilenet_v1_train):
+    flags.DEFINE_flag(copy.deepcopy(flag), flag_values=flag_values)
+  flag_values(['mobilenet_v1_train'] + list(argv))
+  return flag_values
+
+
+class FlagsTest(tf.test.TestCase):
+  """The flags as the main hands them to the library."""
+
+  def test_every_flag_is_a_config_field_with_its_default(self):
+    flag_values = parsed_trainer_flags()
+    self.assertEqual(mobilenet_v1_train.train_config(flag_values),
+                     config_lib.TrainConfig())
+    fields = {f.name for f in dataclasses.fields(config_lib.TrainConfig)}
+    self.assertEqual(set(flag_values) - fields, {'bfloat16_convolutions'})
+    self.assertEqual(fields - set(flag_values),
+                     {'bfloat16_convolutions_requested'})
+
+  def test_flags_become_the_config(self):
+    flag_values = parsed_trainer_flags(
+        '--dataset_dir=/data', '--quantize',
+        '--checkpoint_exclude_scopes=MobilenetV1/Logits,Other',
+        '--bfloat16_convolutions', '--number_of_steps=7')
+    config = mobilenet_v1_train.train_config(flag_values)
+    self.assertEqual(config.dataset_dir, '/data')
+    self.assertTrue(config.quantize)
+    self.assertEqual(config.checkpoint_exclude_scopes,
+                     ('MobilenetV1/Logits', 'Other'))
+    self.assertTrue(config.bfloat16_convolutions_requested)
+    self.assertEqual(config.number_of_steps, 7)
+
+  def test_weight_schemes_are_quantizes(self):
+    flag = mobilenet_v1_train.FLAGS['weight_quantization']
+    self.assertEqual(flag.parser.enum_values, list(quantize.WEIGHT_SCHEMES))
+    self.assertEqual(flag.default, quantize.PER_CHANNEL)
+
+  def test_help_quotes_no_measurements(self):
+    for name in ('freeze_bn_delay', 'distillation_weight'):
+      self.assertNotIn('README', mobilenet_v1_train.FLAGS[name].help)
+
+
 # Runs the trainer as a program until it first imports TensorFlow, and
 # prints oneDNN's math mode as the environment holds it at that moment.
 _MATH_MODE_AT_TENSORFLOW_IMPORT = """
@@ -699,8 +750,7 @@ class Bfloat16ConvolutionsTest(tf.test.TestCase):
   def _convolutions(self, bfloat16, arrays_path):
     out = os.path.join(self.get_temp_dir(), 'conv_%s.npz' % bfloat16)
     env = dict(os.environ)
-    env[mobilenet_v1_train.ONEDNN_MATH_MODE_ENV] = (
-        mobilenet_v1_train.onednn_math_mode(bfloat16))
+    env[math_mode.ONEDNN_MATH_MODE_ENV] = math_mode.onednn_math_mode(bfloat16)
     result = subprocess.run(
         [sys.executable, '-c', _CONVOLUTIONS, arrays_path, out],
         capture_output=True, text=True, env=env, check=False, timeout=300)
@@ -717,7 +767,7 @@ class Bfloat16ConvolutionsTest(tf.test.TestCase):
     np.savez(arrays_path, x=x, w=w, dy=dy)
     strict = self._convolutions(False, arrays_path)
     bfloat16 = self._convolutions(True, arrays_path)
-    takes_effect = mobilenet_v1_train.bfloat16_math_takes_effect(
+    takes_effect = math_mode.bfloat16_math_takes_effect(
         batch_norm_relu6.cpu_features())
 
     # Each output is a sum of K products: y over the 32 input channels, dx

@@ -6,8 +6,9 @@ Measures, in one run and each in its own subprocess (clean TensorFlow state):
              decode, random crop, flip, colour distortion, batch), drained
              as fast as it goes, in a graph-mode session as the trainer
              reads it.
-  synthetic  our trainer's step (build_train_op + session_config) on one
-             in-memory batch: the training rate when input costs nothing.
+  synthetic  our trainer's step (training.train_graph's build_train_op +
+             session_config) on one in-memory batch: the training rate
+             when input costs nothing.
   real       the same step fed by the real pipeline, as
              mobilenet_v1_train runs it: both share the same cores.
 
@@ -39,23 +40,40 @@ sys.path.insert(0, _ROOT)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import peer_process
-import sample_records
 from runtime import slim_compat  # pylint: disable=unused-import
+import sample_records
 import numpy as np
 import tensorflow as tf
 from data import imagenet_input
-# Importing the trainer defines its flags here too (--batch_size,
-# --image_size, --depth_multiplier, --dataset_dir, ...), with its meaning.
-import mobilenet_v1_train
+from training import config as config_lib
+from training import train_graph
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 tf1 = tf.compat.v1
 
 FLAGS = flags.FLAGS
 
-_TRAINER_FLAGS = ('depth_multiplier', 'image_size', 'batch_size',
-                  'num_classes', 'optimizer',
-                  'dataset_dir')
+# The flags that shape the input and the step, passed on to the
+# measurements; they mean what mobilenet_v1_train's flags of the same names
+# do.
+_STEP_FLAGS = ('depth_multiplier', 'image_size', 'batch_size',
+               'num_classes', 'optimizer', 'dataset_dir')
+
+flags.DEFINE_string('dataset_dir', '', 'Directory with train-*-of-* '
+                    'TFRecords (see build_imagenet_tfrecords); empty: a '
+                    'generated one (--num_images, --num_shards).')
+flags.DEFINE_float('depth_multiplier', 1.0, 'Width multiplier of the '
+                   'trained model.', lower_bound=0.01)
+flags.DEFINE_integer('image_size', 224, 'Input resolution (square).',
+                     lower_bound=32)
+flags.DEFINE_integer('batch_size', 32, 'Images per batch and training step '
+                     '(the team\'s yardstick; the trainer\'s own default '
+                     'is 64).', lower_bound=1)
+flags.DEFINE_integer('num_classes', 1001, 'Classes of the logits layer.',
+                     lower_bound=2)
+flags.DEFINE_enum('optimizer', 'sgd', ['sgd', 'momentum', 'rmsprop'],
+                  'Optimizer of the training step, as mobilenet_v1_train\'s '
+                  '--optimizer.')
 
 flags.DEFINE_integer('input_batches', 60, 'Timed batches of the pipeline '
                      'alone.', lower_bound=2)
@@ -100,7 +118,7 @@ def _run_input():
     # Fetch a scalar that depends on the whole batch, so nothing is pruned
     # and no 19 MB copy to numpy is timed.
     fetch = tf.group(tf.reduce_sum(images), labels)
-    with tf1.Session(config=mobilenet_v1_train.session_config()) as session:
+    with tf1.Session(config=train_graph.session_config()) as session:
       return {'images_per_sec': _time_runs(session, fetch,
                                            FLAGS.input_batches)}
 
@@ -121,18 +139,34 @@ def _run_training(real_input):
           rng.randint(1, FLAGS.num_classes, [FLAGS.batch_size]).astype(
               np.int64))).repeat().prefetch(2)
     images, labels = tf1.data.make_one_shot_iterator(dataset).get_next()
-    train_op, _, _, _ = mobilenet_v1_train.build_train_op(
-        images, labels, global_step,
-        mobilenet_v1_train.IMAGENET_TRAIN_EXAMPLES, quant_delay=0)
-    with tf1.Session(config=mobilenet_v1_train.session_config()) as session:
+    step = train_graph.build_train_op(images, labels, global_step,
+                                      _training_plan())
+    with tf1.Session(config=train_graph.session_config()) as session:
       session.run(tf1.global_variables_initializer())
-      return {'images_per_sec': _time_runs(session, train_op, FLAGS.steps)}
+      return {'images_per_sec': _time_runs(session, step.train_op,
+                                           FLAGS.steps)}
+
+
+def _training_plan():
+  """The trainer's plan for this bench's flags.
+
+  Training from scratch on ImageNet, open-ended, with the trainer's defaults
+  but for the flags above; nothing to count, nothing restored.
+  """
+  return config_lib.resolve(
+      config_lib.TrainConfig(
+          dataset_dir=FLAGS.dataset_dir,
+          depth_multiplier=FLAGS.depth_multiplier,
+          image_size=FLAGS.image_size, batch_size=FLAGS.batch_size,
+          num_classes=FLAGS.num_classes, optimizer=FLAGS.optimizer,
+          num_train_examples=config_lib.IMAGENET_TRAIN_EXAMPLES),
+      count_train_examples=None, batch_norms_restored=True)
 
 
 def _spawn(name):
   """Runs one measurement in a fresh interpreter; (result or None, error)."""
   return peer_process.run(
-      __file__, name, _TRAINER_FLAGS + ('input_batches', 'steps', 'warmup'),
+      __file__, name, _STEP_FLAGS + ('input_batches', 'steps', 'warmup'),
       _ROOT, FLAGS.peer_timeout)
 
 
@@ -216,6 +250,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  # The team's yardstick is batch 32; the trainer's own default is 64.
-  FLAGS.set_default('batch_size', 32)
   app.run(main)

@@ -5,8 +5,10 @@ input pipeline is not what is measured) in its own subprocess, so that no
 peer inherits another's TensorFlow state (thread pools, oneDNN caches, XLA
 clusters):
 
-  ours      the graph mobilenet_v1_train builds (`build_train_op`) run with
-            its `session_config()`: what `mobilenet_v1_train` trains with.
+  ours      the graph mobilenet_v1_train builds
+            (`training.train_graph.build_train_op`, from a TrainConfig of
+            this bench's flags) run with its `session_config()`: what
+            `mobilenet_v1_train` trains with.
   slim      the same slim model, plain GradientDescent `minimize`, default
             ConfigProto.
   tf_keras  `tf_keras.applications.MobileNet` compiled with SGD, `fit`.
@@ -19,7 +21,7 @@ Peers are compared at the same precision: one table with every peer in
 oneDNN's float32 math mode ($ONEDNN_DEFAULT_FPMATH_MODE=STRICT, what the
 trainer runs with --nobfloat16_convolutions), and, where that mode changes
 what oneDNN computes (CPUs with AMX; see
-mobilenet_v1_train.bfloat16_math_takes_effect), one with every peer in
+training/math_mode.bfloat16_math_takes_effect), one with every peer in
 oneDNN's bfloat16 math mode (BF16, as with --bfloat16_convolutions).
 Matmuls measure what the cores can do at best in each precision; the tables
 show each peer's effective training GFLOP/s against the float32 one
@@ -56,21 +58,34 @@ sys.path.insert(0, _ROOT)
 import peer_process
 from runtime import slim_compat  # pylint: disable=unused-import
 from model import costs
-# Importing the trainer defines its flags here too: --depth_multiplier,
-# --image_size, --batch_size, --num_classes, --optimizer and
-# --fuse_batch_norm_relu6 mean the same in this bench as in training
-# (the math mode of --bfloat16_convolutions is set per table instead).
-import mobilenet_v1_train
+from training import math_mode
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
 
-# Flags of the trainer that shape the benchmarked step; passed on to peers
-# (the last one only changes `ours`: compare with --nofuse_batch_norm_relu6).
-_TRAINER_FLAGS = ('depth_multiplier', 'image_size', 'batch_size',
-                  'num_classes', 'optimizer', 'fuse_batch_norm_relu6')
+# The flags that shape the benchmarked step, passed on to the peers; they
+# mean what mobilenet_v1_train's flags of the same names do (the math mode
+# of its --bfloat16_convolutions is set per table instead).
+_STEP_FLAGS = ('depth_multiplier', 'image_size', 'batch_size',
+               'num_classes', 'optimizer', 'fuse_batch_norm_relu6')
 # The oneDNN math modes a table can run its peers in.
 _PRECISIONS = ('float32', 'bfloat16')
+
+flags.DEFINE_float('depth_multiplier', 1.0, 'Width multiplier of the '
+                   'benchmarked model.', lower_bound=0.01)
+flags.DEFINE_integer('image_size', 224, 'Input resolution (square).',
+                     lower_bound=32)
+flags.DEFINE_integer('batch_size', 32, 'Images per training step (the '
+                     'team\'s yardstick; the trainer\'s own default is 64).',
+                     lower_bound=1)
+flags.DEFINE_integer('num_classes', 1001, 'Classes of the logits layer.',
+                     lower_bound=2)
+flags.DEFINE_enum('optimizer', 'sgd', ['sgd', 'momentum', 'rmsprop'],
+                  'Optimizer of our step, as mobilenet_v1_train\'s '
+                  '--optimizer; the other peers use SGD.')
+flags.DEFINE_bool('fuse_batch_norm_relu6', True, 'Our step with the fused '
+                  'batch norm + ReLU6 kernels, as mobilenet_v1_train\'s '
+                  'flag; compare with --nofuse_batch_norm_relu6.')
 
 flags.DEFINE_integer('steps', 40, 'Timed training steps per peer.',
                      lower_bound=2)
@@ -196,18 +211,29 @@ def _synthetic_input(tf):
 def _run_ours():
   """Our trainer's graph and session options."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from training import config as config_lib
+  from training import train_graph
+  # pylint: enable=g-import-not-at-top
   tf1 = tf.compat.v1
+  # Training from scratch on ImageNet, open-ended, with the trainer's
+  # defaults but for the flags above; nothing to count, nothing restored.
+  plan = config_lib.resolve(
+      config_lib.TrainConfig(
+          depth_multiplier=FLAGS.depth_multiplier,
+          image_size=FLAGS.image_size, batch_size=FLAGS.batch_size,
+          num_classes=FLAGS.num_classes, optimizer=FLAGS.optimizer,
+          fuse_batch_norm_relu6=FLAGS.fuse_batch_norm_relu6,
+          num_train_examples=config_lib.IMAGENET_TRAIN_EXAMPLES),
+      count_train_examples=None, batch_norms_restored=True)
   graph = tf.Graph()
   with graph.as_default():
     global_step = tf1.train.get_or_create_global_step()
     images, labels = _synthetic_input(tf)
-    train_op, _, _, _ = mobilenet_v1_train.build_train_op(
-        images, labels, global_step,
-        mobilenet_v1_train.IMAGENET_TRAIN_EXAMPLES, quant_delay=0)
-    config = mobilenet_v1_train.session_config()
-    with tf1.Session(config=config) as session:
+    step = train_graph.build_train_op(images, labels, global_step, plan)
+    with tf1.Session(config=train_graph.session_config()) as session:
       session.run(tf1.global_variables_initializer())
-      return _time_session(session, train_op)
+      return _time_session(session, step.train_op)
 
 
 def _run_slim(xla):
@@ -320,8 +346,7 @@ def _spawn(name, precision):
   """
   bfloat16 = precision == 'bfloat16'
   env_updates = {
-      mobilenet_v1_train.ONEDNN_MATH_MODE_ENV:
-          mobilenet_v1_train.onednn_math_mode(bfloat16),
+      math_mode.ONEDNN_MATH_MODE_ENV: math_mode.onednn_math_mode(bfloat16),
       # Keras 3 must not be swapped for tf_keras by a leftover setting.
       'TF_USE_LEGACY_KERAS': None,
       'KERAS_BACKEND': os.environ.get('KERAS_BACKEND', 'tensorflow'),
@@ -334,7 +359,7 @@ def _spawn(name, precision):
                                    ' --tf_xla_cpu_global_jit').strip()
   return peer_process.run(
       __file__, name,
-      _TRAINER_FLAGS + ('steps', 'warmup', 'matmul_size', 'profile_steps'),
+      _STEP_FLAGS + ('steps', 'warmup', 'matmul_size', 'profile_steps'),
       _ROOT, FLAGS.peer_timeout, env_updates)
 
 
@@ -352,7 +377,7 @@ def _run_table(precision, gflop_per_image, ceiling):
     ours / best peer images/s, or None if a side failed.
   """
   print('\n%s: every peer in oneDNN math mode %s.' % (
-      precision, mobilenet_v1_train.onednn_math_mode(precision == 'bfloat16')),
+      precision, math_mode.onednn_math_mode(precision == 'bfloat16')),
         flush=True)
   best = {}  # name -> (result, wall, load) of its fastest round
   errors = {}
@@ -432,7 +457,7 @@ def main(argv):
 
   precisions = [p for p in _PRECISIONS if p in FLAGS.precisions]
   if ('bfloat16' in precisions and
-      not mobilenet_v1_train.bfloat16_math_takes_effect(features)):
+      not math_mode.bfloat16_math_takes_effect(features)):
     print('No bfloat16 table: oneDNN\'s bfloat16 math mode computes exactly '
           'as float32 on this CPU (it runs bfloat16 kernels for it only with '
           'AMX and oneDNN on).')
@@ -461,6 +486,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  # The team's yardstick is batch 32; the trainer's own default is 64.
-  FLAGS.set_default('batch_size', 32)
   app.run(main)

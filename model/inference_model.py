@@ -1,5 +1,7 @@
 """The inference graph that evaluation and export share, and its checkpoint.
 
+`build_logits` builds the float model for training too.
+
 Evaluation measures exactly the graph that export freezes and converts: the
 model in inference mode and, for quantized models, the quantization eval
 rewrite (folded batch norms, fake quantization reading the trained ranges).
@@ -31,12 +33,38 @@ def build(images, num_classes, depth_multiplier, quantized,
   """
   if quantized:
     images = tflite_emulation.quantize_input(images)
-  with slim.arg_scope(mobilenet_v1.mobilenet_v1_arg_scope(is_training=False)):
-    logits, _ = mobilenet_v1.mobilenet_v1(
-        images, num_classes=num_classes, is_training=False,
-        depth_multiplier=depth_multiplier)
+  logits = build_logits(images, num_classes, depth_multiplier)
   if quantized:
     quantize.create_eval_graph(**(quantize_options or {}))
+  return logits
+
+
+def build_logits(images, num_classes, depth_multiplier, is_training=False,
+                 **arg_scope_options):
+  """Builds the float model in the default graph, for training or inference.
+
+  The one builder of the classifier: `build` (evaluation and export), the
+  trainer and its distillation teacher all call it.
+
+  Args:
+    images: float32 [batch, size, size, 3] in [-1, 1].
+    num_classes: classes of the logits layer.
+    depth_multiplier: width multiplier.
+    is_training: batch norm normalizes with each batch's statistics and
+      updates its moving averages, and dropout is on; else the model
+      computes as evaluated and exported.
+    **arg_scope_options: other arguments of
+      `mobilenet_v1.mobilenet_v1_arg_scope` (weight_decay, batch_norm_decay).
+
+  Returns:
+    The logits, [batch, num_classes].
+  """
+  scope = mobilenet_v1.mobilenet_v1_arg_scope(is_training=is_training,
+                                              **arg_scope_options)
+  with slim.arg_scope(scope):
+    logits, _ = mobilenet_v1.mobilenet_v1(
+        images, num_classes=num_classes, is_training=is_training,
+        depth_multiplier=depth_multiplier)
   return logits
 
 

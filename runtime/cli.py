@@ -13,18 +13,28 @@ import os
 import sys
 
 from absl import app
-from runtime import slim_compat  # pylint: disable=unused-import
-import tensorflow as tf
 
+from runtime import debug
 from runtime import errors
 
-# TensorFlow errors that come from the command's input: a missing file
-# (NotFound, PermissionDenied), corrupt data (DataLoss; an undecodable image
-# or a failed input assertion is InvalidArgument). Resource exhaustion,
-# internal, unavailable and the other codes are not the user's input.
-INPUT_OP_ERRORS = (tf.errors.NotFoundError, tf.errors.DataLossError,
-                   tf.errors.PermissionDeniedError,
-                   tf.errors.InvalidArgumentError)
+
+def _input_op_errors():
+  """TensorFlow's errors that come from the command's input.
+
+  A missing file (NotFound, PermissionDenied), corrupt data (DataLoss; an
+  undecodable image or a failed input assertion is InvalidArgument).
+  Resource exhaustion, internal, unavailable and the other codes are not the
+  user's input. This module does not import TensorFlow, so that a binary can
+  act before it loads; a process that has not loaded it raises none.
+
+  Returns:
+    The exception classes, or () before TensorFlow is loaded.
+  """
+  tf = sys.modules.get('tensorflow')
+  if tf is None:
+    return ()
+  return (tf.errors.NotFoundError, tf.errors.DataLossError,
+          tf.errors.PermissionDeniedError, tf.errors.InvalidArgumentError)
 
 
 def _is_interrupt(error):
@@ -47,13 +57,13 @@ def run(main):
   def guarded_main(argv):
     if len(argv) > 1:
       raise app.UsageError('unexpected arguments: %s' % ' '.join(argv[1:]))
-    if slim_compat.DEBUG:
+    if debug.ENABLED:
       return main(argv)
     try:
       return main(argv)
     except errors.UserError as e:
       sys.exit('%s: error: %s' % (program, e))
-    except INPUT_OP_ERRORS as e:
+    except _input_op_errors() as e:
       sys.exit('%s: error: %s' % (program, errors.first_line(e)))
     except (KeyboardInterrupt, RuntimeError) as e:
       if not _is_interrupt(e):

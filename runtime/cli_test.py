@@ -16,6 +16,7 @@ from runtime import errors
 # A program whose main raises what argv[1] names, run through cli.run.
 _PROGRAM = """
 import sys
+from runtime import slim_compat
 from runtime import cli
 from runtime import errors
 import tensorflow as tf
@@ -118,6 +119,16 @@ class RunTest(tf.test.TestCase):
     self.assertIn('Traceback (most recent call last)', result.stderr)
     self.assertIn('InternalError: cuDNN launch failure', result.stderr)
     self.assertNotIn(': error: ', result.stderr)
+
+  def test_does_not_load_tensorflow(self):
+    # The trainer sets oneDNN's math mode and takes its directory lock
+    # before TensorFlow loads, inside cli.run.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    result = subprocess.run(
+        [sys.executable, '-c', 'import sys\nfrom runtime import cli\n'
+         'print(sorted(m for m in sys.modules if m.startswith("tensorflow")))'],
+        capture_output=True, text=True, env=env, timeout=60, check=True)
+    self.assertEqual(result.stdout, '[]\n')
 
   def test_debug_shows_traceback_of_bad_input(self):
     result = run_program('user')

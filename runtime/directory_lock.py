@@ -12,9 +12,6 @@ second run before spending seconds loading it.
 import fcntl
 import os
 import socket
-import sys
-
-from absl import flags
 
 from runtime import errors
 
@@ -57,37 +54,24 @@ def lock(directory):
   return fd
 
 
-def exit_if_in_use(argv, program):
-  """Exits with one line if argv's --checkpoint_dir is locked by a live run.
+def lock_if_chief(directory, job_name, task):
+  """Takes the lock of `directory` for a run that writes checkpoints there.
 
-  Only for a run that would take the lock (not a parameter server, not a
-  non-chief worker); it takes the lock for a moment and lets it go: the run
-  locks for good once its flags are parsed. A command line it cannot read is
-  left to the real flag parsing to report.
+  Only the chief does: task 0 of the workers. Parameter servers and the
+  other workers of its cluster share its directory.
 
   Args:
-    argv: the command line, program name first; --flagfile is read.
-    program: the program's name, for the message.
+    directory: the checkpoint directory; '' takes no lock.
+    job_name: the process's job, 'worker' or 'ps'.
+    task: the process's task index within its job.
+
+  Returns:
+    The open lock file descriptor, to keep open while the run lasts; None
+    when this process takes no lock (or the directory is remote).
+
+  Raises:
+    DirectoryLockedError: another process holds the lock.
   """
-  early = flags.FlagValues()
-  flags.DEFINE_string('checkpoint_dir', '', 'The directory to lock.',
-                      flag_values=early)
-  flags.DEFINE_string('job_name', 'worker', 'ps tasks do not lock.',
-                      flag_values=early)
-  flags.DEFINE_integer('task', 0, 'Only task 0 (the chief) locks.',
-                       flag_values=early)
-  try:
-    early(argv, known_only=True)
-  except flags.Error:
-    return
-  if (not early.checkpoint_dir or early.job_name == 'ps' or early.task or
-      not os.path.isdir(early.checkpoint_dir)):
-    return
-  try:
-    fd = lock(early.checkpoint_dir)
-  except DirectoryLockedError as e:
-    sys.exit('%s: error: %s' % (program, e))
-  except OSError:
-    return  # unwritable and the like: the real run reports it
-  if fd is not None:
-    os.close(fd)
+  if not directory or job_name == 'ps' or task:
+    return None
+  return lock(directory)

@@ -18,12 +18,28 @@ print('locked', flush=True)
 time.sleep(600)
 """
 
-# Runs exit_if_in_use on the command line that follows.
+# A program that takes the lock as the trainer's main does, through cli.run,
+# with the flags that follow.
 _CHECKER = """
 import sys
+from absl import flags
+from runtime import cli
 from runtime import directory_lock
-directory_lock.exit_if_in_use(sys.argv, 'mobilenet_v1_train')
-print('free')
+
+flags.DEFINE_string('checkpoint_dir', '', 'The directory to lock.')
+flags.DEFINE_string('job_name', 'worker', 'The job of this process.')
+flags.DEFINE_integer('task', 0, 'The task index of this process.')
+
+
+def main(argv):
+  del argv  # unused
+  directory_lock.lock_if_chief(flags.FLAGS.checkpoint_dir,
+                               flags.FLAGS.job_name, flags.FLAGS.task)
+  print('free')
+
+
+sys.argv[0] = 'mobilenet_v1_train'
+cli.run(main)
 """
 
 
@@ -67,11 +83,11 @@ class LockTest(unittest.TestCase):
         os.path.join(self.directory, directory_lock.LOCK_FILE)))
     os.close(directory_lock.lock(self.directory))
 
-  def test_early_check_refuses_only_a_would_be_chief(self):
+  def test_only_a_chief_is_refused(self):
     holder = self.start_holder()
     for flags in (['--checkpoint_dir=' + self.directory],
                   ['--checkpoint_dir', self.directory, '--task=0',
-                   '--dataset_dir=/data', '--quantize']):
+                   '--job_name=worker']):
       returncode, stdout, stderr = self.check(*flags)
       self.assertEqual(returncode, 1)
       self.assertEqual(stdout, '')
@@ -84,13 +100,24 @@ class LockTest(unittest.TestCase):
                   ['--checkpoint_dir=' + self.directory, '--task=1']):
       self.assertEqual(self.check(*flags), (0, 'free\n', ''))
 
-  def test_early_check_passes_free_and_missing_directories(self):
+  def test_chief_takes_free_and_missing_directories(self):
     self.assertEqual(self.check('--checkpoint_dir=' + self.directory),
                      (0, 'free\n', ''))
+    # A missing directory is created, as the run trains into it.
     missing = os.path.join(self.directory, 'missing')
     self.assertEqual(self.check('--checkpoint_dir=' + missing),
                      (0, 'free\n', ''))
-    self.assertFalse(os.path.exists(missing))
+    self.assertTrue(os.path.exists(
+        os.path.join(missing, directory_lock.LOCK_FILE)))
+
+  def test_no_lock_without_a_directory_or_off_the_chief(self):
+    for job_name, task in (('worker', 1), ('ps', 0)):
+      self.assertIsNone(directory_lock.lock_if_chief(self.directory,
+                                                     job_name, task))
+    self.assertIsNone(directory_lock.lock_if_chief('', 'worker', 0))
+    self.assertIsNone(directory_lock.lock_if_chief('gs://bucket/run',
+                                                   'worker', 0))
+    self.assertFalse(os.listdir(self.directory))
 
 
 if __name__ == '__main__':

@@ -23,13 +23,10 @@ import subprocess
 import sys
 import warnings
 
-# MOBILENET_V1_DEBUG=1 shows everything: TensorFlow's native and Python
-# logging, start-up banners, deprecation warnings and (see cli.py) full
-# tracebacks, for bug reports.
-DEBUG = os.environ.get('MOBILENET_V1_DEBUG', '') not in ('', '0')
+from runtime import debug
 
 # Must be set before TensorFlow loads its C++ runtime.
-if not DEBUG:
+if not debug.ENABLED:
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 # A native crash (segfault, abort, illegal instruction) prints the Python
@@ -62,7 +59,7 @@ def native_stderr_silenced():
   process dies inside the block: a native crash's message and faulthandler's
   stack stay visible. With MOBILENET_V1_DEBUG=1 nothing is held back.
   """
-  if DEBUG:
+  if debug.ENABLED:
     yield
     return
   sys.stderr.flush()
@@ -116,7 +113,7 @@ def restore_ops_tensor():
 
 def silence_known_noise():
   """Hides TensorFlow/tf-slim deprecation chatter that users cannot act on."""
-  if DEBUG:
+  if debug.ENABLED:
     return
   warnings.filterwarnings('ignore', category=DeprecationWarning)
   warnings.filterwarnings('ignore', category=FutureWarning)
