@@ -28,6 +28,7 @@ import sys
 
 from absl import flags
 
+import model_flags
 from runtime import cli
 from runtime import directory_lock
 from training import math_mode
@@ -60,20 +61,13 @@ flags.DEFINE_integer('ps_tasks', 0,
                      'process alone. Variables are spread over the ps tasks.')
 flags.DEFINE_integer('batch_size', 64, 'Images per training step (per worker).',
                      lower_bound=1)
-flags.DEFINE_integer('num_classes', 1001,
-                     'Classes of the logits layer; 1001 for ImageNet (class 0 '
-                     'is background); N+1 for a dataset of N classes.')
 flags.DEFINE_integer('number_of_steps', None,
                      'Global step at which training stops; unset trains '
                      'until killed.', lower_bound=1)
-flags.DEFINE_integer('image_size', 224, 'Input resolution (square).',
-                     lower_bound=32)
-flags.DEFINE_float('depth_multiplier', 1.0,
-                   'Width multiplier: 1.0, 0.75, 0.5 or 0.25 for the released '
-                   'models (any positive value works).', lower_bound=0.01)
-flags.DEFINE_bool('quantize', False,
-                  'Quantization-aware training: fold batch norms and add 8-bit '
-                  'fake quantization after --quant_delay steps.')
+model_flags.define_model_flags(
+    'Quantization-aware training: fold batch norms and add 8-bit fake '
+    'quantization after --quant_delay steps.')
+flags.adopt_module_key_flags(model_flags)
 flags.DEFINE_string('fine_tune_checkpoint', '',
                     'Checkpoint (or directory) to start from when '
                     '--checkpoint_dir holds none: restores every variable it '
