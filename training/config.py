@@ -178,7 +178,8 @@ def resolve(config, count_train_examples, batch_norms_restored):
   Args:
     config: a TrainConfig.
     count_train_examples: function () -> examples in the dataset's train
-      split, called only when config.num_train_examples is None.
+      split, called only when config.num_train_examples is None (None will
+      do when it is set).
     batch_norms_restored: whether --fine_tune_checkpoint gives every batch
       norm of the model its moving averages (none is left out by
       --checkpoint_exclude_scopes).
