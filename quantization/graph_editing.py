@@ -17,6 +17,8 @@ CONV_TYPES = frozenset(['Conv2D', 'DepthwiseConv2dNative'])
 LAYER_TYPES = CONV_TYPES | {'MatMul'}
 # The two forms of an addition (a bias or a residual connection).
 ADD_TYPES = frozenset(['Add', 'AddV2'])
+# The activations a layer's output range is taken after.
+ACTIVATION_TYPES = frozenset(['Relu', 'Relu6'])
 # batch_norm_relu6's training op: a fused batch norm whose output is already
 # through ReLU6.
 BATCH_NORM_RELU6_TYPE = 'FusedBatchNormRelu6'

@@ -47,8 +47,8 @@ EXTREMES = 'extremes'
 _MIN_WEIGHT_BOUND = 1e-5
 
 # Ops whose output is never negative: ReLUs and batch_norm_relu6's fused op.
-_NONNEGATIVE_TYPES = frozenset(
-    ['Relu', 'Relu6', graph_editing.BATCH_NORM_RELU6_TYPE])
+_NONNEGATIVE_TYPES = graph_editing.ACTIVATION_TYPES | {
+    graph_editing.BATCH_NORM_RELU6_TYPE}
 
 
 def range_variables(scope, init_range, shape=()):

@@ -8,6 +8,7 @@ consumers to read the quantized tensors. Adds of two quantized tensors and
 average pools of a quantized tensor are quantized after all layers.
 """
 
+from runtime import slim_compat  # pylint: disable=unused-import
 import tensorflow as tf
 
 from quantization import fold_batch_norms
@@ -16,9 +17,6 @@ from quantization import quant_ops
 from quantization import tflite_emulation
 
 tf1 = tf.compat.v1
-
-# The activations a layer's output range is taken after.
-_ACTIVATION_TYPES = frozenset(['Relu', 'Relu6'])
 
 
 class Quantizer(object):
@@ -106,7 +104,8 @@ class Quantizer(object):
                    init_range=quant_ops.INIT_RANGE)
       output = graph_editing.skip_identities(bypass.outputs[0])
 
-    activation = graph_editing.sole_consumer(output, _ACTIVATION_TYPES)
+    activation = graph_editing.sole_consumer(output,
+                                             graph_editing.ACTIVATION_TYPES)
     updates = quant_ops.MOVING_AVERAGE
     if activation is None:
       init_range = quant_ops.INIT_RANGE
@@ -130,7 +129,8 @@ class Quantizer(object):
           t.name in self._replacements for t in op.inputs):
         continue
       output = graph_editing.skip_identities(op.outputs[0])
-      activation = graph_editing.sole_consumer(output, _ACTIVATION_TYPES)
+      activation = graph_editing.sole_consumer(output,
+                                             graph_editing.ACTIVATION_TYPES)
       if (output.name in self._quantized or
           (activation is not None and
            activation.outputs[0].name in self._quantized)):
