@@ -1,7 +1,7 @@
 r"""Converts image folders into ImageNet-format sharded TFRecords.
 
 Writes `train-00000-of-0000N`, ..., `validation-00000-of-0000M`, ... and
-`labels.txt` into --output_dir, in the format `imagenet_input` reads (and the
+`labels.txt` into --output_dir, in the format `data/records.py` reads (and the
 TF-slim ImageNet tools write). Sources:
 
   # A folder with one sub-folder of JPEG/PNG images per class; 10% of each
@@ -63,7 +63,7 @@ import numpy as np
 from runtime import slim_compat  # pylint: disable=unused-import
 import tensorflow as tf
 
-from data import imagenet_input
+from data import records
 
 FLAGS = flags.FLAGS
 
@@ -114,10 +114,10 @@ flags.DEFINE_bool(
     'Build a small sample dataset from scikit-learn\'s handwritten digits '
     '(1797 images, 10 classes, 64x64 RGB) instead of converting --image_dir.')
 
-TRAIN_SPLIT = imagenet_input.TRAIN_SPLIT
-VALIDATION_SPLIT = imagenet_input.VALIDATION_SPLIT
-LABELS_FILENAME = imagenet_input.LABELS_FILENAME
-COMPLETION_FILENAME = imagenet_input.COMPLETION_FILENAME
+TRAIN_SPLIT = records.TRAIN_SPLIT
+VALIDATION_SPLIT = records.VALIDATION_SPLIT
+LABELS_FILENAME = records.LABELS_FILENAME
+COMPLETION_FILENAME = records.COMPLETION_FILENAME
 # Inside --output_dir, so that moving files in and out is a rename on one
 # filesystem; the leading dot keeps it out of `{split}-*-of-*` globs.
 STAGING_DIRNAME = '.build_imagenet_tfrecords-staging'

@@ -1,7 +1,7 @@
 """Tests for build_imagenet_tfrecords.
 
 The written records are read back with plain tf.train.Example parsing, not
-with imagenet_input, so that the converter is checked against the format.
+with data/records.py, so that the converter is checked against the format.
 Interruptions are tested on the binary as users run it; the converter's
 BUILD_IMAGENET_TFRECORDS_TEST_SIGNAL hook makes it signal itself at an exact
 point (after the N-th staged shard, at the commit, after the N-th file moved
@@ -20,7 +20,7 @@ from runtime import slim_compat  # pylint: disable=unused-import
 import tensorflow as tf
 
 import build_imagenet_tfrecords as converter
-from data import imagenet_input
+from data import records
 
 try:
   from PIL import Image  # pylint: disable=g-import-not-at-top
@@ -314,7 +314,7 @@ class _BinaryTestCase(tf.test.TestCase):
     for split, count in expected_counts.items():
       self.assertEqual(count, _count_records(self.output_dir, split))
       self.assertEqual(count,
-                       imagenet_input.num_examples(self.output_dir, split))
+                       records.num_examples(self.output_dir, split))
       self.assertEqual(expected_labels[split],
                        _labels_by_filename(self.output_dir, split))
 
@@ -381,15 +381,15 @@ class InterruptedRebuildTest(_BinaryTestCase):
       for split, expected in (('train', expected_train),
                               ('validation', expected_validation)):
         if expected == 'refused':
-          with self.assertRaises(imagenet_input.DatasetError):
-            imagenet_input.list_split_files(self.output_dir, split)
+          with self.assertRaises(records.DatasetError):
+            records.list_split_files(self.output_dir, split)
         else:
           self.assertEqual(
               shards_of(old_files if expected == 'old' else new_files, split),
               shards_of(present, split))
           self.assertEqual(
               (old.split_counts if expected == 'old' else new_counts)[split],
-              imagenet_input.num_examples(self.output_dir, split))
+              records.num_examples(self.output_dir, split))
 
     process = self.run_binary('--seed=1')
     self.assertEqual(0, process.returncode, process.stderr)
@@ -509,7 +509,7 @@ class ChangedInputsTest(_BinaryTestCase):
     self.assertEqual(15, sum(written.values()))
     self.assertEqual(written, recorded)
     self.assertEqual(written['train'],
-                     imagenet_input.num_examples(self.output_dir, 'train'))
+                     records.num_examples(self.output_dir, 'train'))
 
 
 class ImageNetLayoutTest(tf.test.TestCase):

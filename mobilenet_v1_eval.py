@@ -23,7 +23,7 @@ from training import batch_norm_decay
 from model import checkpoint_utils
 from runtime import cli
 from runtime import errors
-from data import imagenet_input
+from data import records
 from model import inference_model
 from quantization import weight_rounding
 
@@ -63,11 +63,14 @@ class Evaluator(object):
       quantize_options: with --quantize, how the checkpoints to evaluate
         were quantized (`inference_model.quantize_options`).
     """
+    # The records --skip_corrupt_records dropped; reset for every pass.
+    self.skipped_records = records.SkippedRecordCounter()
     self.graph = tf.Graph()
     with self.graph.as_default():
-      dataset = imagenet_input.build_dataset(
+      dataset = records.build_dataset(
           FLAGS.dataset_dir, 'validation', FLAGS.batch_size, FLAGS.image_size,
-          is_training=False, skip_corrupt=FLAGS.skip_corrupt_records)
+          is_training=False, skip_corrupt=FLAGS.skip_corrupt_records,
+          skip_counter=self.skipped_records)
       self._iterator = tf1.data.make_initializable_iterator(dataset)
       images, labels = self._iterator.get_next()
       logits = inference_model.build(images, FLAGS.num_classes,
@@ -173,12 +176,12 @@ def main(argv):
       _warn('%s was trained with --quantize; evaluating it as a float model '
             '(add --quantize=True to measure the quantized model)' %
             os.path.basename(checkpoint))
-    imagenet_input.skipped_records.reset()
     options = (inference_model.quantize_options(checkpoint)
                if FLAGS.quantize else {})
     key = tuple(sorted(options.items()))
     if key not in evaluators:
       evaluators[key] = Evaluator(options)
+    evaluators[key].skipped_records.reset()
     try:
       metrics, examples, step = evaluators[key].evaluate(checkpoint)
     except checkpoint_utils.CheckpointError as e:
@@ -193,7 +196,7 @@ def main(argv):
       if warning:
         _warn(warning)
     write_summaries(eval_dir, metrics, step)
-    skipped = imagenet_input.skipped_records.count
+    skipped = evaluators[key].skipped_records.count
     print('%s (%s): Accuracy %.4f  Recall_5 %.4f  on %d examples '
           '(%.1f s)%s' % (os.path.basename(checkpoint),
                           checkpoint_utils.describe_step(step),

@@ -71,7 +71,7 @@ from ai_edge_litert.interpreter import Interpreter
 from model import checkpoint_utils
 from runtime import cli
 from runtime import errors
-from data import imagenet_input
+from data import records
 from model import inference_model
 from quantization import tflite_emulation
 from export import tflite_int8
@@ -111,7 +111,7 @@ flags.DEFINE_enum('quantized_io_type', UINT8, [UINT8, INT8],
 flags.DEFINE_integer('calibration_examples', 200,
                      'Images the int8 post-training quantization measures '
                      'activation ranges on.', lower_bound=1)
-flags.DEFINE_string('calibration_split', imagenet_input.TRAIN_SPLIT,
+flags.DEFINE_string('calibration_split', records.TRAIN_SPLIT,
                     'Split of --dataset_dir the int8 calibration images come '
                     'from.')
 
@@ -357,7 +357,7 @@ def _representative_images(dataset_dir, split, image_size, count):
   The images go through the evaluation preprocessing, as at inference time.
   """
   def images():
-    dataset = imagenet_input.build_dataset(
+    dataset = records.build_dataset(
         dataset_dir, split, 1, image_size, is_training=False)
     for image, _ in dataset.take(count):
       yield image.numpy()
@@ -438,8 +438,7 @@ def export():
                                         FLAGS.checkpoint_dir)
   # Data problems should stop the export before any file is written.
   if 'int8' in FLAGS.post_training:
-    imagenet_input.list_split_files(FLAGS.dataset_dir,
-                                    FLAGS.calibration_split)
+    records.list_split_files(FLAGS.dataset_dir, FLAGS.calibration_split)
   _make_output_dir(FLAGS.output_dir)
   name = FLAGS.model_name or model_name(FLAGS.depth_multiplier,
                                         FLAGS.image_size, FLAGS.quantize)

@@ -26,7 +26,7 @@ from ai_edge_litert.interpreter import Interpreter
 from ai_edge_litert.interpreter import OpResolverType
 from runtime import cli
 from runtime import errors
-from data import imagenet_input
+from data import records
 
 FLAGS = flags.FLAGS
 
@@ -34,7 +34,7 @@ flags.DEFINE_string('tflite_path', '', 'The .tflite model to evaluate.')
 flags.DEFINE_string('dataset_dir', '',
                     'Directory with validation-*-of-* TFRecords; accuracy is '
                     'measured when given.')
-flags.DEFINE_string('split', imagenet_input.VALIDATION_SPLIT,
+flags.DEFINE_string('split', records.VALIDATION_SPLIT,
                     'Split of --dataset_dir to evaluate on.')
 flags.DEFINE_integer('num_threads', None,
                      'Interpreter threads for the accuracy run; default every '
@@ -161,7 +161,7 @@ def evaluate(interpreter, dataset_dir, split):
   """
   input_details = interpreter.get_input_details()[0]
   output_index = interpreter.get_output_details()[0]['index']
-  dataset = imagenet_input.build_dataset(
+  dataset = records.build_dataset(
       dataset_dir, split, _READ_BATCH, image_size(interpreter),
       is_training=False)
   top1 = top5 = examples = 0

@@ -113,7 +113,7 @@ from runtime import cli
 from runtime import errors
 from training import distillation
 from quantization import equalize
-from data import imagenet_input
+from data import records
 from model import inference_model
 import mobilenet_v1
 from quantization import quantize
@@ -319,7 +319,7 @@ def _num_train_examples():
   """Returns the size of the train split (see --num_train_examples)."""
   if FLAGS.num_train_examples:
     return FLAGS.num_train_examples
-  return imagenet_input.num_examples(FLAGS.dataset_dir, 'train')
+  return records.num_examples(FLAGS.dataset_dir, 'train')
 
 
 def _distillation_weight():
@@ -385,11 +385,16 @@ def _rounds_weights(checkpoint):
           weight_rounding.needs_rounding(checkpoint))
 
 
-def _round_weights(checkpoint):
+def _round_weights(checkpoint, skipped_records):
   """Rounds the weights of `checkpoint` in place, saying so.
 
   A signal during the rounding ends the process before the checkpoint is
   replaced (SIGINT as KeyboardInterrupt, whose message says to rerun).
+
+  Args:
+    checkpoint: the checkpoint prefix.
+    skipped_records: records.SkippedRecordCounter in which
+      --skip_corrupt_records counts the records it drops.
   """
   signal.signal(signal.SIGINT, signal.default_int_handler)
   signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -399,7 +404,7 @@ def _round_weights(checkpoint):
   summary = weight_rounding.round_checkpoint(
       checkpoint, FLAGS.dataset_dir, FLAGS.rounding_examples,
       FLAGS.image_size, FLAGS.num_classes, FLAGS.depth_multiplier,
-      skip_corrupt=FLAGS.skip_corrupt_records)
+      skip_corrupt=FLAGS.skip_corrupt_records, skip_counter=skipped_records)
   print('Rounded %d layers over %d images: output error variance, summed '
         'over the layers, %.2fx that of nearest rounding.' % (
             summary['layers'], summary['examples'],
@@ -542,12 +547,13 @@ class ProgressHook(tf1.train.SessionRunHook):
   """Prints step, loss, learning rate, images/sec and ETA every N steps."""
 
   def __init__(self, loss, learning_rate, global_step, batch_size,
-               every_n_steps, last_step):
+               every_n_steps, last_step, skipped_records):
     self._fetches = {'loss': loss, 'learning_rate': learning_rate,
                      'step': global_step}
     self._batch_size = batch_size
     self._every_n_steps = every_n_steps
     self._last_step = last_step
+    self._skipped_records = skipped_records
     self._mark = None  # (time, step) at the last report
 
   def before_run(self, run_context):
@@ -565,7 +571,7 @@ class ProgressHook(tf1.train.SessionRunHook):
     now = time.time()
     line = 'step %d  loss %.4f  lr %.3g' % (step, results['loss'],
                                             results['learning_rate'])
-    line += _skipped_records_note()
+    line += _skipped_records_note(self._skipped_records)
     # The first step includes graph optimization: speed is measured after it.
     if not first:
       elapsed, steps = now - self._mark[0], step - self._mark[1]
@@ -579,9 +585,9 @@ class ProgressHook(tf1.train.SessionRunHook):
     print(line, flush=True)
 
 
-def _skipped_records_note():
+def _skipped_records_note(skipped_records):
   """', N corrupt records skipped' once --skip_corrupt_records skipped some."""
-  skipped = imagenet_input.skipped_records.count
+  skipped = skipped_records.count
   return ', %d corrupt records skipped' % skipped if skipped else ''
 
 
@@ -794,10 +800,11 @@ def train():
         cluster=cluster) if ps_tasks else None
     with tf1.device(device_fn):
       global_step = tf1.train.get_or_create_global_step()
-      dataset = imagenet_input.build_dataset(
+      skipped_records = records.SkippedRecordCounter()
+      dataset = records.build_dataset(
           FLAGS.dataset_dir, 'train', FLAGS.batch_size, FLAGS.image_size,
           is_training=True, skip_corrupt=FLAGS.skip_corrupt_records,
-          seed=FLAGS.random_seed)
+          skip_counter=skipped_records, seed=FLAGS.random_seed)
       images, labels = tf1.data.make_one_shot_iterator(dataset).get_next()
       train_op, total_loss, learning_rate, teacher_hooks = build_train_op(
           images, labels, global_step, num_examples, quant_delay)
@@ -854,7 +861,7 @@ def train():
         print('Already trained to step %d (--number_of_steps=%d): %s.' %
               (done_steps, FLAGS.number_of_steps, resuming), flush=True)
         if is_chief and _rounds_weights(resuming):
-          _round_weights(resuming)
+          _round_weights(resuming, skipped_records)
         return
       print('Resuming from %s.' % resuming, flush=True)
     scaffold = tf1.train.Scaffold(
@@ -865,7 +872,8 @@ def train():
     stopper = SignalStopHook()
     hooks = [ProgressHook(total_loss, learning_rate, global_step,
                           FLAGS.batch_size, FLAGS.log_every_n_steps,
-                          FLAGS.number_of_steps), stopper] + teacher_hooks
+                          FLAGS.number_of_steps, skipped_records),
+             stopper] + teacher_hooks
     if FLAGS.number_of_steps:
       hooks.append(tf1.train.StopAtStepHook(last_step=FLAGS.number_of_steps))
     print('Training MobileNet V1 %g@%d (%d classes%s) on %s: %d examples, '
@@ -904,9 +912,10 @@ def train():
           flush=True)
     sys.exit(128 + stopper.received)
   if is_chief and final and _rounds_weights(final):
-    _round_weights(final)
+    _round_weights(final, skipped_records)
   if is_chief and final:
-    print('Done; checkpoint %s%s.' % (final, _skipped_records_note()),
+    print('Done; checkpoint %s%s.' % (final,
+                                      _skipped_records_note(skipped_records)),
           flush=True)
 
 

@@ -2,7 +2,7 @@ r"""Input pipeline speed against the training step it has to feed.
 
 Measures, in one run and each in its own subprocess (clean TensorFlow state):
 
-  input      imagenet_input.build_dataset's training pipeline alone (read,
+  input      records.build_dataset's training pipeline alone (read,
              decode, random crop, flip, colour distortion, batch), drained
              as fast as it goes, in a graph-mode session as the trainer
              reads it.
@@ -43,7 +43,7 @@ import sample_records
 from runtime import slim_compat  # pylint: disable=unused-import
 import numpy as np
 import tensorflow as tf
-from data import imagenet_input
+from data import records
 # Importing the trainer defines its flags here too (--batch_size,
 # --image_size, --depth_multiplier, --dataset_dir, ...), with its meaning.
 import mobilenet_v1_train
@@ -86,7 +86,7 @@ def _time_runs(session, fetch, count):
 
 
 def _train_dataset():
-  return imagenet_input.build_dataset(
+  return records.build_dataset(
       FLAGS.dataset_dir, 'train', FLAGS.batch_size, FLAGS.image_size,
       is_training=True)
 

@@ -4,7 +4,7 @@ Float (--float): the released 1.0_224 frozen graph (from PyPI, as
 released_model_test fetches it, or --float_graph) on the sample photos and
 on the validation split of build_imagenet_tfrecords --sample_digits, with
 slim's eval preprocessing (TF1 bilinear resize, no half-pixel centres; what
-imagenet_input does) and with TF2's half-pixel resize (what it did before):
+data/preprocessing does) and with TF2's half-pixel resize (what it did before):
 how many top-1 answers the resize changes. The digits are not ImageNet
 classes, so the figure is how many predictions move, not an accuracy.
 
@@ -36,7 +36,8 @@ sys.path.insert(0, _ROOT)
 from runtime import slim_compat  # pylint: disable=unused-import
 import tensorflow as tf
 import build_imagenet_tfrecords
-from data import imagenet_input
+from data import preprocessing
+from data import records
 from model import inference_model
 import mobilenet_v1_tflite_eval
 from released import released_models
@@ -65,7 +66,7 @@ def _half_pixel_eval(image_bytes, image_size):
   image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
   image = tf.image.central_crop(
       tf.image.convert_image_dtype(image, tf.float32),
-      imagenet_input.EVAL_CENTRAL_FRACTION)
+      preprocessing.EVAL_CENTRAL_FRACTION)
   image = tf.image.resize(image, [image_size, image_size])
   return ((image - 0.5) * 2.0).numpy()
 
@@ -86,7 +87,7 @@ def _digits(work_dir):
   output_dir = os.path.join(work_dir, 'sample_digits')
   build_imagenet_tfrecords.write_sample_digits(output_dir,
                                                show_progress=False)
-  files = imagenet_input.list_split_files(output_dir, 'validation')
+  files = records.list_split_files(output_dir, 'validation')
   encoded = []
   for record in tf.data.TFRecordDataset(files):
     example = tf.train.Example.FromString(record.numpy())
@@ -156,9 +157,9 @@ def measure_quantized(path, work_dir):
     ours = f.read()
 
   print('%s (%s):' % (name, path))
-  records = released_models.compare_operators(released, ours)
+  comparisons = released_models.compare_operators(released, ours)
   for kind in ('input', 'weights', 'bias', 'activation', 'constant'):
-    chosen = [r for r in records if r['kind'] == kind]
+    chosen = [r for r in comparisons if r['kind'] == kind]
     if not chosen:
       continue
     constants = [r['code_diff'] for r in chosen if r['code_diff'] is not None]
@@ -169,9 +170,9 @@ def measure_quantized(path, work_dir):
               sum(r['zero_point_equal'] for r in chosen),
               ', codes equal %d (max diff %d)' % (
                   constants.count(0), max(constants)) if constants else ''))
-  exact = [r for r in records if r['scale_equal'] and r['zero_point_equal']
+  exact = [r for r in comparisons if r['scale_equal'] and r['zero_point_equal']
            and not r['code_diff']]
-  print('  all: %d of %d tensors identical' % (len(exact), len(records)))
+  print('  all: %d of %d tensors identical' % (len(exact), len(comparisons)))
 
   images = released_models.eval_images(released_models.photo_views(), size)
   codes = mobilenet_v1_tflite_eval.quantize_input(
