@@ -35,9 +35,10 @@ sys.path.insert(0, _ROOT)
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from runtime import slim_compat  # pylint: disable=unused-import
 import tensorflow as tf
-import build_imagenet_tfrecords
+from data import convert
 from data import preprocessing
 from data import records
+from data import sample_digits
 from model import inference_model
 import mobilenet_v1_tflite_eval
 from released import released_models
@@ -85,8 +86,8 @@ def _run_float(graph_def, images):
 def _digits(work_dir):
   """The encoded validation images of the sample digits."""
   output_dir = os.path.join(work_dir, 'sample_digits')
-  build_imagenet_tfrecords.write_sample_digits(output_dir,
-                                               show_progress=False)
+  sample_digits.write_sample_digits(
+      convert.ConversionOptions(output_dir, show_progress=False))
   files = records.list_split_files(output_dir, 'validation')
   encoded = []
   for record in tf.data.TFRecordDataset(files):
