@@ -17,7 +17,7 @@ from runtime import slim_compat  # pylint: disable=unused-import
 import tensorflow as tf
 
 from kernels import batch_norm_relu6
-from data import imagenet_input
+from data import records
 from evaluation import tflite_eval
 from testing import test_data
 
@@ -44,7 +44,7 @@ def run(program, *flags):
 def validation_images(dataset_dir):
   """The validation images after eval preprocessing, float32 in [-1, 1]."""
   return np.concatenate([batch.numpy() for batch, _ in
-                         imagenet_input.build_dataset(
+                         records.build_dataset(
                              dataset_dir, 'validation', 100, 64,
                              is_training=False)])
 

@@ -59,7 +59,7 @@ library is in export/.
 from absl import flags
 from runtime import slim_compat  # pylint: disable=unused-import
 
-from data import imagenet_input
+from data import records
 from export import bundle
 from export import convert
 import model_flags
@@ -97,7 +97,7 @@ flags.DEFINE_enum('quantized_io_type', convert.UINT8,
 flags.DEFINE_integer('calibration_examples', 200,
                      'Images the int8 post-training quantization measures '
                      'activation ranges on.', lower_bound=1)
-flags.DEFINE_string('calibration_split', imagenet_input.TRAIN_SPLIT,
+flags.DEFINE_string('calibration_split', records.TRAIN_SPLIT,
                     'Split of --dataset_dir the int8 calibration images come '
                     'from.')
 

@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter
-from data import imagenet_input
+from data import records
 from evaluation import tflite_eval
 import mobilenet_v1
 from quantization import quantize
@@ -102,7 +102,7 @@ mobilenet_v1_export.cli.run(mobilenet_v1_export.main)
 
 def validation_images(dataset_dir):
   """The validation split as the eval pipeline gives it: (images, labels)."""
-  dataset = imagenet_input.build_dataset(dataset_dir, 'validation', 1000,
+  dataset = records.build_dataset(dataset_dir, 'validation', 1000,
                                          IMAGE_SIZE, is_training=False)
   images, labels = next(dataset.as_numpy_iterator())
   return images, labels

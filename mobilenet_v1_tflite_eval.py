@@ -18,7 +18,7 @@ Latency: median and 90th percentile milliseconds per image over
 from absl import flags
 from runtime import slim_compat  # pylint: disable=unused-import
 
-from data import imagenet_input
+from data import records
 from evaluation import tflite_eval
 from runtime import cli
 
@@ -28,7 +28,7 @@ flags.DEFINE_string('tflite_path', '', 'The .tflite model to evaluate.')
 flags.DEFINE_string('dataset_dir', '',
                     'Directory with validation-*-of-* TFRecords; accuracy is '
                     'measured when given.')
-flags.DEFINE_string('split', imagenet_input.VALIDATION_SPLIT,
+flags.DEFINE_string('split', records.VALIDATION_SPLIT,
                     'Split of --dataset_dir to evaluate on.')
 flags.DEFINE_integer('num_threads', None,
                      'Interpreter threads for the accuracy run; default every '

@@ -17,7 +17,7 @@ from runtime.slim_compat import slim
 import tensorflow as tf
 
 from kernels import batch_norm_relu6
-from data import imagenet_input
+from data import records
 import mobilenet_v1
 import mobilenet_v1_train
 from quantization import quantize
@@ -100,11 +100,11 @@ def batch_statistics_accuracy(checkpoint, dataset_dir, split):
   with eval's preprocessing and no dropout), independent of the moving
   averages.
   """
-  examples = imagenet_input.count_records(
-      imagenet_input.list_split_files(dataset_dir, split))
+  examples = records.count_records(
+      records.list_split_files(dataset_dir, split))
   with tf.Graph().as_default():
-    dataset = imagenet_input.build_dataset(dataset_dir, split, examples, 32,
-                                           is_training=False)
+    dataset = records.build_dataset(dataset_dir, split, examples, 32,
+                                    is_training=False)
     images, labels = tf1.data.make_one_shot_iterator(dataset).get_next()
     with slim.arg_scope(mobilenet_v1.mobilenet_v1_arg_scope(is_training=True)):
       logits, _ = mobilenet_v1.mobilenet_v1(

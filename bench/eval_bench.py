@@ -1,7 +1,7 @@
 r"""Evaluation speed of mobilenet_v1_eval against tf_keras, on the same records.
 
 Each peer makes one pass over the same validation TFRecords, through the
-same pipeline (imagenet_input.build_dataset's evaluation preprocessing:
+same pipeline (records.build_dataset's evaluation preprocessing:
 decode, central crop, resize), in its own subprocess:
 
   ours        `mobilenet_v1_eval` itself, the program users run, on a float
@@ -103,7 +103,7 @@ def _run_tf_keras():
   from runtime import slim_compat  # pylint: disable=g-import-not-at-top,unused-import
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tf_keras  # pylint: disable=g-import-not-at-top
-  from data import imagenet_input  # pylint: disable=g-import-not-at-top
+  from data import records  # pylint: disable=g-import-not-at-top
   size = FLAGS.image_size
   model = tf_keras.applications.MobileNet(
       input_shape=(size, size, 3), alpha=FLAGS.depth_multiplier,
@@ -111,7 +111,7 @@ def _run_tf_keras():
   model.compile(loss='sparse_categorical_crossentropy', metrics=[
       tf_keras.metrics.SparseCategoricalAccuracy(),
       tf_keras.metrics.SparseTopKCategoricalAccuracy(k=5)])
-  dataset = imagenet_input.build_dataset(
+  dataset = records.build_dataset(
       FLAGS.dataset_dir, 'validation', FLAGS.batch_size, size,
       is_training=False)
   examples = int(sum(int(tf.shape(labels)[0]) for _, labels in dataset))

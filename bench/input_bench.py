@@ -2,7 +2,7 @@ r"""Input pipeline speed against the training step it has to feed.
 
 Measures, in one run and each in its own subprocess (clean TensorFlow state):
 
-  input      imagenet_input.build_dataset's training pipeline alone (read,
+  input      records.build_dataset's training pipeline alone (read,
              decode, random crop, flip, colour distortion, batch), drained
              as fast as it goes, in a graph-mode session as the trainer
              reads it.
@@ -44,7 +44,7 @@ from runtime import slim_compat  # pylint: disable=unused-import
 import sample_records
 import numpy as np
 import tensorflow as tf
-from data import imagenet_input
+from data import records
 from training import config as config_lib
 from training import train_graph
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -104,7 +104,7 @@ def _time_runs(session, fetch, count):
 
 
 def _train_dataset():
-  return imagenet_input.build_dataset(
+  return records.build_dataset(
       FLAGS.dataset_dir, 'train', FLAGS.batch_size, FLAGS.image_size,
       is_training=True)
 

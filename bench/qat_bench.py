@@ -181,8 +181,8 @@ def _validation(data):
   """The validation split after eval preprocessing: (images, labels)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   from runtime import slim_compat  # pylint: disable=g-import-not-at-top,unused-import
-  from data import imagenet_input  # pylint: disable=g-import-not-at-top
-  batches = list(imagenet_input.build_dataset(
+  from data import records  # pylint: disable=g-import-not-at-top
+  batches = list(records.build_dataset(
       data, 'validation', 50, _IMAGE_SIZE, is_training=False)
                  .as_numpy_iterator())
   return (np.concatenate([images for images, _ in batches]),
@@ -329,13 +329,13 @@ def _run_peer_qat(held_out):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tensorflow_model_optimization as tfmot  # pylint: disable=g-import-not-at-top
   import tf_keras  # pylint: disable=g-import-not-at-top
-  from data import imagenet_input  # pylint: disable=g-import-not-at-top
+  from data import records  # pylint: disable=g-import-not-at-top
   tf_keras.utils.set_random_seed(FLAGS.seed)
   model = tfmot.quantization.keras.quantize_model(_keras_mobilenet(
       tf_keras, _path('released', 'mobilenet_v1_1.0_224.ckpt')))
   model.compile(optimizer=tf_keras.optimizers.SGD(FLAGS.learning_rate),
                 loss='sparse_categorical_crossentropy')
-  train = imagenet_input.build_dataset(
+  train = records.build_dataset(
       _split_path(held_out, 'data'), 'train', FLAGS.batch_size, _IMAGE_SIZE,
       is_training=True, seed=FLAGS.seed).map(
           lambda images, labels: (images, labels - 1))

@@ -4,7 +4,7 @@ Float (--float): the released 1.0_224 frozen graph (from PyPI, as
 released_model_test fetches it, or --float_graph) on the sample photos and
 on the validation split of build_imagenet_tfrecords --sample_digits, with
 slim's eval preprocessing (TF1 bilinear resize, no half-pixel centres; what
-imagenet_input does) and with TF2's half-pixel resize (what it did before):
+data/preprocessing does) and with TF2's half-pixel resize (what it did before):
 how many top-1 answers the resize changes. The digits are not ImageNet
 classes, so the figure is how many predictions move, not an accuracy.
 
@@ -35,8 +35,10 @@ sys.path.insert(0, _ROOT)
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from runtime import slim_compat  # pylint: disable=unused-import
 import tensorflow as tf
-import build_imagenet_tfrecords
-from data import imagenet_input
+from data import convert
+from data import preprocessing
+from data import records
+from data import sample_digits
 from evaluation import tflite_eval
 from model import inference_model
 from model import variants
@@ -66,7 +68,7 @@ def _half_pixel_eval(image_bytes, image_size):
   image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
   image = tf.image.central_crop(
       tf.image.convert_image_dtype(image, tf.float32),
-      imagenet_input.EVAL_CENTRAL_FRACTION)
+      preprocessing.EVAL_CENTRAL_FRACTION)
   image = tf.image.resize(image, [image_size, image_size])
   return ((image - 0.5) * 2.0).numpy()
 
@@ -85,9 +87,9 @@ def _run_float(graph_def, images):
 def _digits(work_dir):
   """The encoded validation images of the sample digits."""
   output_dir = os.path.join(work_dir, 'sample_digits')
-  build_imagenet_tfrecords.write_sample_digits(output_dir,
-                                               show_progress=False)
-  files = imagenet_input.list_split_files(output_dir, 'validation')
+  sample_digits.write_sample_digits(
+      convert.ConversionOptions(output_dir, show_progress=False))
+  files = records.list_split_files(output_dir, 'validation')
   encoded = []
   for record in tf.data.TFRecordDataset(files):
     example = tf.train.Example.FromString(record.numpy())

@@ -15,7 +15,7 @@ import numpy as np
 from runtime import slim_compat  # pylint: disable=unused-import
 import tensorflow as tf
 
-from data import imagenet_input
+from data import records
 from model import checkpoint_utils
 from model import inference_model
 from quantization import weight_rounding
@@ -95,12 +95,15 @@ class Evaluator(object):
         evaluate were quantized (`inference_model.quantize_options`).
     """
     self._config = config
+    # The records --skip_corrupt_records dropped; reset for every pass.
+    self.skipped_records = records.SkippedRecordCounter()
     self.graph = tf.Graph()
     with self.graph.as_default():
-      dataset = imagenet_input.build_dataset(
+      dataset = records.build_dataset(
           config.dataset_dir, 'validation', config.batch_size,
           config.image_size, is_training=False,
-          skip_corrupt=config.skip_corrupt_records)
+          skip_corrupt=config.skip_corrupt_records,
+          skip_counter=self.skipped_records)
       self._iterator = tf1.data.make_initializable_iterator(dataset)
       images, labels = self._iterator.get_next()
       logits = inference_model.build(images, config.num_classes,
@@ -229,12 +232,12 @@ def evaluate_checkpoints(config):
       _warn('%s was trained with --quantize; evaluating it as a float model '
             '(add --quantize=True to measure the quantized model)' %
             os.path.basename(checkpoint))
-    imagenet_input.skipped_records.reset()
     options = (inference_model.quantize_options(checkpoint)
                if config.quantize else {})
     key = tuple(sorted(options.items()))
     if key not in evaluators:
       evaluators[key] = Evaluator(config, options)
+    evaluators[key].skipped_records.reset()
     try:
       metrics, examples, step = evaluators[key].evaluate(checkpoint)
     except checkpoint_utils.CheckpointError as e:
@@ -249,7 +252,7 @@ def evaluate_checkpoints(config):
       if warning:
         _warn(warning)
     write_summaries(config.summary_dir, metrics, step)
-    skipped = imagenet_input.skipped_records.count
+    skipped = evaluators[key].skipped_records.count
     print('%s (%s): Accuracy %.4f  Recall_5 %.4f  on %d examples '
           '(%.1f s)%s' % (os.path.basename(checkpoint),
                           checkpoint_utils.describe_step(step),

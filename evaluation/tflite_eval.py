@@ -22,7 +22,7 @@ from runtime import slim_compat  # pylint: disable=unused-import
 
 from ai_edge_litert.interpreter import Interpreter
 from ai_edge_litert.interpreter import OpResolverType
-from data import imagenet_input
+from data import records
 from runtime import errors
 
 # Images read from the input pipeline per step; the interpreter still runs
@@ -201,7 +201,7 @@ def evaluate(interpreter, dataset_dir, split):
   """
   input_details = interpreter.get_input_details()[0]
   output_index = interpreter.get_output_details()[0]['index']
-  dataset = imagenet_input.build_dataset(
+  dataset = records.build_dataset(
       dataset_dir, split, _READ_BATCH, image_size(interpreter),
       is_training=False)
   top1 = top5 = examples = 0

@@ -21,7 +21,7 @@ from runtime import slim_compat  # pylint: disable=unused-import
 import tensorflow as tf
 
 from ai_edge_litert.interpreter import Interpreter
-from data import imagenet_input
+from data import records
 from export import convert
 from export import freeze
 from export import tflite_int8
@@ -256,7 +256,7 @@ def write_bundle(config):
                                         config.checkpoint_dir)
   # Data problems should stop the export before any file is written.
   if 'int8' in config.post_training:
-    imagenet_input.list_split_files(config.dataset_dir,
+    records.list_split_files(config.dataset_dir,
                                     config.calibration_split)
   _make_output_dir(config.output_dir)
   name = config.model_name or variants.release_name(

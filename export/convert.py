@@ -11,7 +11,7 @@ from absl import logging
 from runtime import slim_compat
 import tensorflow as tf
 
-from data import imagenet_input
+from data import records
 from export import freeze
 from export import tflite_int8
 from quantization import tflite_emulation
@@ -140,7 +140,7 @@ def calibration_images(dataset_dir, split, image_size, count):
     images, as `convert_post_training` takes it.
   """
   def images():
-    dataset = imagenet_input.build_dataset(
+    dataset = records.build_dataset(
         dataset_dir, split, 1, image_size, is_training=False)
     for image, _ in dataset.take(count):
       yield image.numpy()

@@ -41,7 +41,7 @@ import tensorflow as tf
 from training import batch_norm_decay
 from model import checkpoint_utils
 from quantization import graph_editing
-from data import imagenet_input
+from data import records
 from model import inference_model
 from quantization import quantize
 
@@ -407,7 +407,7 @@ def write_rounded(checkpoint, values):
 
 def round_checkpoint(checkpoint, dataset_dir, examples, image_size,
                      num_classes, depth_multiplier, batch_size=25,
-                     skip_corrupt=False):
+                     skip_corrupt=False, skip_counter=None):
   """Rounds a per-tensor fine-tune's weights in place (see the module doc).
 
   Args:
@@ -419,15 +419,17 @@ def round_checkpoint(checkpoint, dataset_dir, examples, image_size,
     num_classes: classes of the logits layer.
     depth_multiplier: width multiplier.
     batch_size: images per statistics batch.
-    skip_corrupt: skip undecodable records (imagenet_input.build_dataset).
+    skip_corrupt: skip undecodable records (records.build_dataset).
+    skip_counter: the caller's records.SkippedRecordCounter, in which
+      skip_corrupt counts the records it drops; required with skip_corrupt.
 
   Returns:
     The summary of `rounded_values`.
   """
   def make_images():
-    dataset = imagenet_input.build_dataset(
+    dataset = records.build_dataset(
         dataset_dir, 'train', batch_size, image_size, is_training=False,
-        num_epochs=1, skip_corrupt=skip_corrupt)
+        num_epochs=1, skip_corrupt=skip_corrupt, skip_counter=skip_counter)
     return dataset.map(lambda images, labels: images).unbatch().take(
         examples).batch(batch_size)
 

@@ -33,7 +33,7 @@ from tensorflow.python.framework import tensor_util
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter
 from ai_edge_litert.interpreter import OpResolverType
-from data import imagenet_input
+from data import preprocessing
 import mobilenet_v1
 from model import variants
 
@@ -190,7 +190,7 @@ def photo_views(paths=None, fraction=0.7):
 
 def eval_images(encoded_images, image_size):
   """The images as evaluation feeds them: float32 [N, size, size, 3]."""
-  return np.stack([imagenet_input.preprocess_for_eval(image, image_size)
+  return np.stack([preprocessing.preprocess_for_eval(image, image_size)
                    .numpy() for image in encoded_images])
 
 

@@ -60,6 +60,16 @@ def image_example(jpeg_bytes, label, height, width, label_text=None):
   return tf.train.Example(features=tf.train.Features(feature=feature))
 
 
+def encode_jpeg(image):
+  """Encodes a uint8 [height, width, channels] array as a quality-95 JPEG."""
+  return tf.io.encode_jpeg(tf.constant(image, tf.uint8), quality=95).numpy()
+
+
+def encode_png(image):
+  """Encodes a uint8 [height, width, channels] array as a PNG."""
+  return tf.io.encode_png(tf.constant(image, tf.uint8)).numpy()
+
+
 def color_image(label, size, rng):
   """A noisy image of the class's colour, uint8 [size, size, 3]."""
   noise = rng.normal(0, 25, [size, size, 3])

@@ -7,19 +7,22 @@ import time
 from runtime import slim_compat  # pylint: disable=unused-import
 import tensorflow as tf
 
-from data import imagenet_input
 from runtime import errors
 
 tf1 = tf.compat.v1
 
 
-def skipped_records_note():
+def skipped_records_note(skipped_records):
   """', N corrupt records skipped' once --skip_corrupt_records skipped some.
+
+  Args:
+    skipped_records: the records.SkippedRecordCounter the training dataset
+      counts its skipped records in.
 
   Returns:
     The note, or '' when no record was skipped.
   """
-  skipped = imagenet_input.skipped_records.count
+  skipped = skipped_records.count
   return ', %d corrupt records skipped' % skipped if skipped else ''
 
 
@@ -33,7 +36,7 @@ class ProgressHook(tf1.train.SessionRunHook):
   """Prints step, loss, learning rate, images/sec and ETA every N steps."""
 
   def __init__(self, loss, learning_rate, global_step, batch_size,
-               every_n_steps, last_step):
+               every_n_steps, last_step, skipped_records):
     """Reports on the first step and every `every_n_steps` after it.
 
     Args:
@@ -44,12 +47,15 @@ class ProgressHook(tf1.train.SessionRunHook):
       every_n_steps: steps between reports.
       last_step: the step training stops at (reported, and the ETA's
         goal), or None for an open-ended run.
+      skipped_records: the records.SkippedRecordCounter of the training
+        dataset, reported once it counts any.
     """
     self._fetches = {'loss': loss, 'learning_rate': learning_rate,
                      'step': global_step}
     self._batch_size = batch_size
     self._every_n_steps = every_n_steps
     self._last_step = last_step
+    self._skipped_records = skipped_records
     self._mark = None  # (time, step) at the last report
 
   def before_run(self, run_context):
@@ -67,7 +73,7 @@ class ProgressHook(tf1.train.SessionRunHook):
     now = time.time()
     line = 'step %d  loss %.4f  lr %.3g' % (step, results['loss'],
                                             results['learning_rate'])
-    line += skipped_records_note()
+    line += skipped_records_note(self._skipped_records)
     # The first step includes graph optimization: speed is measured after it.
     if not first:
       elapsed, steps = now - self._mark[0], step - self._mark[1]

@@ -12,7 +12,7 @@ import signal
 from runtime import slim_compat  # pylint: disable=unused-import
 import tensorflow as tf
 
-from data import imagenet_input
+from data import records
 from kernels import batch_norm_relu6
 from model import checkpoint_utils
 from quantization import weight_rounding
@@ -52,7 +52,7 @@ def train(config, resume_command):
     return None
   plan = config_lib.resolve(
       config,
-      count_train_examples=lambda: imagenet_input.num_examples(
+      count_train_examples=lambda: records.num_examples(
           config.dataset_dir, 'train'),
       batch_norms_restored=fine_tune.batch_norms_restored(config))
 
@@ -62,10 +62,11 @@ def train(config, resume_command):
       tf1.set_random_seed(config.random_seed)
     with tf1.device(placement.device_function()):
       global_step = tf1.train.get_or_create_global_step()
-      dataset = imagenet_input.build_dataset(
+      skipped_records = records.SkippedRecordCounter()
+      dataset = records.build_dataset(
           config.dataset_dir, 'train', config.batch_size, config.image_size,
           is_training=True, skip_corrupt=config.skip_corrupt_records,
-          seed=config.random_seed)
+          skip_counter=skipped_records, seed=config.random_seed)
       images, labels = tf1.data.make_one_shot_iterator(dataset).get_next()
       step = train_graph.build_train_op(images, labels, global_step, plan)
     batch_norm_decay.record(plan.batch_norm_decay,
@@ -81,7 +82,7 @@ def train(config, resume_command):
               (done_steps, config.number_of_steps, resuming), flush=True)
         if placement.is_chief and config_lib.rounds_weights(
             config, weight_rounding.needs_rounding(resuming)):
-          _round_weights(config, resuming)
+          _round_weights(config, resuming, skipped_records)
         return None
       print('Resuming from %s.' % resuming, flush=True)
     init_fn = (fine_tune.init_fn(config)
@@ -95,7 +96,7 @@ def train(config, resume_command):
     hooks = [hooks_lib.ProgressHook(step.total_loss, step.learning_rate,
                                     global_step, config.batch_size,
                                     config.log_every_n_steps,
-                                    config.number_of_steps),
+                                    config.number_of_steps, skipped_records),
              stopper] + step.hooks
     if config.number_of_steps:
       hooks.append(tf1.train.StopAtStepHook(last_step=config.number_of_steps))
@@ -130,10 +131,10 @@ def train(config, resume_command):
     return signal.Signals(stopper.received)
   if placement.is_chief and final and config_lib.rounds_weights(
       config, weight_rounding.needs_rounding(final)):
-    _round_weights(config, final)
+    _round_weights(config, final, skipped_records)
   if placement.is_chief and final:
-    print('Done; checkpoint %s%s.' % (final, hooks_lib.skipped_records_note()),
-          flush=True)
+    print('Done; checkpoint %s%s.' % (
+        final, hooks_lib.skipped_records_note(skipped_records)), flush=True)
   return None
 
 
@@ -190,11 +191,17 @@ def _checkpoint_to_resume(config, placement):
   return resuming
 
 
-def _round_weights(config, checkpoint):
+def _round_weights(config, checkpoint, skipped_records):
   """Rounds the weights of `checkpoint` in place, saying so.
 
   A signal during the rounding ends the process before the checkpoint is
   replaced (SIGINT as KeyboardInterrupt, whose message says to rerun).
+
+  Args:
+    config: the TrainConfig.
+    checkpoint: the checkpoint prefix.
+    skipped_records: the records.SkippedRecordCounter in which
+      --skip_corrupt_records counts the records it drops.
   """
   signal.signal(signal.SIGINT, signal.default_int_handler)
   signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -204,7 +211,7 @@ def _round_weights(config, checkpoint):
   summary = weight_rounding.round_checkpoint(
       checkpoint, config.dataset_dir, config.rounding_examples,
       config.image_size, config.num_classes, config.depth_multiplier,
-      skip_corrupt=config.skip_corrupt_records)
+      skip_corrupt=config.skip_corrupt_records, skip_counter=skipped_records)
   print('Rounded %d layers over %d images: output error variance, summed '
         'over the layers, %.2fx that of nearest rounding.' % (
             summary['layers'], summary['examples'],

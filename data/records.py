@@ -1,4 +1,4 @@
-"""Input pipeline for ImageNet-format TFRecords as the TF-slim tools write them.
+"""Reads ImageNet-format TFRecords as the TF-slim tools write them.
 
 A dataset directory holds sharded files `train-00000-of-01024`, ... and
 `validation-00000-of-00128`, ...; each record is a `tf.train.Example` with
@@ -6,17 +6,12 @@ A dataset directory holds sharded files `train-00000-of-01024`, ... and
 background class) and optional bounding boxes `image/object/bbox/*`.
 `build_imagenet_tfrecords.py` writes such directories from image folders.
 
-Preprocessing follows Inception: training takes a random crop that covers at
-least 10% of a bounding box, resizes it, flips it and distorts its colours;
-evaluation crops the central 87.5% and resizes. Both resize as slim did,
-with TF1's bilinear resize (no half-pixel centres), and map pixels to
-[-1, 1].
-
-Bad records never hang the pipeline. By default the first one stops it with an
-`InvalidArgumentError` whose message names the TFRecord file, the record's
-index in it and what is wrong. With `skip_corrupt=True` bad records are
-dropped, logged and counted in a `SkippedRecordCounter` (by default the
-module's `skipped_records`) that the caller can report.
+`build_dataset` reads a split into batches of preprocessed images (see
+`preprocessing`). Bad records never hang the pipeline. By default the first
+one stops it with an `InvalidArgumentError` whose message names the TFRecord
+file, the record's index in it and what is wrong. With `skip_corrupt=True`
+bad records are dropped, logged and counted in the caller's
+`SkippedRecordCounter`, which the caller reports.
 
 Everything here builds ordinary tf.data graphs, so it works both eagerly and in
 graph mode (`tf.compat.v1.data.make_one_shot_iterator` in a Session).
@@ -31,9 +26,8 @@ from absl import logging
 from runtime import slim_compat  # pylint: disable=unused-import
 import tensorflow as tf
 
+from data import preprocessing
 from runtime import errors
-
-tf1 = tf.compat.v1
 
 TRAIN_SPLIT = 'train'
 VALIDATION_SPLIT = 'validation'
@@ -41,20 +35,6 @@ LABELS_FILENAME = 'labels.txt'
 # build_imagenet_tfrecords writes it last; it lists the shards it wrote and
 # their example counts.
 COMPLETION_FILENAME = 'conversion_complete.json'
-
-# Inception's crop sampling parameters.
-MIN_OBJECT_COVERED = 0.1
-ASPECT_RATIO_RANGE = (3. / 4., 4. / 3.)
-AREA_RANGE = (0.05, 1.0)
-MAX_CROP_ATTEMPTS = 100
-EVAL_CENTRAL_FRACTION = 0.875
-
-# The resize methods slim's training picks from when not in fast mode, in
-# its order.
-_TRAIN_RESIZE_METHODS = (tf1.image.ResizeMethod.BILINEAR,
-                         tf1.image.ResizeMethod.NEAREST_NEIGHBOR,
-                         tf1.image.ResizeMethod.BICUBIC,
-                         tf1.image.ResizeMethod.AREA)
 
 DEFAULT_SHUFFLE_BUFFER = 10000
 # Records read at once from different shards; more files than cores keeps
@@ -110,9 +90,6 @@ class SkippedRecordCounter(object):
     """Sets the count back to zero."""
     with self._lock:
       self._count = 0
-
-
-skipped_records = SkippedRecordCounter()
 
 
 def list_split_files(dataset_dir, split):
@@ -276,244 +253,6 @@ def read_labels_file(dataset_dir, filename=LABELS_FILENAME):
       labels[int(label)] = name
   return labels
 
-
-def _to_unit_range(image):
-  """Maps a float image in [0, 1] to [-1, 1] (same as (x/255 - 0.5) * 2)."""
-  return (image - 0.5) * 2.0
-
-
-def _decode_crop(image_bytes, crop_window_fn):
-  """Decodes an image to RGB uint8, keeping only a window of it.
-
-  JPEGs go through the fused `decode_and_crop_jpeg`, which skips decoding most
-  of what the crop throws away; other formats (PNG, GIF, BMP) are decoded
-  whole and then cropped.
-
-  Args:
-    image_bytes: scalar string tensor with an encoded image.
-    crop_window_fn: maps the image's [height, width, channels] int32 shape to
-      an int32 [offset_y, offset_x, height, width] window.
-
-  Returns:
-    uint8 tensor [crop_height, crop_width, 3].
-  """
-
-  def decode_jpeg():
-    window = crop_window_fn(tf.image.extract_jpeg_shape(image_bytes))
-    return tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3)
-
-  def decode_other():
-    image = tf.io.decode_image(image_bytes, channels=3,
-                               expand_animations=False)
-    window = crop_window_fn(tf.shape(image))
-    return tf.slice(image, [window[0], window[1], 0],
-                    [window[2], window[3], 3])
-
-  return tf.cond(tf.io.is_jpeg(image_bytes), decode_jpeg, decode_other)
-
-
-def _central_crop_window(shape, central_fraction):
-  """The window `tf.image.central_crop` would keep, as [y, x, h, w]."""
-  height, width = shape[0], shape[1]
-  offset_y = tf.cast(
-      (tf.cast(height, tf.float64) * (1 - central_fraction)) / 2, tf.int32)
-  offset_x = tf.cast(
-      (tf.cast(width, tf.float64) * (1 - central_fraction)) / 2, tf.int32)
-  return tf.stack(
-      [offset_y, offset_x, height - 2 * offset_y, width - 2 * offset_x])
-
-
-def _distorted_crop_window_fn(bboxes, seed):
-  """Returns a crop_window_fn sampling an Inception-style random crop.
-
-  The sampling is stateless (driven by `seed`) so that it gives fresh crops
-  even where tf.data re-instantiates the function for every record.
-
-  Args:
-    bboxes: float [N, 4] boxes (ymin, xmin, ymax, xmax) in [0, 1]; N may be 0,
-      in which case the whole image is the object.
-    seed: int32 [2] seed for the crop sampling.
-  """
-
-  def crop_window(shape):
-    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        shape,
-        bounding_boxes=tf.reshape(bboxes, [1, -1, 4]),
-        seed=seed,
-        min_object_covered=MIN_OBJECT_COVERED,
-        aspect_ratio_range=ASPECT_RATIO_RANGE,
-        area_range=AREA_RANGE,
-        max_attempts=MAX_CROP_ATTEMPTS,
-        use_image_if_no_bounding_boxes=True)
-    return tf.stack([begin[0], begin[1], size[0], size[1]])
-
-  return crop_window
-
-
-def _distort_color(image, fast_mode, seed):
-  """Randomly distorts the colours of a float image in [0, 1], Inception-style.
-
-  The order of the adjustments matters (they do not commute), so one of a few
-  orderings is picked at random for every image.
-
-  Args:
-    image: float32 [height, width, 3] in [0, 1].
-    fast_mode: only brightness and saturation (two orderings) when True; also
-      hue and contrast (four orderings) when False.
-    seed: int32 [2] seed of the image's distortions.
-
-  Returns:
-    The distorted image, clipped to [0, 1].
-  """
-  seeds = tf.unstack(tf.random.experimental.stateless_split(seed, num=5))
-
-  def brightness(x):
-    return tf.image.stateless_random_brightness(x, 32. / 255., seeds[0])
-
-  def saturation(x):
-    return tf.image.stateless_random_saturation(x, 0.5, 1.5, seeds[1])
-
-  def hue(x):
-    return tf.image.stateless_random_hue(x, 0.2, seeds[2])
-
-  def contrast(x):
-    return tf.image.stateless_random_contrast(x, 0.5, 1.5, seeds[3])
-
-  if fast_mode:
-    orderings = [(brightness, saturation), (saturation, brightness)]
-  else:
-    orderings = [(brightness, saturation, hue, contrast),
-                 (saturation, brightness, contrast, hue),
-                 (contrast, hue, brightness, saturation),
-                 (hue, saturation, contrast, brightness)]
-
-  def apply_ordering(ordering):
-    def apply():
-      distorted = image
-      for adjust in ordering:
-        distorted = adjust(distorted)
-      return distorted
-    return apply
-
-  choice = tf.random.stateless_uniform([], seeds[4], maxval=len(orderings),
-                                       dtype=tf.int32)
-  distorted = tf.switch_case(choice, [apply_ordering(o) for o in orderings])
-  return tf.clip_by_value(distorted, 0.0, 1.0)
-
-
-def _resize(image, image_size, method=tf1.image.ResizeMethod.BILINEAR):
-  """Resizes a float image to a square as slim did, with TF1's resize.
-
-  TF1's resize (`align_corners=False`) maps output pixel i to input
-  coordinate i * in / out, without TF2's half-pixel centres: published
-  accuracies were measured with these pixels.
-
-  Args:
-    image: float32 [height, width, 3].
-    image_size: output height and width.
-    method: a tf.compat.v1.image.ResizeMethod.
-
-  Returns:
-    float32 [image_size, image_size, 3].
-  """
-  return tf1.image.resize(image, [image_size, image_size], method=method,
-                          align_corners=False)
-
-
-def _finish_train_image(crop, image_size, fast_mode, seed):
-  """Resizes, flips and colour-distorts a decoded uint8 crop.
-
-  Like slim, the fast mode resizes bilinearly; otherwise each image gets one
-  of TF1's four resize methods at random.
-
-  Args:
-    crop: uint8 [height, width, 3].
-    image_size: output height and width.
-    fast_mode: see `_distort_color`.
-    seed: int32 [2] seed of the resize method, the flip and the colour
-      distortions.
-  """
-  resize_seed, flip_seed, color_seed = tf.unstack(
-      tf.random.experimental.stateless_split(seed, num=3))
-  image = tf.image.convert_image_dtype(crop, tf.float32)
-  if fast_mode:
-    image = _resize(image, image_size)
-  else:
-    choice = tf.random.stateless_uniform(
-        [], resize_seed, maxval=len(_TRAIN_RESIZE_METHODS), dtype=tf.int32)
-    image = tf.switch_case(choice, [
-        lambda method=method: _resize(image, image_size, method)
-        for method in _TRAIN_RESIZE_METHODS])
-  image = tf.image.stateless_random_flip_left_right(image, flip_seed)
-  image = _distort_color(image, fast_mode, color_seed)
-  return _to_unit_range(image)
-
-
-def _finish_eval_image(crop, image_size):
-  """Resizes a decoded uint8 crop and maps it to [-1, 1]."""
-  image = tf.image.convert_image_dtype(crop, tf.float32)
-  return _to_unit_range(_resize(image, image_size))
-
-
-def _image_seeds(seed=None, index=None):
-  """The (crop, distortion) seeds of one training image, int32 [2] each.
-
-  Every random choice of the training preprocessing is a stateless op driven
-  by these seeds: drawn afresh for each image when `seed` is None, and a
-  function of (`seed`, `index`) otherwise, so that a seeded pipeline gives
-  the same images however tf.data schedules its parallel calls.
-
-  Args:
-    seed: the pipeline's Python int seed, or None.
-    index: the image's int64 position in the pipeline (with `seed`).
-  """
-  if seed is None:
-    image_seed = tf.random.uniform([2], maxval=tf.int32.max, dtype=tf.int32)
-  else:
-    image_seed = tf.stack([tf.constant(seed, tf.int64),
-                           tf.cast(index, tf.int64)])
-  return tf.unstack(tf.random.experimental.stateless_split(image_seed, num=2))
-
-
-def preprocess_for_train(image_bytes, bboxes, image_size, fast_mode=True):
-  """Inception-style training preprocessing of one encoded image.
-
-  Args:
-    image_bytes: scalar string tensor, an encoded JPEG (or PNG, GIF, BMP).
-    bboxes: float tensor [N, 4] of (ymin, xmin, ymax, xmax) boxes in [0, 1]
-      around the object; N may be 0, or None, to use the whole image.
-    image_size: output height and width.
-    fast_mode: distort only brightness and saturation (as slim's MobileNet
-      training did) instead of also hue and contrast.
-
-  Returns:
-    float32 tensor [image_size, image_size, 3] with values in [-1, 1].
-  """
-  if bboxes is None:
-    bboxes = tf.zeros([0, 4], tf.float32)
-  crop_seed, distortion_seed = _image_seeds()
-  crop = _decode_crop(image_bytes,
-                      _distorted_crop_window_fn(bboxes, crop_seed))
-  return _finish_train_image(crop, image_size, fast_mode, distortion_seed)
-
-
-def preprocess_for_eval(image_bytes, image_size,
-                        central_fraction=EVAL_CENTRAL_FRACTION):
-  """Inception-style evaluation preprocessing of one encoded image.
-
-  Args:
-    image_bytes: scalar string tensor, an encoded JPEG (or PNG, GIF, BMP).
-    image_size: output height and width.
-    central_fraction: fraction of each side kept by the central crop.
-
-  Returns:
-    float32 tensor [image_size, image_size, 3] with values in [-1, 1].
-  """
-  crop = _decode_crop(
-      image_bytes, lambda shape: _central_crop_window(shape, central_fraction))
-  return _finish_eval_image(crop, image_size)
-
-
 _FEATURES = {
     # Defaults that no real record has, so missing keys are detectable.
     'image/encoded': tf.io.FixedLenFeature([], tf.string, default_value=''),
@@ -654,27 +393,29 @@ def _make_load_fn(image_size, is_training, skip_corrupt, skip_counter, seed):
       counted in `skip_counter`), instead of failing on them.
     skip_counter: SkippedRecordCounter for bad records.
     seed: Python int seed of the training distortions, or None.
+
+  Returns:
+    The map function, returning (image, label), or (image, label, keep) with
+    skip_corrupt.
   """
 
   def load(position, record, path, index):
     if is_training:
-      crop_seed, distortion_seed = _image_seeds(seed, position)
+      crop_seed, distortion_seed = preprocessing.image_seeds(seed, position)
 
       def decode_crop(image_bytes, bboxes):
-        return _decode_crop(image_bytes,
-                            _distorted_crop_window_fn(bboxes, crop_seed))
+        return preprocessing.decode_train_crop(image_bytes, bboxes, crop_seed)
     else:
 
       def decode_crop(image_bytes, unused_bboxes):
-        return _decode_crop(
-            image_bytes,
-            lambda shape: _central_crop_window(shape, EVAL_CENTRAL_FRACTION))
+        return preprocessing.decode_eval_crop(image_bytes)
 
     crop, label, outcome = _parse_and_decode(record, decode_crop)
     if is_training:
-      image = _finish_train_image(crop, image_size, True, distortion_seed)
+      image = preprocessing.finish_train_image(crop, image_size, True,
+                                               distortion_seed)
     else:
-      image = _finish_eval_image(crop, image_size)
+      image = preprocessing.finish_eval_image(crop, image_size)
 
     is_ok = tf.equal(outcome, _OK)
     description = tf.cond(
@@ -727,8 +468,8 @@ def build_dataset(dataset_dir, split, batch_size, image_size, is_training,
       training (static batch size) and False when evaluating.
     shuffle_buffer: records held for shuffling when training (each is an
       encoded image, around 110 KB for ImageNet).
-    skip_counter: SkippedRecordCounter for skipped records; defaults to the
-      module's `skipped_records`.
+    skip_counter: the caller's SkippedRecordCounter, in which skip_corrupt
+      counts the records it drops; required with skip_corrupt.
     seed: a Python int makes the training pipeline reproducible: the same
       file and record order and the same distortions on every run (at some
       cost in speed); None draws them afresh.
@@ -739,7 +480,8 @@ def build_dataset(dataset_dir, split, batch_size, image_size, is_training,
 
   Raises:
     DatasetError: the dataset directory or split files are missing.
-    ValueError: batch_size, image_size or num_epochs is not positive.
+    ValueError: batch_size, image_size or num_epochs is not positive, or
+      skip_corrupt has no skip_counter.
   """
   for name, value in (('batch_size', batch_size), ('image_size', image_size)):
     if value <= 0:
@@ -747,13 +489,14 @@ def build_dataset(dataset_dir, split, batch_size, image_size, is_training,
   if num_epochs is not None and num_epochs <= 0:
     raise ValueError('num_epochs must be positive or None, got %r' %
                      num_epochs)
+  if skip_corrupt and skip_counter is None:
+    raise ValueError('skip_corrupt needs a skip_counter, the caller\'s count '
+                     'of the records it drops')
   files = list_split_files(dataset_dir, split)
   if num_epochs is None and not is_training:
     num_epochs = 1
   if drop_remainder is None:
     drop_remainder = is_training
-  if skip_counter is None:
-    skip_counter = skipped_records
 
   records = _read_records(files, is_training, seed)
   if is_training:

@@ -1,4 +1,4 @@
-"""Tests for imagenet_input, on small TFRecords written here from scratch.
+"""Tests for records, on small TFRecords written here from scratch.
 
 The records are built directly from tf.train.Example protos (not with
 build_imagenet_tfrecords) so that the reader is checked against the format
@@ -15,25 +15,8 @@ import numpy as np
 from runtime import slim_compat  # pylint: disable=unused-import
 import tensorflow as tf
 
-from data import imagenet_input
-
-
-def _jpeg(image):
-  return tf.io.encode_jpeg(tf.constant(image, tf.uint8), quality=95).numpy()
-
-
-def _png(image):
-  return tf.io.encode_png(tf.constant(image, tf.uint8)).numpy()
-
-
-def _gradient_image(height, width):
-  """An RGB image whose channels vary smoothly (and differently) in y and x."""
-  y, x = np.meshgrid(np.arange(height), np.arange(width), indexing='ij')
-  return np.stack([
-      255.0 * y / (height - 1),
-      255.0 * x / (width - 1),
-      255.0 * (y + x) / (height + width - 2),
-  ], axis=-1).round().astype(np.uint8)
+from data import records
+from testing import test_data
 
 
 def _example(image_bytes=None, label=None, bbox=None):
@@ -55,48 +38,10 @@ def _example(image_bytes=None, label=None, bbox=None):
       feature=feature)).SerializeToString()
 
 
-def _write_records(path, records):
+def _write_records(path, serialized_records):
   with tf.io.TFRecordWriter(path) as writer:
-    for record in records:
+    for record in serialized_records:
       writer.write(record)
-
-
-def _numpy_bilinear_resize(image, height, width):
-  """Reference for TF1's resize_bilinear(align_corners=False), slim's resize.
-
-  Output pixel i samples input coordinate i * in_size / out_size: no
-  half-pixel centres (TF2's tf.image.resize samples (i + 0.5) * in / out -
-  0.5), no antialiasing.
-  """
-
-  def sample_points(in_size, out_size):
-    position = np.arange(out_size) * in_size / out_size
-    lower = np.floor(position)
-    fraction = position - lower
-    lower_index = np.clip(lower, 0, in_size - 1).astype(int)
-    upper_index = np.clip(lower + 1, 0, in_size - 1).astype(int)
-    return lower_index, upper_index, fraction
-
-  top, bottom, y_fraction = sample_points(image.shape[0], height)
-  left, right, x_fraction = sample_points(image.shape[1], width)
-  y_fraction = y_fraction[:, None, None]
-  x_fraction = x_fraction[None, :, None]
-  upper_row = (image[top][:, left] * (1 - x_fraction) +
-               image[top][:, right] * x_fraction)
-  lower_row = (image[bottom][:, left] * (1 - x_fraction) +
-               image[bottom][:, right] * x_fraction)
-  return upper_row * (1 - y_fraction) + lower_row * y_fraction
-
-
-def _numpy_eval_reference(image, image_size, central_fraction=0.875):
-  """Central crop as tf.image.central_crop does it, resize, map to [-1, 1]."""
-  height, width = image.shape[:2]
-  offset_y = int((height - height * central_fraction) / 2)
-  offset_x = int((width - width * central_fraction) / 2)
-  crop = image[offset_y:height - offset_y, offset_x:width - offset_x]
-  resized = _numpy_bilinear_resize(crop.astype(np.float64) / 255.0,
-                                   image_size, image_size)
-  return (resized - 0.5) * 2.0
 
 
 class _RecordsTestCase(tf.test.TestCase):
@@ -104,15 +49,15 @@ class _RecordsTestCase(tf.test.TestCase):
   def setUp(self):
     super().setUp()
     self.dataset_dir = self.create_tempdir().full_path
-    self.image = _jpeg(np.full([24, 32, 3], 128, np.uint8))
+    self.image = test_data.encode_jpeg(np.full([24, 32, 3], 128, np.uint8))
 
   def write_split(self, split, records_per_file):
     """Writes one shard per list of records; returns the shard paths."""
     paths = []
-    for index, records in enumerate(records_per_file):
+    for index, shard_records in enumerate(records_per_file):
       path = os.path.join(self.dataset_dir, '%s-%05d-of-%05d' %
                           (split, index, len(records_per_file)))
-      _write_records(path, records)
+      _write_records(path, shard_records)
       paths.append(path)
     return paths
 
@@ -130,54 +75,54 @@ class ListSplitFilesTest(_RecordsTestCase):
     paths = self.write_split('validation', [[], [], []])
     self.write_split('train', [[]])
     self.assertEqual(
-        paths, imagenet_input.list_split_files(self.dataset_dir, 'validation'))
+        paths, records.list_split_files(self.dataset_dir, 'validation'))
 
   def test_missing_directory(self):
     missing = os.path.join(self.dataset_dir, 'nope')
-    with self.assertRaisesRegex(imagenet_input.DatasetError,
+    with self.assertRaisesRegex(records.DatasetError,
                                 'nope does not exist.*build_imagenet'):
-      imagenet_input.list_split_files(missing, 'train')
+      records.list_split_files(missing, 'train')
 
   def test_file_instead_of_directory(self):
     path = os.path.join(self.dataset_dir, 'a_file')
     with open(path, 'w') as stray_file:
       stray_file.write('x')
-    with self.assertRaisesRegex(imagenet_input.DatasetError, 'not a directory'):
-      imagenet_input.list_split_files(path, 'train')
+    with self.assertRaisesRegex(records.DatasetError, 'not a directory'):
+      records.list_split_files(path, 'train')
 
   def test_empty_directory(self):
-    with self.assertRaisesRegex(imagenet_input.DatasetError,
+    with self.assertRaisesRegex(records.DatasetError,
                                 'is empty; build them with'):
-      imagenet_input.list_split_files(self.dataset_dir, 'train')
+      records.list_split_files(self.dataset_dir, 'train')
 
   def test_no_files_for_split(self):
     self.write_split('train', [[]])
     with self.assertRaisesRegex(
-        imagenet_input.DatasetError,
+        records.DatasetError,
         'no validation-\\*-of-\\* files in .*--output_dir'):
-      imagenet_input.list_split_files(self.dataset_dir, 'validation')
+      records.list_split_files(self.dataset_dir, 'validation')
 
   def test_missing_shard(self):
     paths = self.write_split('train', [[], [], []])
     os.remove(paths[1])
-    with self.assertRaisesRegex(imagenet_input.DatasetError,
+    with self.assertRaisesRegex(records.DatasetError,
                                 'found 2 of 3 train shards'):
-      imagenet_input.list_split_files(self.dataset_dir, 'train')
+      records.list_split_files(self.dataset_dir, 'train')
 
   def test_no_dataset_dir(self):
-    with self.assertRaisesRegex(imagenet_input.DatasetError, '--dataset_dir'):
-      imagenet_input.list_split_files('', 'train')
+    with self.assertRaisesRegex(records.DatasetError, '--dataset_dir'):
+      records.list_split_files('', 'train')
 
 
 class HelpersTest(_RecordsTestCase):
 
   def test_count_records(self):
     paths = self.write_split('train', [[b'a'] * 4, [b'b'] * 3])
-    self.assertEqual(7, imagenet_input.count_records(paths))
+    self.assertEqual(7, records.count_records(paths))
 
   def write_marker(self, text):
     with open(os.path.join(self.dataset_dir,
-                           imagenet_input.COMPLETION_FILENAME), 'w') as marker:
+                           records.COMPLETION_FILENAME), 'w') as marker:
       marker.write(text)
 
   def test_num_examples_reads_the_converters_count(self):
@@ -188,9 +133,9 @@ class HelpersTest(_RecordsTestCase):
         'shard_files': {'train': ['/elsewhere/' + os.path.basename(path)
                                   for path in paths]},
         'split_counts': {'train': 7}}))
-    with mock.patch.object(imagenet_input, 'count_records',
+    with mock.patch.object(records, 'count_records',
                            side_effect=AssertionError('counted')):
-      self.assertEqual(7, imagenet_input.num_examples(self.dataset_dir,
+      self.assertEqual(7, records.num_examples(self.dataset_dir,
                                                       'train'))
 
   def test_num_examples_counts_without_a_matching_marker(self):
@@ -206,7 +151,7 @@ class HelpersTest(_RecordsTestCase):
         self.write_marker(marker_text)
       output = io.StringIO()
       with contextlib.redirect_stdout(output):
-        self.assertEqual(7, imagenet_input.num_examples(self.dataset_dir,
+        self.assertEqual(7, records.num_examples(self.dataset_dir,
                                                         'train'))
       self.assertIn('Counting the train records of %s (2 shards; no '
                     'conversion_complete.json' % self.dataset_dir,
@@ -217,77 +162,11 @@ class HelpersTest(_RecordsTestCase):
     with open(os.path.join(self.dataset_dir, 'labels.txt'), 'w') as labels:
       labels.write('1:cat\n2:dog: the big one\n\n')
     self.assertEqual({1: 'cat', 2: 'dog: the big one'},
-                     imagenet_input.read_labels_file(self.dataset_dir))
+                     records.read_labels_file(self.dataset_dir))
 
   def test_missing_labels_file(self):
-    with self.assertRaisesRegex(imagenet_input.DatasetError, 'no labels.txt'):
-      imagenet_input.read_labels_file(self.dataset_dir)
-
-
-class PreprocessingTest(tf.test.TestCase):
-
-  def test_eval_matches_numpy_reference(self):
-    image = _gradient_image(50, 40)
-    actual = imagenet_input.preprocess_for_eval(_png(image), 32).numpy()
-    self.assertEqual((32, 32, 3), actual.shape)
-    self.assertAllClose(_numpy_eval_reference(image, 32), actual, atol=1e-5)
-    # TF2's half-pixel resize samples this gradient 0.19 and 0.06 pixels
-    # away: far outside the tolerance above, so the reference tells the two
-    # apart.
-    crop = image[3:47, 2:38].astype(np.float32) / 255.0
-    half_pixel = (tf.image.resize(crop, [32, 32]).numpy() - 0.5) * 2.0
-    self.assertGreater(np.abs(half_pixel - actual).max(), 100 * 1e-5)
-
-  def test_eval_jpeg_close_to_reference(self):
-    image = _gradient_image(60, 80)
-    actual = imagenet_input.preprocess_for_eval(_jpeg(image), 24).numpy()
-    # JPEG is lossy: a few grey levels of error, never a shifted crop.
-    self.assertAllClose(_numpy_eval_reference(image, 24), actual, atol=0.06)
-
-  def test_eval_constant_image(self):
-    image = np.full([30, 45, 3], 191, np.uint8)
-    actual = imagenet_input.preprocess_for_eval(_jpeg(image), 16).numpy()
-    self.assertAllClose(np.full([16, 16, 3], (191 / 255 - 0.5) * 2), actual,
-                        atol=0.02)
-
-  def test_train_shape_and_range(self):
-    for encode in (_jpeg, _png):
-      for bboxes in (None, tf.constant([[0.1, 0.2, 0.6, 0.9]])):
-        image = _gradient_image(40, 56)
-        output = imagenet_input.preprocess_for_train(
-            encode(image), bboxes, 48, fast_mode=False).numpy()
-        self.assertEqual((48, 48, 3), output.shape)
-        self.assertEqual(np.float32, output.dtype)
-        self.assertBetween(output.min(), -1.0, 1.0)
-        self.assertBetween(output.max(), -1.0, 1.0)
-
-  def test_train_crops_vary(self):
-    image_bytes = _jpeg(_gradient_image(64, 64))
-    outputs = [imagenet_input.preprocess_for_train(image_bytes, None,
-                                                   16).numpy()
-               for _ in range(4)]
-    self.assertGreater(np.abs(outputs[0] - outputs[1]).max(), 0.01)
-
-  def test_train_crops_cover_the_box(self):
-    # A red object in the top-left corner of a blue image: each crop must
-    # keep at least 10% of the box, so some red survives every time.
-    image = np.zeros([100, 100, 3], np.uint8)
-    image[..., 2] = 255
-    image[:30, :30] = [255, 0, 0]
-    image_bytes = _png(image)
-    box = tf.constant([[0.0, 0.0, 0.3, 0.3]])
-    tf.random.set_seed(1)
-    for _ in range(30):
-      output = imagenet_input.preprocess_for_train(image_bytes, box, 32)
-      red_minus_blue = output[..., 0] - output[..., 2]
-      self.assertGreater(float(tf.reduce_max(red_minus_blue)), 0.5)
-    # Without the box the whole image is the object, and crops (at least 5%
-    # of the area) often miss the corner entirely.
-    misses = 0
-    for _ in range(30):
-      output = imagenet_input.preprocess_for_train(image_bytes, None, 32)
-      misses += float(tf.reduce_max(output[..., 0] - output[..., 2])) < 0.5
-    self.assertGreater(misses, 0)
+    with self.assertRaisesRegex(records.DatasetError, 'no labels.txt'):
+      records.read_labels_file(self.dataset_dir)
 
 
 class BuildDatasetTest(_RecordsTestCase):
@@ -296,10 +175,10 @@ class BuildDatasetTest(_RecordsTestCase):
     labels = [1, 2, 3, 4, 5, 6, 7]
     self.write_split('validation', [
         [_example(self.image, label) for label in labels[:4]],
-        [_example(_png(np.zeros([9, 9, 3], np.uint8)), label)
+        [_example(test_data.encode_png(np.zeros([9, 9, 3], np.uint8)), label)
          for label in labels[4:]],
     ])
-    dataset = imagenet_input.build_dataset(
+    dataset = records.build_dataset(
         self.dataset_dir, 'validation', batch_size=3, image_size=20,
         is_training=False)
     images, label_batches = self.read_all(dataset)
@@ -316,7 +195,7 @@ class BuildDatasetTest(_RecordsTestCase):
         [_example(self.image, 1, bbox=[0.1, 0.1, 0.9, 0.9])] * 3,
         [_example(self.image, 2)] * 2,
     ])
-    dataset = imagenet_input.build_dataset(
+    dataset = records.build_dataset(
         self.dataset_dir, 'train', batch_size=4, image_size=24,
         is_training=True, shuffle_buffer=8)
     self.assertEqual([4, 24, 24, 3], dataset.element_spec[0].shape.as_list())
@@ -333,7 +212,7 @@ class BuildDatasetTest(_RecordsTestCase):
 
   def test_train_with_num_epochs_ends(self):
     self.write_split('train', [[_example(self.image, 1)] * 5])
-    dataset = imagenet_input.build_dataset(
+    dataset = records.build_dataset(
         self.dataset_dir, 'train', batch_size=2, image_size=8,
         is_training=True, num_epochs=2)
     _, label_batches = self.read_all(dataset)
@@ -342,7 +221,11 @@ class BuildDatasetTest(_RecordsTestCase):
 
   def test_bad_arguments(self):
     with self.assertRaisesRegex(ValueError, 'batch_size must be positive'):
-      imagenet_input.build_dataset(self.dataset_dir, 'train', 0, 8, True)
+      records.build_dataset(self.dataset_dir, 'train', 0, 8, True)
+    with self.assertRaisesRegex(ValueError,
+                                'skip_corrupt needs a skip_counter'):
+      records.build_dataset(self.dataset_dir, 'train', 2, 8, True,
+                            skip_corrupt=True)
 
   def _write_with_bad_record(self, bad_record):
     good = [_example(self.image, label) for label in (1, 2, 3)]
@@ -351,7 +234,7 @@ class BuildDatasetTest(_RecordsTestCase):
 
   def assert_error_names_record(self, bad_record, problem):
     bad_file = self._write_with_bad_record(bad_record)
-    dataset = imagenet_input.build_dataset(
+    dataset = records.build_dataset(
         self.dataset_dir, 'validation', batch_size=2, image_size=8,
         is_training=False)
     with self.assertRaises(tf.errors.InvalidArgumentError) as raised:
@@ -386,7 +269,7 @@ class BuildDatasetTest(_RecordsTestCase):
     os.rename(bad_file.replace('00001', '00000'),
               bad_file.replace('00001', '00000').replace('validation',
                                                          'train'))
-    dataset = imagenet_input.build_dataset(
+    dataset = records.build_dataset(
         self.dataset_dir, 'train', batch_size=2, image_size=8,
         is_training=True)
     with self.assertRaisesRegex(tf.errors.InvalidArgumentError,
@@ -401,8 +284,8 @@ class BuildDatasetTest(_RecordsTestCase):
     self.write_split('validation',
                      [good_records[:2] + bad_records[:2],
                       bad_records[2:] + good_records[2:]])
-    counter = imagenet_input.SkippedRecordCounter()
-    dataset = imagenet_input.build_dataset(
+    counter = records.SkippedRecordCounter()
+    dataset = records.build_dataset(
         self.dataset_dir, 'validation', batch_size=2, image_size=8,
         is_training=False, skip_corrupt=True, skip_counter=counter)
     _, label_batches = self.read_all(dataset)
@@ -412,8 +295,8 @@ class BuildDatasetTest(_RecordsTestCase):
     self.assertEqual(0, counter.count)
 
   def test_dataset_errors_raised_when_building(self):
-    with self.assertRaises(imagenet_input.DatasetError):
-      imagenet_input.build_dataset(self.dataset_dir, 'train', 2, 8, True)
+    with self.assertRaises(records.DatasetError):
+      records.build_dataset(self.dataset_dir, 'train', 2, 8, True)
 
 
 class GraphModeTest(_RecordsTestCase):
@@ -423,7 +306,7 @@ class GraphModeTest(_RecordsTestCase):
     self.write_split('validation',
                      [[_example(self.image, label) for label in (1, 2, 3)]])
     with tf.Graph().as_default():
-      dataset = imagenet_input.build_dataset(
+      dataset = records.build_dataset(
           self.dataset_dir, 'validation', batch_size=2, image_size=8,
           is_training=False)
       images, labels = tf.compat.v1.data.make_one_shot_iterator(
@@ -440,9 +323,9 @@ class GraphModeTest(_RecordsTestCase):
     self.write_split('train', [[_example(self.image, 1)] * 3 +
                                [_example(b'junk', 2)]])
     for skip_corrupt in (True, False):
-      counter = imagenet_input.SkippedRecordCounter()
+      counter = records.SkippedRecordCounter()
       with tf.Graph().as_default():
-        dataset = imagenet_input.build_dataset(
+        dataset = records.build_dataset(
             self.dataset_dir, 'train', batch_size=2, image_size=8,
             is_training=True, skip_corrupt=skip_corrupt, skip_counter=counter)
         iterator = tf.compat.v1.data.make_initializable_iterator(dataset)
