@@ -137,7 +137,7 @@ def load_ops():
   return _ops
 
 
-@tf.RegisterGradient('FusedBatchNormRelu6')
+@tf.RegisterGradient(graph_editing.BATCH_NORM_RELU6_TYPE)
 def _fused_batch_norm_relu6_grad(op, y_backprop, *unused_statistics_grads):
   # The batch statistics only feed the moving averages, which have no
   # gradient, so their incoming gradients are None or zero.
@@ -248,7 +248,7 @@ def fuse_fake_quant(graph):
   ops = load_ops()
   fused = 0
   for batch_norm in [op for op in graph.get_operations()
-                     if op.type == 'FusedBatchNormRelu6']:
+                     if op.type == graph_editing.BATCH_NORM_RELU6_TYPE]:
     y = batch_norm.outputs[0]
     fake_quants = [op for op in y.consumers()
                    if op.type == 'FakeQuantWithMinMaxVars' and
