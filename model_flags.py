@@ -17,6 +17,15 @@ def define_model_flags(quantize_help):
       quantization-aware" to training and "the checkpoint was trained so" to
       evaluation and export.
   """
+  define_architecture_flags()
+  flags.DEFINE_bool('quantize', False, quantize_help)
+
+
+def define_architecture_flags():
+  """Defines --num_classes, --image_size and --depth_multiplier.
+
+  The benches build the model from these too, with the binaries' bounds.
+  """
   flags.DEFINE_integer('num_classes', 1001,
                        'Classes of the logits layer: 1001 for ImageNet (class '
                        '0 is background), N+1 for a dataset of N classes. '
@@ -29,7 +38,6 @@ def define_model_flags(quantize_help):
                      'released models (any positive value works). Evaluation '
                      'and export take the value training used.',
                      lower_bound=0.01)
-  flags.DEFINE_bool('quantize', False, quantize_help)
 
 
 def define_checkpoint_flags():

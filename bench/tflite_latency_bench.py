@@ -48,6 +48,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _ROOT)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+import model_flags
 import peer_process
 from runtime import slim_compat  # pylint: disable=unused-import
 import tensorflow as tf
@@ -62,12 +63,8 @@ tf1 = tf.compat.v1
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_float('depth_multiplier', 1.0, 'Width multiplier.',
-                   lower_bound=0.01)
-flags.DEFINE_integer('image_size', 224, 'Input resolution (square).',
-                     lower_bound=32)
-flags.DEFINE_integer('num_classes', 1001, 'Classes of the logits layer.',
-                     lower_bound=2)
+model_flags.define_architecture_flags()
+flags.adopt_module_key_flags(model_flags)
 flags.DEFINE_integer('runs', 100, 'Timed invocations per model and thread '
                      'setting.', lower_bound=2)
 flags.DEFINE_integer('warmup_runs', 10, 'Untimed invocations first.',

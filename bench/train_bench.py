@@ -55,6 +55,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _ROOT)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+import model_flags
 import peer_process
 from runtime import slim_compat  # pylint: disable=unused-import
 from model import costs
@@ -71,15 +72,11 @@ _STEP_FLAGS = ('depth_multiplier', 'image_size', 'batch_size',
 # The oneDNN math modes a table can run its peers in.
 _PRECISIONS = ('float32', 'bfloat16')
 
-flags.DEFINE_float('depth_multiplier', 1.0, 'Width multiplier of the '
-                   'benchmarked model.', lower_bound=0.01)
-flags.DEFINE_integer('image_size', 224, 'Input resolution (square).',
-                     lower_bound=32)
+model_flags.define_architecture_flags()
+flags.adopt_module_key_flags(model_flags)
 flags.DEFINE_integer('batch_size', 32, 'Images per training step (the '
                      'team\'s yardstick; the trainer\'s own default is 64).',
                      lower_bound=1)
-flags.DEFINE_integer('num_classes', 1001, 'Classes of the logits layer.',
-                     lower_bound=2)
 flags.DEFINE_enum('optimizer', 'sgd', ['sgd', 'momentum', 'rmsprop'],
                   'Optimizer of our step, as mobilenet_v1_train\'s '
                   '--optimizer; the other peers use SGD.')
