@@ -318,6 +318,31 @@ mobilenet_v1_025 = wrapped_partial(mobilenet_v1, depth_multiplier=0.25)
 BATCH_NORM_EPSILON = 0.001
 
 
+def _float32_l2_regularizer(scale):
+  """slim.l2_regularizer of the float32 weights, whatever the layer reads.
+
+  Mixed-precision training (training/precision.py) hands each layer a
+  bfloat16 copy of its float32 weights; weight decay is taken from the
+  float32 weights behind the copy, so that it sums and trains exactly as in
+  float32.
+
+  Args:
+    scale: the L2 regularization strength.
+
+  Returns:
+    A function of the weights a layer reads, as slim.l2_regularizer's.
+  """
+  l2 = slim.l2_regularizer(scale)
+
+  def regularizer(weights):
+    if (weights.dtype != tf.float32 and weights.op.type == 'Cast' and
+        weights.op.inputs[0].dtype == tf.float32):
+      weights = weights.op.inputs[0]
+    return l2(weights)
+
+  return regularizer
+
+
 def mobilenet_v1_arg_scope(is_training=True,
                            weight_decay=0.00004,
                            stddev=0.09,
@@ -356,7 +381,7 @@ def mobilenet_v1_arg_scope(is_training=True,
     batch_norm_params['is_training'] = is_training
 
   weights_init = tf1.truncated_normal_initializer(stddev=stddev)
-  regularizer = slim.l2_regularizer(weight_decay)
+  regularizer = _float32_l2_regularizer(weight_decay)
   depthwise_regularizer = regularizer if regularize_depthwise else None
   with slim.arg_scope([slim.conv2d, slim.separable_conv2d],
                       weights_initializer=weights_init,

@@ -18,7 +18,7 @@ there). Parameter-server training: start one process per task with the same
 
 This module defines the flags; training/ does the training (trainer.train,
 given a config.TrainConfig of the flags' values). It imports TensorFlow only
-once main has set oneDNN's math mode and taken the directory's lock.
+once main has taken the directory's lock.
 """
 
 import dataclasses
@@ -31,22 +31,20 @@ from absl import flags
 import model_flags
 from runtime import cli
 from runtime import directory_lock
-from training import math_mode
+from training import precision
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_bool('bfloat16_convolutions', True,
-                  'Train with oneDNN\'s bfloat16 math mode (sets '
-                  '$ONEDNN_DEFAULT_FPMATH_MODE to BF16, else STRICT): on CPUs '
-                  'with AMX the convolutions round their inputs '
-                  '(activations, weights, gradients) to bfloat16, 8 '
-                  'significant bits, before multiplying, and accumulate in '
-                  'float32; variables, batch norm, the loss and the '
-                  'optimizer stay float32. Faster there; no effect on other '
-                  'CPUs, AVX512-BF16 ones without AMX included (TensorFlow '
-                  '2.21\'s oneDNN keeps its float32 kernels there). '
-                  'Evaluation and export do not set the mode: float32 '
-                  'unless $ONEDNN_DEFAULT_FPMATH_MODE says otherwise.')
+flags.DEFINE_enum('precision', None, list(precision.PRECISIONS),
+                  'Arithmetic of the training step. mixed_bfloat16: '
+                  'convolutions and activations in bfloat16 (8 significant '
+                  'bits; products summed in float32), while variables, '
+                  'optimizer slots, batch norm statistics, weight decay and '
+                  'the loss stay float32, so checkpoints are float32 as '
+                  'always. float32: everything in float32. Unset: '
+                  'mixed_bfloat16 where the CPU multiplies bfloat16 '
+                  'natively (AVX512-BF16, AMX or Arm BF16) and float32 '
+                  'elsewhere; --quantize trains in float32.')
 
 # The original script's flags.
 flags.DEFINE_string('master', '',
@@ -235,10 +233,6 @@ def train_config(flag_values):
   from training import config as config_lib  # pylint: disable=g-import-not-at-top
   values = {}
   for field in dataclasses.fields(config_lib.TrainConfig):
-    if field.name == 'bfloat16_convolutions_requested':
-      values[field.name] = (flag_values['bfloat16_convolutions'].present and
-                            flag_values.bfloat16_convolutions)
-      continue
     value = flag_values[field.name].value
     values[field.name] = tuple(value) if isinstance(value, list) else value
   return config_lib.TrainConfig(**values)
@@ -246,10 +240,6 @@ def train_config(flag_values):
 
 def main(argv):
   del argv  # unused
-  # oneDNN reads its math mode once, when TensorFlow creates its first
-  # oneDNN primitive: it is set before TensorFlow is imported below.
-  os.environ[math_mode.ONEDNN_MATH_MODE_ENV] = math_mode.onednn_math_mode(
-      FLAGS.bfloat16_convolutions)
   # A second run on a --checkpoint_dir in use is refused before TensorFlow
   # takes its seconds to load. The lock's descriptor stays open, and the
   # lock held, until the process ends.

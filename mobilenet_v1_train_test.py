@@ -24,7 +24,7 @@ from quantization import quantize
 from testing import test_data
 from quantization import weight_rounding
 from training import config as config_lib
-from training import math_mode
+from training import precision
 
 test_data.use_float32_math()
 
@@ -47,6 +47,11 @@ TINY_TRAIN = TINY_MODEL + ['--batch_size=16', '--random_seed=15']
 def train_command(dataset_dir, checkpoint_dir, *flags):
   return [sys.executable, TRAIN, '--dataset_dir=' + dataset_dir,
           '--checkpoint_dir=' + checkpoint_dir] + SMALL_MODEL + list(flags)
+
+
+def without_precision(command):
+  """A trainer command that leaves --precision to the CPU's default."""
+  return [arg for arg in command if not arg.startswith('--precision')]
 
 
 def run(command, timeout=600):
@@ -395,18 +400,18 @@ class TrainTest(tf.test.TestCase):
     env = dict(os.environ)
     env[batch_norm_relu6.CPU_FEATURES_ENV] = 'fpu sse sse2 ssse3 sse4_2 avx'
     result = subprocess.run(
-        train_command(self.dataset_dir, checkpoint_dir, '--number_of_steps=3',
-                      '--log_every_n_steps=1', '--bfloat16_convolutions'),
+        without_precision(train_command(
+            self.dataset_dir, checkpoint_dir, '--number_of_steps=3',
+            '--log_every_n_steps=1')),
         capture_output=True, text=True, env=env, timeout=600, check=False)
     self.assertEqual(result.returncode, 0, result.stderr)
     notes = [line for line in result.stdout.splitlines()
-             if 'not fused' in line or 'no effect' in line]
+             if 'not fused' in line or line.startswith('Precision')]
     self.assertEqual(notes, [
         'Batch norm + ReLU6 run as TensorFlow\'s ops, not fused: this CPU '
         'lacks AVX2 and FMA.',
-        '--bfloat16_convolutions has no effect on this CPU: oneDNN\'s '
-        'bfloat16 math mode needs AMX (and oneDNN on); the convolutions '
-        'compute in float32.'])
+        'Precision: float32: this CPU has no bfloat16 arithmetic '
+        '(AVX512-BF16, AMX or BF16), where emulating it is slower.'])
     self.assertIn('step 3 ', result.stdout)
     self.assertEqual(checkpoint_step(checkpoint_dir), 3)
     op_types = test_data.graph_op_types(
@@ -415,6 +420,36 @@ class TrainTest(tf.test.TestCase):
     self.assertEqual(op_types.count('FusedBatchNormV3'), 27)
     self.assertEqual(op_types.count('FusedBatchNormGradV3'), 27)
 
+
+  def test_bfloat16_cpu_trains_mixed_into_float32_checkpoints(self):
+    checkpoint_dir = os.path.join(self.get_temp_dir(), 'bfloat16_cpu')
+    # A CPU with AVX512-BF16 (Zen 4, Cooper Lake): mixed bfloat16 by default.
+    env = dict(os.environ)
+    env[batch_norm_relu6.CPU_FEATURES_ENV] = 'avx avx2 fma avx512f avx512_bf16'
+    result = subprocess.run(
+        without_precision(train_command(
+            self.dataset_dir, checkpoint_dir, '--number_of_steps=3',
+            '--log_every_n_steps=1')),
+        capture_output=True, text=True, env=env, timeout=600, check=False)
+    self.assertEqual(result.returncode, 0, result.stderr)
+    self.assertIn(
+        'Precision: mixed bfloat16 (convolutions and activations in '
+        'bfloat16; variables, batch norm statistics and the loss in '
+        'float32): this CPU multiplies bfloat16 natively (AVX512_BF16); '
+        '--precision=float32 trains in float32.', result.stdout)
+    self.assertEqual(checkpoint_step(checkpoint_dir), 3)
+    checkpoint = tf.train.latest_checkpoint(checkpoint_dir)
+    dtypes = tf1.train.NewCheckpointReader(
+        checkpoint).get_variable_to_dtype_map()
+    self.assertEqual({name for name, dtype in dtypes.items()
+                      if dtype != tf.float32}, {'global_step'})
+    # The checkpoint evaluates as any float32 one does.
+    evaluated = run([sys.executable, EVAL, '--dataset_dir=' + self.dataset_dir,
+                     '--checkpoint_dir=' + checkpoint_dir,
+                     '--depth_multiplier=0.25', '--image_size=64',
+                     '--num_classes=3', '--batch_size=8'])
+    self.assertEqual(evaluated.returncode, 0, evaluated.stderr)
+    self.assertIn('Accuracy', evaluated.stdout)
   def float_source(self):
     """A 3-step float checkpoint to fine-tune from, trained once per class."""
     source_dir = os.path.join(tf1.test.get_temp_dir(), 'float_source')
@@ -644,21 +679,21 @@ class FlagsTest(tf.test.TestCase):
     self.assertEqual(mobilenet_v1_train.train_config(flag_values),
                      config_lib.TrainConfig())
     fields = {f.name for f in dataclasses.fields(config_lib.TrainConfig)}
-    self.assertEqual(set(flag_values) - fields, {'bfloat16_convolutions'})
-    self.assertEqual(fields - set(flag_values),
-                     {'bfloat16_convolutions_requested'})
+    self.assertEqual(set(flag_values), fields)
+    self.assertEqual(mobilenet_v1_train.FLAGS['precision'].parser.enum_values,
+                     list(precision.PRECISIONS))
 
   def test_flags_become_the_config(self):
     flag_values = parsed_trainer_flags(
         '--dataset_dir=/data', '--quantize',
         '--checkpoint_exclude_scopes=MobilenetV1/Logits,Other',
-        '--bfloat16_convolutions', '--number_of_steps=7')
+        '--precision=mixed_bfloat16', '--number_of_steps=7')
     config = mobilenet_v1_train.train_config(flag_values)
     self.assertEqual(config.dataset_dir, '/data')
     self.assertTrue(config.quantize)
     self.assertEqual(config.checkpoint_exclude_scopes,
                      ('MobilenetV1/Logits', 'Other'))
-    self.assertTrue(config.bfloat16_convolutions_requested)
+    self.assertEqual(config.precision, precision.MIXED_BFLOAT16)
     self.assertEqual(config.number_of_steps, 7)
 
   def test_weight_schemes_are_quantizes(self):
@@ -669,142 +704,6 @@ class FlagsTest(tf.test.TestCase):
   def test_help_quotes_no_measurements(self):
     for name in ('freeze_bn_delay', 'distillation_weight'):
       self.assertNotIn('README', mobilenet_v1_train.FLAGS[name].help)
-
-
-# Runs the trainer as a program until it first imports TensorFlow, and
-# prints oneDNN's math mode as the environment holds it at that moment.
-_MATH_MODE_AT_TENSORFLOW_IMPORT = """
-import os, runpy, sys
-
-class StopAtTensorFlow:
-  def find_spec(self, name, path=None, target=None):
-    if name == 'tensorflow':
-      print('mode:', os.environ.get('ONEDNN_DEFAULT_FPMATH_MODE'))
-      sys.exit(0)
-
-sys.meta_path.insert(0, StopAtTensorFlow())
-sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name='__main__')
-"""
-
-# In a process whose oneDNN math mode the parent set: 1x1 convolutions
-# forward and back on the arrays in argv[1], results saved to argv[2].
-_CONVOLUTIONS = """
-import sys
-import numpy as np
-import tensorflow as tf
-
-arrays = np.load(sys.argv[1])
-
-@tf.function
-def convolutions(x, w, dy):
-  with tf.GradientTape() as tape:
-    tape.watch([x, w])
-    y = tf.nn.conv2d(x, w, 1, 'VALID')
-  dx, dw = tape.gradient(y, [x, w], output_gradients=dy)
-  return y, dx, dw
-
-np.savez(sys.argv[2], *[t.numpy() for t in convolutions(
-    arrays['x'], arrays['w'], arrays['dy'])])
-"""
-
-# Unit roundoffs: float32 keeps 24 significant bits, bfloat16 8.
-_FLOAT32_U = 2.0**-24
-_BFLOAT16_U = 2.0**-8
-
-
-def _gamma(n):
-  """Higham's gamma_n for float32: |error| of an n-term sum / sum of |terms|."""
-  return n * _FLOAT32_U / (1 - n * _FLOAT32_U)
-
-
-class Bfloat16ConvolutionsTest(tf.test.TestCase):
-  """What --bfloat16_convolutions promises, in fresh processes.
-
-  oneDNN's math mode is process-wide, so it is only ever set in children:
-  this process, and every other test, computes in float32.
-  """
-
-  def test_math_mode_is_set_before_tensorflow_is_imported(self):
-    flagfile = os.path.join(self.get_temp_dir(), 'flags')
-    with open(flagfile, 'w') as f:
-      f.write('--nobfloat16_convolutions\n')
-    cases = [
-        ([], 'BF16'),
-        (['--nobfloat16_convolutions'], 'STRICT'),
-        (['--dataset_dir', 'data', '--bfloat16_convolutions=false'], 'STRICT'),
-        (['--flagfile=' + flagfile], 'STRICT'),
-        (['--flagfile=' + flagfile, '--bfloat16_convolutions'], 'BF16'),
-    ]
-    for flags, mode in cases:
-      with self.subTest(flags=flags):
-        # A mode already in the environment does not override the flag.
-        env = dict(os.environ, ONEDNN_DEFAULT_FPMATH_MODE='ANY')
-        result = subprocess.run(
-            [sys.executable, '-c', _MATH_MODE_AT_TENSORFLOW_IMPORT, TRAIN] +
-            flags, capture_output=True, text=True, env=env, check=False,
-            timeout=120)
-        self.assertEqual(result.returncode, 0, result.stderr)
-        self.assertEqual(result.stdout.strip(), 'mode: ' + mode)
-
-  def _convolutions(self, bfloat16, arrays_path):
-    out = os.path.join(self.get_temp_dir(), 'conv_%s.npz' % bfloat16)
-    env = dict(os.environ)
-    env[math_mode.ONEDNN_MATH_MODE_ENV] = math_mode.onednn_math_mode(bfloat16)
-    result = subprocess.run(
-        [sys.executable, '-c', _CONVOLUTIONS, arrays_path, out],
-        capture_output=True, text=True, env=env, check=False, timeout=300)
-    self.assertEqual(result.returncode, 0, result.stderr)
-    with np.load(out) as saved:
-      return [saved['arr_%d' % i] for i in range(3)]
-
-  def test_convolutions_round_only_their_inputs_to_bfloat16(self):
-    rng = np.random.RandomState(0)
-    x = rng.normal(size=[4, 12, 12, 32]).astype(np.float32)
-    w = rng.normal(size=[1, 1, 32, 48]).astype(np.float32)
-    dy = rng.normal(size=[4, 12, 12, 48]).astype(np.float32)
-    arrays_path = os.path.join(self.get_temp_dir(), 'arrays.npz')
-    np.savez(arrays_path, x=x, w=w, dy=dy)
-    strict = self._convolutions(False, arrays_path)
-    bfloat16 = self._convolutions(True, arrays_path)
-    takes_effect = math_mode.bfloat16_math_takes_effect(
-        batch_norm_relu6.cpu_features())
-
-    # Each output is a sum of K products: y over the 32 input channels, dx
-    # over the 48 output channels, dw over the 4*12*12 pixels.
-    x64, w64, dy64 = (a.astype(np.float64).reshape(-1, a.shape[-1])
-                      for a in (x, w[0, 0], dy))
-    exact = [x64 @ w64, dy64 @ w64.T, x64.T @ dy64]
-    magnitude = [np.abs(x64) @ np.abs(w64), np.abs(dy64) @ np.abs(w64.T),
-                 np.abs(x64.T) @ np.abs(dy64)]
-    terms = [32, 48, 4 * 12 * 12]
-    for name, got_strict, got_bfloat16, want, size, k in zip(
-        ('y', 'dx', 'dw'), strict, bfloat16, exact, magnitude, terms):
-      got_strict = got_strict.reshape(want.shape)
-      got_bfloat16 = got_bfloat16.reshape(want.shape)
-      # float32: a K-term sum in any order is off by at most
-      # gamma_{K-1} * sum |terms| (Higham, Accuracy and Stability, 3.1).
-      float32_bound = _gamma(k - 1) * size
-      self.assertTrue(np.all(np.abs(got_strict - want) <= float32_bound), name)
-      # bfloat16 math mode: each input is rounded to nearest bfloat16,
-      # a(1 + d) with |d| <= 2^-8, so each product is off by a factor
-      # (1 + d1)(1 + d2), at most 2u + u^2; the product of two bfloat16
-      # values is exact in float32 and the float32 sum adds gamma_{K-1}
-      # times the rounded terms' magnitude, (1 + u)^2 * sum |terms|.
-      bfloat16_bound = ((2 * _BFLOAT16_U + _BFLOAT16_U**2) +
-                        _gamma(k - 1) * (1 + _BFLOAT16_U)**2) * size
-      self.assertTrue(np.all(np.abs(got_bfloat16 - want) <= bfloat16_bound),
-                      name)
-      if not takes_effect:
-        # No AMX (oneDNN keeps its float32 kernels even on AVX512-BF16 CPUs),
-        # or no oneDNN: the mode changes nothing.
-        self.assertAllEqual(got_bfloat16, got_strict, name)
-    if takes_effect:
-      # The forward convolution really multiplied in bfloat16: with 32
-      # terms its float32 error stays under 2e-6 of the terms' magnitude,
-      # while rounding the inputs moves some outputs by far more.
-      y_error = np.abs(bfloat16[0].reshape(exact[0].shape) - exact[0])
-      self.assertTrue(np.any(y_error > _gamma(31) * magnitude[0]))
 
 
 if __name__ == '__main__':

@@ -45,6 +45,7 @@ import sample_records
 import numpy as np
 import tensorflow as tf
 from data import records
+from kernels import batch_norm_relu6
 from training import config as config_lib
 from training import train_graph
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -160,7 +161,8 @@ def _training_plan():
           image_size=FLAGS.image_size, batch_size=FLAGS.batch_size,
           num_classes=FLAGS.num_classes, optimizer=FLAGS.optimizer,
           num_train_examples=config_lib.IMAGENET_TRAIN_EXAMPLES),
-      count_train_examples=None, batch_norms_restored=True)
+      count_train_examples=None, batch_norms_restored=True,
+      cpu_features=batch_norm_relu6.cpu_features())
 
 
 def _spawn(name):

@@ -15,7 +15,7 @@ import tensorflow as tf
 # Trainer flags for every test that trains: the same model on every run on
 # a machine, and float32 math, whatever the trainer's defaults (the bfloat16
 # path has its own test).
-REPRODUCIBLE_TRAINING = ['--random_seed=0', '--nobfloat16_convolutions']
+REPRODUCIBLE_TRAINING = ['--random_seed=0', '--precision=float32']
 
 
 def use_float32_math():
@@ -25,8 +25,8 @@ def use_float32_math():
   TensorFlow creates its first oneDNN primitive, so a test module calls this
   before it runs anything: its tolerances are float32's whatever the
   environment asks for (ONEDNN_DEFAULT_FPMATH_MODE=BF16 would round every
-  convolution's inputs to bfloat16). Tests of the bfloat16 path set the mode
-  of the processes they start themselves.
+  convolution's inputs to bfloat16). Tests of mixed-precision training
+  build bfloat16 graphs explicitly (--precision=mixed_bfloat16).
   """
   os.environ['ONEDNN_DEFAULT_FPMATH_MODE'] = 'STRICT'
 

@@ -15,6 +15,7 @@ overrides them:
   batch norm decay   (b)      (b)      (c)      (c)              1 (d)
   equalisation       no       no       no       no               yes (e)
   weight rounding    no       no       no       no               yes (f)
+  precision          (g)      float32  (g)      float32          float32
 
   (a) The float checkpoint teaches: each target is its softmax. Not when
       --checkpoint_exclude_scopes leaves part of the model out (new classes
@@ -32,6 +33,12 @@ overrides them:
       checkpoint needs it (weight_rounding.needs_rounding: its training
       graph kept the checkpoint's averages, (d), its weights are quantized
       per tensor and it is not rounded yet).
+  (g) mixed_bfloat16 where the CPU multiplies bfloat16 natively
+      (precision.native_bfloat16_units: AVX512-BF16, AMX or Arm's BF16),
+      float32 elsewhere, where emulated bfloat16 is slower than float32.
+      Quantization-aware training's rewrite quantizes float32 tensors: it
+      trains in float32, and --precision=mixed_bfloat16 with --quantize is
+      refused.
 
   --quantize --freeze_bn_delay=0 builds the model in inference mode: its
   batch norms use the checkpoint's moving statistics from the first step.
@@ -44,6 +51,7 @@ from typing import Optional, Tuple
 from quantization import quantize as quantize_lib
 from runtime import errors
 from training import batch_norm_decay
+from training import precision as precision_lib
 
 SCRATCH_LEARNING_RATE = 0.045
 FINE_TUNE_LEARNING_RATE = 1e-4
@@ -87,10 +95,8 @@ class TrainConfig:
   freeze_bn_delay: Optional[int] = None
   rounding_examples: int = 500
   # How the step runs.
+  precision: Optional[str] = None
   fuse_batch_norm_relu6: bool = True
-  # --bfloat16_convolutions given on the command line: the run says when
-  # the math mode the main set has no effect on this CPU.
-  bfloat16_convolutions_requested: bool = False
   skip_corrupt_records: bool = False
   # Output.
   log_every_n_steps: int = 100
@@ -133,6 +139,8 @@ class Plan:
     batch_norms_frozen_from_start: the model is built in inference mode.
     freeze_bn_delay: the step from which the quantization rewrite freezes
       batch norms; None when it never does (or they are frozen from start).
+    precision: precision.FLOAT32 or precision.MIXED_BFLOAT16.
+    precision_reason: why, for the run's start-up line.
   """
 
   config: TrainConfig
@@ -145,6 +153,8 @@ class Plan:
   batch_norm_decay: float
   batch_norms_frozen_from_start: bool
   freeze_bn_delay: Optional[int]
+  precision: str
+  precision_reason: str
 
 
 def check(config):
@@ -167,12 +177,20 @@ def check(config):
   if config.num_classes < 2:
     raise errors.UserError('--num_classes must be at least 2, got %d' %
                            config.num_classes)
+  if config.precision not in (None,) + precision_lib.PRECISIONS:
+    raise errors.UserError('--precision=%s is not one of %s' % (
+        config.precision, ', '.join(precision_lib.PRECISIONS)))
+  if config.quantize and config.precision == precision_lib.MIXED_BFLOAT16:
+    raise errors.UserError('--precision=mixed_bfloat16 does not train '
+                           'quantized models (their fake quantization is '
+                           'float32); drop it or use --precision=float32')
   if config.distillation_weight and not config.fine_tuning:
     raise errors.UserError('--distillation_weight needs a teacher: give the '
                            'float model as --fine_tune_checkpoint')
 
 
-def resolve(config, count_train_examples, batch_norms_restored):
+def resolve(config, count_train_examples, batch_norms_restored,
+            cpu_features):
   """Chooses every default of a run (the module docstring's table).
 
   Args:
@@ -183,6 +201,8 @@ def resolve(config, count_train_examples, batch_norms_restored):
     batch_norms_restored: whether --fine_tune_checkpoint gives every batch
       norm of the model its moving averages (none is left out by
       --checkpoint_exclude_scopes).
+    cpu_features: the CPU's feature flags, as
+      `batch_norm_relu6.cpu_features` reads them.
 
   Returns:
     The Plan.
@@ -190,6 +210,7 @@ def resolve(config, count_train_examples, batch_norms_restored):
   num_train_examples = config.num_train_examples or count_train_examples()
   keeps_averages = _keeps_checkpoint_averages(config, batch_norms_restored)
   frozen_from_start = config.quantize and config.freeze_bn_delay == 0
+  precision, precision_reason = _precision(config, cpu_features)
   return Plan(
       config=config,
       num_train_examples=num_train_examples,
@@ -202,7 +223,26 @@ def resolve(config, count_train_examples, batch_norms_restored):
       keeps_checkpoint_averages=keeps_averages,
       batch_norm_decay=_batch_norm_decay(config, keeps_averages),
       batch_norms_frozen_from_start=frozen_from_start,
-      freeze_bn_delay=None if frozen_from_start else config.freeze_bn_delay)
+      freeze_bn_delay=None if frozen_from_start else config.freeze_bn_delay,
+      precision=precision,
+      precision_reason=precision_reason)
+
+
+def _precision(config, cpu_features):
+  """The run's precision and why: (g) of the module docstring's table."""
+  if config.precision is not None:
+    return config.precision, '--precision=%s' % config.precision
+  if config.quantize:
+    return precision_lib.FLOAT32, ('quantization-aware training runs in '
+                                   'float32')
+  units = precision_lib.native_bfloat16_units(cpu_features)
+  if units:
+    return precision_lib.MIXED_BFLOAT16, (
+        'this CPU multiplies bfloat16 natively (%s); --precision=float32 '
+        'trains in float32' % ', '.join(u.upper() for u in units))
+  return precision_lib.FLOAT32, (
+      'this CPU has no bfloat16 arithmetic (AVX512-BF16, AMX or BF16), '
+      'where emulating it is slower')
 
 
 def _learning_rate(config):

@@ -7,6 +7,7 @@ from quantization import quantize
 from runtime import errors
 from training import batch_norm_decay
 from training import config as config_lib
+from training import precision
 
 # A quantization-aware fine-tune with per-tensor weights of a set length:
 # the row of the table where every rule departs from its plain default.
@@ -21,9 +22,14 @@ def config(**fields):
                                 **fields)
 
 
-def resolve(train_config, batch_norms_restored=True, train_examples=1000):
+# A CPU without bfloat16 arithmetic (AVX2, as Zen 2 and Zen 3 have).
+AVX2_CPU = ('avx', 'avx2', 'fma')
+
+
+def resolve(train_config, batch_norms_restored=True, train_examples=1000,
+            cpu_features=AVX2_CPU):
   return config_lib.resolve(train_config, lambda: train_examples,
-                            batch_norms_restored)
+                            batch_norms_restored, cpu_features)
 
 
 def qat_fine_tune(**changes):
@@ -61,7 +67,7 @@ class LearningRateTest(unittest.TestCase):
       raise AssertionError('counted the dataset')
 
     plan = config_lib.resolve(config(num_train_examples=1281167),
-                              must_not_count, True)
+                              must_not_count, True, AVX2_CPU)
     self.assertEqual(plan.num_train_examples, 1281167)
     self.assertEqual(plan.learning_rate_decay_steps, 50045)
     self.assertEqual(resolve(config(), train_examples=77).num_train_examples,
@@ -230,11 +236,59 @@ class CheckTest(unittest.TestCase):
          '--checkpoint_dir is required'),
         (config(num_classes=1), '--num_classes must be at least 2, got 1'),
         (config(distillation_weight=0.5),
-         '--distillation_weight needs a teacher')):
+         '--distillation_weight needs a teacher'),
+        (config(precision='bfloat16'),
+         '--precision=bfloat16 is not one of float32, mixed_bfloat16'),
+        (qat_fine_tune(precision=precision.MIXED_BFLOAT16),
+         '--precision=mixed_bfloat16 does not train quantized models')):
       with self.subTest(message):
         with self.assertRaisesRegex(errors.UserError, message) as raised:
           config_lib.check(train_config)
         self.assertNotIn('\n', str(raised.exception))
+
+
+class PrecisionTest(unittest.TestCase):
+
+  def test_mixed_bfloat16_where_the_cpu_multiplies_bfloat16(self):
+    for name, cpu_features in (
+        ('AVX512-BF16 (Zen 4)', AVX2_CPU + ('avx512f', 'avx512_bf16')),
+        ('AMX (Sapphire Rapids)', AVX2_CPU + ('amx_bf16', 'amx_tile')),
+        ('Arm BF16 (Graviton 3)', ('asimd', 'sve', 'bf16'))):
+      with self.subTest(name):
+        plan = resolve(config(), cpu_features=cpu_features)
+        self.assertEqual(plan.precision, precision.MIXED_BFLOAT16)
+        self.assertIn('natively', plan.precision_reason)
+        self.assertEqual(
+            resolve(config(fine_tune_checkpoint='/c'),
+                    cpu_features=cpu_features).precision,
+            precision.MIXED_BFLOAT16)
+
+  def test_float32_elsewhere(self):
+    for name, cpu_features in (
+        ('AVX2 only', AVX2_CPU), ('AVX-512 without BF16',
+                                  AVX2_CPU + ('avx512f', 'avx512_vnni')),
+        ('Arm without BF16', ('asimd',)), ('unknown', ())):
+      with self.subTest(name):
+        plan = resolve(config(), cpu_features=cpu_features)
+        self.assertEqual(plan.precision, precision.FLOAT32)
+        self.assertIn('no bfloat16 arithmetic', plan.precision_reason)
+
+  def test_quantization_aware_training_stays_float32(self):
+    bfloat16_cpu = AVX2_CPU + ('avx512_bf16',)
+    for train_config in (config(quantize=True), qat_fine_tune(),
+                         qat_fine_tune(weight_quantization=quantize.PER_CHANNEL)):
+      plan = resolve(train_config, cpu_features=bfloat16_cpu)
+      self.assertEqual(plan.precision, precision.FLOAT32)
+      self.assertIn('quantization-aware', plan.precision_reason)
+
+  def test_flag_overrides_the_cpu(self):
+    self.assertEqual(resolve(config(precision=precision.MIXED_BFLOAT16),
+                             cpu_features=AVX2_CPU).precision,
+                     precision.MIXED_BFLOAT16)
+    plan = resolve(config(precision=precision.FLOAT32),
+                   cpu_features=AVX2_CPU + ('amx_bf16',))
+    self.assertEqual(plan.precision, precision.FLOAT32)
+    self.assertEqual(plan.precision_reason, '--precision=float32')
 
 
 class FrozenTest(unittest.TestCase):

@@ -2,8 +2,9 @@
 
 `build_train_op` builds what a Plan describes into the default graph: the
 model in training mode (or inference mode, batch norms frozen from the
-start), fused batch norm + ReLU6 kernels where they run, the quantization
-rewrite, the distillation teacher, the loss and one optimizer step.
+start) in the plan's precision, fused batch norm + ReLU6 kernels where they
+run, the quantization rewrite, the distillation teacher, the loss and one
+optimizer step.
 """
 
 import collections
@@ -21,6 +22,7 @@ from quantization import tflite_emulation
 from runtime import errors
 from training import distillation
 from training import fine_tune
+from training import mixed_precision
 
 tf1 = tf.compat.v1
 
@@ -39,9 +41,6 @@ Attributes:
 
 def session_config():
   """The session options training runs with.
-
-  oneDNN's math mode (--bfloat16_convolutions) is not among them: it is
-  process-wide, set in the environment before TensorFlow is imported.
 
   Returns:
     The tf.compat.v1.ConfigProto.
@@ -88,8 +87,11 @@ def build_train_op(images, labels, global_step, plan):
   # Batch norms frozen from the first step need no batch statistics: the
   # model is built in inference mode. Gamma and beta still train; the moving
   # statistics stay as restored; dropout (keeping 99.9% by default) is off.
-  logits = build_model(images,
-                       is_training=not plan.batch_norms_frozen_from_start)
+  with mixed_precision.float32_variables(plan.precision):
+    logits = build_model(mixed_precision.cast_images(images, plan.precision),
+                         is_training=not plan.batch_norms_frozen_from_start)
+  # The softmax and the loss sum over classes and the batch: float32.
+  logits = tf.cast(logits, tf.float32)
   fused = _fuse_batch_norm_relu6(logits.graph, plan)
   if config.quantize:
     quantize.create_training_graph(

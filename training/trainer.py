@@ -4,7 +4,7 @@ Killed at any moment, a run started again with the same config resumes from
 the last checkpoint in its checkpoint directory that reads back whole, with
 its global step. SIGINT or SIGTERM saves a checkpoint at the current step
 first; a second signal exits at once. The caller holds the directory's lock
-(directory_lock.lock_if_chief) and has set oneDNN's math mode (math_mode).
+(directory_lock.lock_if_chief).
 """
 
 import signal
@@ -21,7 +21,7 @@ from training import cluster as cluster_lib
 from training import config as config_lib
 from training import fine_tune
 from training import hooks as hooks_lib
-from training import math_mode
+from training import precision
 from training import train_graph
 
 tf1 = tf.compat.v1
@@ -54,7 +54,8 @@ def train(config, resume_command):
       config,
       count_train_examples=lambda: records.num_examples(
           config.dataset_dir, 'train'),
-      batch_norms_restored=fine_tune.batch_norms_restored(config))
+      batch_norms_restored=fine_tune.batch_norms_restored(config),
+      cpu_features=batch_norm_relu6.cpu_features())
 
   graph = tf.Graph()
   with graph.as_default():
@@ -158,12 +159,12 @@ def _print_notes(plan):
                          ' of fine-tuning' if config.fine_tuning else ''),
           flush=True)
 
-  if (config.bfloat16_convolutions_requested and
-      not math_mode.bfloat16_math_takes_effect(
-          batch_norm_relu6.cpu_features())):
-    print('--bfloat16_convolutions has no effect on this CPU: oneDNN\'s '
-          'bfloat16 math mode needs AMX (and oneDNN on); the convolutions '
-          'compute in float32.', flush=True)
+  if plan.precision == precision.MIXED_BFLOAT16:
+    print('Precision: mixed bfloat16 (convolutions and activations in '
+          'bfloat16; variables, batch norm statistics and the loss in '
+          'float32): %s.' % plan.precision_reason, flush=True)
+  else:
+    print('Precision: float32: %s.' % plan.precision_reason, flush=True)
 
   if plan.distillation_weight:
     print('Distilling from the float model %s: each target is %g of its '
