@@ -22,7 +22,6 @@ once main has taken the directory's lock.
 """
 
 import dataclasses
-import os
 import shlex
 import sys
 
