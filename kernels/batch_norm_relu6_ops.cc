@@ -30,6 +30,7 @@
 #include <algorithm>
 #include <cmath>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 #include <immintrin.h>
@@ -189,13 +190,12 @@ inline __m256 Load8(const bfloat16* p) {
       _mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
 }
 
-inline void Stream8(float* p, __m256 v) { _mm256_stream_ps(p, v); }
-
-// FromFloat<bfloat16> on 8 values: add just under half a bfloat16 unit in
-// the last place, plus its last bit (so ties go to even), and keep the
-// upper 16 bits; NaNs become 0x7fc0 with their sign, as Eigen's scalar
-// conversion makes them, so vector and scalar loops store the same bits.
-inline void Stream8(bfloat16* p, __m256 v) {
+// FromFloat<bfloat16> on 8 values, each in the low half of a 32-bit lane:
+// add just under half a bfloat16 unit in the last place, plus its last bit
+// (so ties go to even), and keep the upper 16 bits; NaNs become 0x7fc0 with
+// their sign, as Eigen's scalar conversion makes them, so vector and scalar
+// loops give the same bits.
+inline __m256i ToBfloat16Bits8(__m256 v) {
   const __m256i bits = _mm256_castps_si256(v);
   const __m256i last_bit =
       _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
@@ -207,13 +207,37 @@ inline void Stream8(bfloat16* p, __m256 v) {
       _mm256_srli_epi32(_mm256_and_si256(bits, _mm256_set1_epi32(INT32_MIN)),
                         16),
       _mm256_set1_epi32(0x7fc0));
-  const __m256i halves = _mm256_blendv_epi8(
+  return _mm256_blendv_epi8(
       rounded, quiet_nan,
       _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+}
+
+inline void Stream8(float* p, __m256 v) { _mm256_stream_ps(p, v); }
+
+inline void Stream8(bfloat16* p, __m256 v) {
+  const __m256i halves = ToBfloat16Bits8(v);
   // Every 32-bit lane holds a value below 2^16, which packing keeps as is.
   _mm_stream_si128(reinterpret_cast<__m128i*>(p),
                    _mm_packus_epi32(_mm256_castsi256_si128(halves),
                                     _mm256_extracti128_si256(halves, 1)));
+}
+
+// v as a T holds it, back in float. The gradient kernels take ReLU6's mask
+// from z as the forward kernel stored it, so that the gradient passes
+// exactly where 0 < y < 6, as TensorFlow's Relu6Grad decides it from y: in
+// bfloat16, z in [6 - 2^-6, 6) is stored as y = 6 and passes none.
+template <typename T>
+inline float AsStored(float v) {
+  return ToFloat(FromFloat<T>(v));
+}
+
+template <typename T>
+inline __m256 AsStored8(__m256 v) {
+  if constexpr (std::is_same_v<T, bfloat16>) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(ToBfloat16Bits8(v), 16));
+  } else {
+    return v;
+  }
 }
 
 // Rows (pixels) summed in float before adding into double totals.
@@ -415,7 +439,7 @@ void AffineRelu6(const T* __restrict x, int64_t begin, int64_t end,
   }
 }
 
-// With g = gate(z, dy):
+// With g = gate(z as stored, dy):
 // sum_g += g and sum_gx += g * (x - mean) * inv_std over rows [begin, end).
 template <typename T>
 void GatedSums(const T* __restrict x, const T* __restrict dy, int64_t begin,
@@ -429,9 +453,9 @@ void GatedSums(const T* __restrict x, const T* __restrict dy, int64_t begin,
                 const T* __restrict dr = dy + r * channels;
                 for (int64_t c = 0; c < channels; ++c) {
                   const float xc = ToFloat(xr[c]);
-                  const float g =
-                      gate(PreActivation(xc, mean[c], a[c], offset[c]),
-                           ToFloat(dr[c]));
+                  const float g = gate(
+                      AsStored<T>(PreActivation(xc, mean[c], a[c], offset[c])),
+                      ToFloat(dr[c]));
                   pg[c] += g;
                   px[c] += g * ((xc - mean[c]) * inv_std[c]);
                 }
@@ -451,7 +475,8 @@ void InputGradient(const T* __restrict x, const T* __restrict dy,
     for (int64_t i = begin * channels; i < end * channels; i += channels) {
       for (int64_t c = 0; c < channels; c += 8) {
         const __m256 centered_x = CenteredX8(x + i + c, mean + c);
-        const __m256 z = PreActivation8(centered_x, a + c, offset + c);
+        const __m256 z =
+            AsStored8<T>(PreActivation8(centered_x, a + c, offset + c));
         const __m256 g = gate(z, Load8(dy + i + c));
         const __m256 x_hat =
             _mm256_mul_ps(centered_x, _mm256_loadu_ps(inv_std + c));
@@ -470,8 +495,9 @@ void InputGradient(const T* __restrict x, const T* __restrict dy,
     T* __restrict out = dx + r * channels;
     for (int64_t c = 0; c < channels; ++c) {
       const float xc = ToFloat(xr[c]);
-      const float g =
-          gate(PreActivation(xc, mean[c], a[c], offset[c]), ToFloat(dr[c]));
+      const float g = gate(
+          AsStored<T>(PreActivation(xc, mean[c], a[c], offset[c])),
+          ToFloat(dr[c]));
       const float x_hat = (xc - mean[c]) * inv_std[c];
       out[c] = FromFloat<T>(a[c] * (g - mean_g[c] - x_hat * mean_gx[c]));
     }
