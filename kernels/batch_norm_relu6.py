@@ -7,9 +7,11 @@ them fewer times. `fuse_batch_norm_relu6` swaps the pairs in a built graph
 for the fused op, before its gradients are taken. The variables, their
 moving-average updates and checkpoints are untouched, so a model trained this
 way evaluates, exports and fine-tunes exactly as one trained without.
-Quantization-aware training also quantizes each fused op's output, with a
-range that follows the batch's maximum; `fuse_fake_quant` folds that fake
-quant and maximum into the kernels too, bit for bit.
+Activations may be float32 or, in mixed-precision training, bfloat16 (scale,
+offset and the statistics stay float32 either way, as in FusedBatchNormV3).
+Quantization-aware training, float32 only, also quantizes each fused op's
+output, with a range that follows the batch's maximum; `fuse_fake_quant`
+folds that fake quant and maximum into the kernels too, bit for bit.
 
   logits = build_model(images, is_training=True)
   if batch_norm_relu6.unavailable_reason() is None:
@@ -170,7 +172,8 @@ def _fusable_batch_norm(relu6):
   if not (batch_norm.get_attr('is_training') and
           batch_norm.get_attr('data_format') == b'NHWC' and
           batch_norm.get_attr('exponential_avg_factor') == 1.0 and
-          batch_norm.inputs[0].dtype == tf.float32 and
+          batch_norm.inputs[0].dtype in (tf.float32, tf.bfloat16) and
+          batch_norm.inputs[1].dtype == tf.float32 and
           len(batch_norm.outputs[0].consumers()) == 1):
     return None
   return batch_norm
@@ -202,6 +205,7 @@ def fuse_batch_norm_relu6(graph):
       continue
     x, scale, offset = batch_norm.inputs[:3]
     with graph.as_default(), graph.name_scope(batch_norm.name + '_Relu6/'):
+      # The op's T follows x: float32, or bfloat16 in mixed precision.
       y, mean, variance, _ = ops.fused_batch_norm_relu6(
           x, scale, offset, epsilon=batch_norm.get_attr('epsilon'))
     for old, new in ((relu6.outputs[0], y), (batch_norm.outputs[1], mean),

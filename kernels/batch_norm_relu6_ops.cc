@@ -1,5 +1,8 @@
-// Batch normalization in training mode fused with ReLU6, for float32 NHWC
-// tensors on CPU: the pair every MobileNet V1 body layer trains through.
+// Batch normalization in training mode fused with ReLU6, for NHWC tensors on
+// CPU: the pair every MobileNet V1 body layer trains through. Activations
+// (x, y and their gradients) are float32, or bfloat16 under mixed-precision
+// training; scale, offset and the statistics are float32 either way, as in
+// FusedBatchNormV3 with T=bfloat16, U=float.
 //
 // TensorFlow runs them as FusedBatchNormV3, Relu6, Relu6Grad and
 // FusedBatchNormGradV3, which stream the activations through memory about
@@ -22,10 +25,13 @@
 // BatchNormRelu6FakeQuant writes FakeQuantWithMinMaxVars(y) directly, so y
 // itself is never stored, reduced or read back. Its gradient is the one
 // above with the fake quant's straight-through mask (its nudged range) on
-// g: four more passes saved forward and backward.
+// g: four more passes saved forward and backward. Quantization-aware
+// training is float32 only, so these two take float32 activations.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 #include <immintrin.h>
@@ -45,6 +51,7 @@ using ::tensorflow::Status;
 using ::tensorflow::Tensor;
 using ::tensorflow::TensorShape;
 using ::tensorflow::errors::InvalidArgument;
+using bfloat16 = ::Eigen::bfloat16;
 
 // The gradient ops' outputs: x_backprop shaped as x (input 1),
 // scale_backprop and offset_backprop as scale (input 2).
@@ -57,13 +64,14 @@ using ::tensorflow::errors::InvalidArgument;
 }
 
 REGISTER_OP("FusedBatchNormRelu6")
-    .Input("x: float")
+    .Input("x: T")
     .Input("scale: float")
     .Input("offset: float")
-    .Output("y: float")
+    .Output("y: T")
     .Output("batch_mean: float")
     .Output("batch_variance: float")
     .Output("inverse_std: float")
+    .Attr("T: {float, bfloat16} = DT_FLOAT")
     .Attr("epsilon: float = 0.001")
     .Doc(R"doc(
 Training-mode batch normalization of the last (channel) dimension, then ReLU6.
@@ -71,6 +79,7 @@ Training-mode batch normalization of the last (channel) dimension, then ReLU6.
 batch_variance: unbiased (Bessel-corrected), for the moving average, as
   FusedBatchNormV3 gives it; y is normalized with the biased variance.
 inverse_std: 1 / sqrt(biased variance + epsilon), for the gradient.
+T: x and y. bfloat16 x is widened to float, and y rounded to nearest even.
 )doc")
     .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
       c->set_output(0, c->input(0));
@@ -82,15 +91,16 @@ inverse_std: 1 / sqrt(biased variance + epsilon), for the gradient.
     });
 
 REGISTER_OP("FusedBatchNormRelu6Grad")
-    .Input("y_backprop: float")
-    .Input("x: float")
+    .Input("y_backprop: T")
+    .Input("x: T")
     .Input("scale: float")
     .Input("offset: float")
     .Input("batch_mean: float")
     .Input("inverse_std: float")
-    .Output("x_backprop: float")
+    .Output("x_backprop: T")
     .Output("scale_backprop: float")
     .Output("offset_backprop: float")
+    .Attr("T: {float, bfloat16} = DT_FLOAT")
     .SetShapeFn(GradientShapes);
 
 REGISTER_OP("BatchNormRelu6Moments")
@@ -156,6 +166,90 @@ through, inside its nudged range).
 )doc")
     .SetShapeFn(GradientShapes);
 
+// Activations are float or bfloat16; every loop below computes in float,
+// reading them through ToFloat / Load8 and writing them through FromFloat /
+// Stream8, so one loop body serves both types with the same arithmetic: a
+// bfloat16 kernel gives the float kernel's results (on the same values),
+// rounded to bfloat16.
+inline float ToFloat(float v) { return v; }
+inline float ToFloat(bfloat16 v) { return static_cast<float>(v); }  // Exact.
+
+// Rounds to nearest even, as TensorFlow's Cast does (Eigen's conversion); a
+// NaN becomes a quiet NaN of the same sign, never the infinity truncating
+// its significand could leave.
+template <typename T>
+inline T FromFloat(float v) {
+  return T(v);
+}
+
+inline __m256 Load8(const float* p) { return _mm256_loadu_ps(p); }
+
+// A bfloat16 is a float's upper half: widen to 32 bits, shift into place.
+inline __m256 Load8(const bfloat16* p) {
+  const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(
+      _mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
+}
+
+// FromFloat<bfloat16> on 8 values, each in the low half of a 32-bit lane:
+// add just under half a bfloat16 unit in the last place, plus its last bit
+// (so ties go to even), and keep the upper 16 bits; NaNs become 0x7fc0 with
+// their sign, as Eigen's scalar conversion makes them, so vector and scalar
+// loops give the same bits.
+inline __m256i ToBfloat16Bits8(__m256 v) {
+  const __m256i bits = _mm256_castps_si256(v);
+  const __m256i last_bit =
+      _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+  const __m256i rounded = _mm256_srli_epi32(
+      _mm256_add_epi32(_mm256_add_epi32(bits, _mm256_set1_epi32(0x7fff)),
+                       last_bit),
+      16);
+  const __m256i quiet_nan = _mm256_or_si256(
+      _mm256_srli_epi32(_mm256_and_si256(bits, _mm256_set1_epi32(INT32_MIN)),
+                        16),
+      _mm256_set1_epi32(0x7fc0));
+  return _mm256_blendv_epi8(
+      rounded, quiet_nan,
+      _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+}
+
+inline void Stream8(float* p, __m256 v) { _mm256_stream_ps(p, v); }
+
+inline void Stream8(bfloat16* p, __m256 v) {
+  const __m256i halves = ToBfloat16Bits8(v);
+  // Every 32-bit lane holds a value below 2^16, which packing keeps as is.
+  _mm_stream_si128(reinterpret_cast<__m128i*>(p),
+                   _mm_packus_epi32(_mm256_castsi256_si128(halves),
+                                    _mm256_extracti128_si256(halves, 1)));
+}
+
+// v as a T holds it, back in float. The gradient kernels take ReLU6's mask
+// from z as the forward kernel stored it, so that the gradient passes
+// exactly where 0 < y < 6, as TensorFlow's Relu6Grad decides it from y: in
+// bfloat16, z in [6 - 2^-6, 6) is stored as y = 6 and passes none.
+template <typename T>
+inline float AsStored(float v) {
+  if constexpr (std::is_same_v<T, bfloat16>) {
+    // FromFloat's rounding without its NaN branch, which kept the gradient
+    // sums' loop from vectorizing (13x slower, measured). A NaN z rounds to
+    // an infinity or a zero here instead, which passes no gradient either.
+    uint32_t bits;
+    std::memcpy(&bits, &v, sizeof(bits));
+    bits = (bits + 0x7fff + ((bits >> 16) & 1)) & 0xffff0000u;
+    std::memcpy(&v, &bits, sizeof(v));
+  }
+  return v;
+}
+
+template <typename T>
+inline __m256 AsStored8(__m256 v) {
+  if constexpr (std::is_same_v<T, bfloat16>) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(ToBfloat16Bits8(v), 16));
+  } else {
+    return v;
+  }
+}
+
 // Rows (pixels) summed in float before adding into double totals.
 constexpr int64_t kChunkRows = 128;
 
@@ -185,21 +279,22 @@ void ChunkedSums(int64_t begin, int64_t end, int64_t channels,
 // variance, E[(x - shift)^2] - E[x - shift]^2, exact when the mean is large
 // against the spread. With x_min and x_max, also each channel's extremes of
 // x (min into x_min, max into x_max), in the same pass.
-template <bool kExtremes>
-void ShiftedSums(const float* __restrict x, int64_t begin, int64_t end,
-                 int64_t channels, const float* __restrict shift,
+template <bool kExtremes, typename T>
+void ShiftedSums(const T* __restrict x, int64_t begin, int64_t end,
+                 int64_t channels, const T* __restrict shift,
                  double* __restrict sum, double* __restrict sum_sq,
                  float* __restrict x_min, float* __restrict x_max) {
   ChunkedSums(begin, end, channels, sum, sum_sq,
               [=](int64_t r, float* __restrict ps, float* __restrict pq) {
-                const float* __restrict row = x + r * channels;
+                const T* __restrict row = x + r * channels;
                 for (int64_t c = 0; c < channels; ++c) {
-                  const float d = row[c] - shift[c];
+                  const float xc = ToFloat(row[c]);
+                  const float d = xc - ToFloat(shift[c]);
                   ps[c] += d;
                   pq[c] += d * d;
                   if constexpr (kExtremes) {
-                    x_min[c] = std::min(x_min[c], row[c]);
-                    x_max[c] = std::max(x_max[c], row[c]);
+                    x_min[c] = std::min(x_min[c], xc);
+                    x_max[c] = std::max(x_max[c], xc);
                   }
                 }
               });
@@ -208,11 +303,14 @@ void ShiftedSums(const float* __restrict x, int64_t begin, int64_t end,
 // The outputs (activations and their gradients, megabytes per layer) are far
 // larger than the caches, so the kernels write them with streaming stores,
 // which skip reading each cache line before overwriting it: a third less
-// write traffic, 2-3% of a training step. They need whole 8-float vectors on
-// 32-byte boundaries, which every MobileNet layer has (channels are
-// multiples of 8); other shapes take the plain loops.
-bool CanStream(const float* out, int64_t channels) {
-  return channels % 8 == 0 && reinterpret_cast<uintptr_t>(out) % 32 == 0;
+// write traffic, 2-3% of a training step. They need whole 8-value vectors
+// on their own size's boundaries (32 bytes of float, 16 of bfloat16), which
+// every MobileNet layer has (channels are multiples of 8); other shapes take
+// the plain loops.
+template <typename T>
+bool CanStream(const T* out, int64_t channels) {
+  return channels % 8 == 0 &&
+         reinterpret_cast<uintptr_t>(out) % (8 * sizeof(T)) == 0;
 }
 
 // z = (x - mean) * a + offset, ReLU6's input. Every kernel computes it
@@ -223,8 +321,9 @@ inline float PreActivation(float x, float mean, float a, float offset) {
   return (x - mean) * a + offset;
 }
 
-inline __m256 CenteredX8(const float* x, const float* mean) {
-  return _mm256_sub_ps(_mm256_loadu_ps(x), _mm256_loadu_ps(mean));
+template <typename T>
+inline __m256 CenteredX8(const T* x, const float* mean) {
+  return _mm256_sub_ps(Load8(x), _mm256_loadu_ps(mean));
 }
 
 // PreActivation on 8 channels, from CenteredX8.
@@ -322,90 +421,95 @@ struct NoQuant {
 };
 
 // y = quantize(min(max(z, 0), 6)) over rows [begin, end).
-template <typename Quantize>
-void AffineRelu6(const float* __restrict x, int64_t begin, int64_t end,
+template <typename T, typename Quantize>
+void AffineRelu6(const T* __restrict x, int64_t begin, int64_t end,
                  int64_t channels, const float* __restrict mean,
                  const float* __restrict a, const float* __restrict offset,
-                 const Quantize& quantize, float* __restrict y) {
+                 const Quantize& quantize, T* __restrict y) {
   if (CanStream(y, channels)) {
     const __m256 zero = _mm256_setzero_ps(), six = _mm256_set1_ps(6.f);
     for (int64_t i = begin * channels; i < end * channels; i += channels) {
       for (int64_t c = 0; c < channels; c += 8) {
         const __m256 z =
             PreActivation8(CenteredX8(x + i + c, mean + c), a + c, offset + c);
-        _mm256_stream_ps(
-            y + i + c, quantize(_mm256_min_ps(_mm256_max_ps(z, zero), six)));
+        Stream8(y + i + c,
+                quantize(_mm256_min_ps(_mm256_max_ps(z, zero), six)));
       }
     }
     _mm_sfence();
     return;
   }
   for (int64_t r = begin; r < end; ++r) {
-    const float* __restrict xr = x + r * channels;
-    float* __restrict yr = y + r * channels;
+    const T* __restrict xr = x + r * channels;
+    T* __restrict yr = y + r * channels;
     for (int64_t c = 0; c < channels; ++c) {
-      const float z = PreActivation(xr[c], mean[c], a[c], offset[c]);
-      yr[c] = quantize(std::min(std::max(z, 0.f), 6.f));
+      const float z = PreActivation(ToFloat(xr[c]), mean[c], a[c], offset[c]);
+      yr[c] = FromFloat<T>(quantize(std::min(std::max(z, 0.f), 6.f)));
     }
   }
 }
 
-// With g = gate(z, dy):
+// With g = gate(z as stored, dy):
 // sum_g += g and sum_gx += g * (x - mean) * inv_std over rows [begin, end).
-void GatedSums(const float* __restrict x, const float* __restrict dy,
-               int64_t begin, int64_t end, int64_t channels,
-               const float* __restrict mean, const float* __restrict a,
-               const float* __restrict offset,
+template <typename T>
+void GatedSums(const T* __restrict x, const T* __restrict dy, int64_t begin,
+               int64_t end, int64_t channels, const float* __restrict mean,
+               const float* __restrict a, const float* __restrict offset,
                const float* __restrict inv_std, const Gate& gate,
                double* __restrict sum_g, double* __restrict sum_gx) {
   ChunkedSums(begin, end, channels, sum_g, sum_gx,
               [=](int64_t r, float* __restrict pg, float* __restrict px) {
-                const float* __restrict xr = x + r * channels;
-                const float* __restrict dr = dy + r * channels;
+                const T* __restrict xr = x + r * channels;
+                const T* __restrict dr = dy + r * channels;
                 for (int64_t c = 0; c < channels; ++c) {
+                  const float xc = ToFloat(xr[c]);
                   const float g = gate(
-                      PreActivation(xr[c], mean[c], a[c], offset[c]), dr[c]);
+                      AsStored<T>(PreActivation(xc, mean[c], a[c], offset[c])),
+                      ToFloat(dr[c]));
                   pg[c] += g;
-                  px[c] += g * ((xr[c] - mean[c]) * inv_std[c]);
+                  px[c] += g * ((xc - mean[c]) * inv_std[c]);
                 }
               });
 }
 
 // dx = a * (g - mean_g - x_hat * mean_gx), g as in GatedSums.
-void InputGradient(const float* __restrict x, const float* __restrict dy,
+template <typename T>
+void InputGradient(const T* __restrict x, const T* __restrict dy,
                    int64_t begin, int64_t end, int64_t channels,
                    const float* __restrict mean, const float* __restrict a,
                    const float* __restrict offset,
                    const float* __restrict inv_std, const Gate& gate,
                    const float* __restrict mean_g,
-                   const float* __restrict mean_gx, float* __restrict dx) {
+                   const float* __restrict mean_gx, T* __restrict dx) {
   if (CanStream(dx, channels)) {
     for (int64_t i = begin * channels; i < end * channels; i += channels) {
       for (int64_t c = 0; c < channels; c += 8) {
         const __m256 centered_x = CenteredX8(x + i + c, mean + c);
-        const __m256 z = PreActivation8(centered_x, a + c, offset + c);
-        const __m256 g = gate(z, _mm256_loadu_ps(dy + i + c));
+        const __m256 z =
+            AsStored8<T>(PreActivation8(centered_x, a + c, offset + c));
+        const __m256 g = gate(z, Load8(dy + i + c));
         const __m256 x_hat =
             _mm256_mul_ps(centered_x, _mm256_loadu_ps(inv_std + c));
         const __m256 centered = _mm256_sub_ps(
             _mm256_sub_ps(g, _mm256_loadu_ps(mean_g + c)),
             _mm256_mul_ps(x_hat, _mm256_loadu_ps(mean_gx + c)));
-        _mm256_stream_ps(dx + i + c,
-                         _mm256_mul_ps(_mm256_loadu_ps(a + c), centered));
+        Stream8(dx + i + c, _mm256_mul_ps(_mm256_loadu_ps(a + c), centered));
       }
     }
     _mm_sfence();
     return;
   }
   for (int64_t r = begin; r < end; ++r) {
-    const float* __restrict xr = x + r * channels;
-    const float* __restrict dr = dy + r * channels;
-    float* __restrict out = dx + r * channels;
+    const T* __restrict xr = x + r * channels;
+    const T* __restrict dr = dy + r * channels;
+    T* __restrict out = dx + r * channels;
     for (int64_t c = 0; c < channels; ++c) {
-      const float g =
-          gate(PreActivation(xr[c], mean[c], a[c], offset[c]), dr[c]);
-      const float x_hat = (xr[c] - mean[c]) * inv_std[c];
-      out[c] = a[c] * (g - mean_g[c] - x_hat * mean_gx[c]);
+      const float xc = ToFloat(xr[c]);
+      const float g = gate(
+          AsStored<T>(PreActivation(xc, mean[c], a[c], offset[c])),
+          ToFloat(dr[c]));
+      const float x_hat = (xc - mean[c]) * inv_std[c];
+      out[c] = FromFloat<T>(a[c] * (g - mean_g[c] - x_hat * mean_gx[c]));
     }
   }
 }
@@ -431,6 +535,7 @@ int NumBlocks(OpKernelContext* context) {
 // variance and 1 / sqrt(biased variance + epsilon) of x (input 0) per
 // channel, with a = scale * inverse_std. With y_max, also the largest
 // min(max((x - mean) * a + offset, 0), 6), at least 0.
+template <typename T>
 Status ComputeMoments(OpKernelContext* context, int first_output,
                       float epsilon, std::vector<float>* a, Tensor** mean_out,
                       Tensor** inv_std_out, float* y_max) {
@@ -456,7 +561,7 @@ Status ComputeMoments(OpKernelContext* context, int first_output,
       context->allocate_output(first_output + 1, vec, &variance_out));
   TF_RETURN_IF_ERROR(
       context->allocate_output(first_output + 2, vec, inv_std_out));
-  const float* xp = x.flat<float>().data();
+  const T* xp = x.flat<T>().data();
   const int blocks = NumBlocks(context);
   std::vector<double> sums(2 * blocks * channels, 0.0);
   std::vector<float> x_min, x_max;
@@ -491,7 +596,7 @@ Status ComputeMoments(OpKernelContext* context, int first_output,
     }
     const double shifted_mean = s / rows;
     const double v = std::max(q / rows - shifted_mean * shifted_mean, 0.0);
-    const double m = xp[c] + shifted_mean;
+    const double m = ToFloat(xp[c]) + shifted_mean;
     mean(c) = m;
     variance(c) = v * rows / (rows - 1);  // Bessel's, as FusedBatchNormV3.
     inv_std(c) = 1.0 / std::sqrt(v + epsilon);
@@ -512,6 +617,7 @@ Status ComputeMoments(OpKernelContext* context, int first_output,
   return ::tensorflow::OkStatus();
 }
 
+template <typename T>
 class FusedBatchNormRelu6Op : public OpKernel {
  public:
   explicit FusedBatchNormRelu6Op(OpKernelConstruction* context)
@@ -522,15 +628,15 @@ class FusedBatchNormRelu6Op : public OpKernel {
   void Compute(OpKernelContext* context) override {
     std::vector<float> a;
     Tensor *mean, *inv_std, *y;
-    OP_REQUIRES_OK(context, ComputeMoments(context, 1, epsilon_, &a, &mean,
-                                           &inv_std, nullptr));
+    OP_REQUIRES_OK(context, ComputeMoments<T>(context, 1, epsilon_, &a, &mean,
+                                              &inv_std, nullptr));
     const Tensor& x = context->input(0);
     OP_REQUIRES_OK(context, context->allocate_output(0, x.shape(), &y));
     const int64_t channels = a.size();
     const int64_t rows = x.NumElements() / channels;
-    const float* xp = x.flat<float>().data();
+    const T* xp = x.flat<T>().data();
     const float* offset_p = context->input(2).flat<float>().data();
-    float* yp = y->flat<float>().data();
+    T* yp = y->flat<T>().data();
     ForEachBlock(context, rows, NumBlocks(context), 2 * channels,
                  [&](int64_t begin, int64_t end, int64_t) {
                    AffineRelu6(xp, begin, end, channels,
@@ -554,8 +660,9 @@ class BatchNormRelu6MomentsOp : public OpKernel {
     std::vector<float> a;
     Tensor *mean, *inv_std, *y_max;
     float y_max_value;
-    OP_REQUIRES_OK(context, ComputeMoments(context, 0, epsilon_, &a, &mean,
-                                           &inv_std, &y_max_value));
+    OP_REQUIRES_OK(context, ComputeMoments<float>(context, 0, epsilon_, &a,
+                                                  &mean, &inv_std,
+                                                  &y_max_value));
     OP_REQUIRES_OK(context,
                    context->allocate_output(3, TensorShape({}), &y_max));
     y_max->scalar<float>()() = y_max_value;
@@ -651,6 +758,7 @@ class BatchNormRelu6FakeQuantOp : public OpKernel {
 
 // The gradient of y = fake_quant(relu6(batch_norm(x))) through the batch
 // statistics, for the gate of the fake quant (or none).
+template <typename T>
 void BackpropThroughBatchNorm(OpKernelContext* context, const Normalization& n,
                               const Gate& gate) {
   const Tensor& dy = context->input(0);
@@ -660,8 +768,8 @@ void BackpropThroughBatchNorm(OpKernelContext* context, const Normalization& n,
   TensorShape vec({n.channels});
   OP_REQUIRES_OK(context, context->allocate_output(1, vec, &dscale));
   OP_REQUIRES_OK(context, context->allocate_output(2, vec, &doffset));
-  const float* xp = x.flat<float>().data();
-  const float* dyp = dy.flat<float>().data();
+  const T* xp = x.flat<T>().data();
+  const T* dyp = dy.flat<T>().data();
   const int64_t channels = n.channels;
   const int blocks = NumBlocks(context);
   std::vector<double> sums(2 * blocks * channels, 0.0);
@@ -685,7 +793,7 @@ void BackpropThroughBatchNorm(OpKernelContext* context, const Normalization& n,
     mean_g[c] = g / n.rows;
     mean_gx[c] = gx / n.rows;
   }
-  float* dxp = dx->flat<float>().data();
+  T* dxp = dx->flat<T>().data();
   ForEachBlock(context, n.rows, blocks, 3 * channels,
                [&](int64_t begin, int64_t end, int64_t) {
                  InputGradient(xp, dyp, begin, end, channels, n.mean,
@@ -703,8 +811,8 @@ Status CheckGradientShapes(OpKernelContext* context) {
 }
 
 // FusedBatchNormRelu6Grad, or with kFakeQuant BatchNormRelu6FakeQuantGrad
-// (whose min and max, inputs 6 and 7, narrow the gate).
-template <bool kFakeQuant>
+// (whose min and max, inputs 6 and 7, narrow the gate; float only).
+template <bool kFakeQuant, typename T = float>
 class BatchNormRelu6GradOp : public OpKernel {
  public:
   explicit BatchNormRelu6GradOp(OpKernelConstruction* context)
@@ -723,17 +831,29 @@ class BatchNormRelu6GradOp : public OpKernel {
       OP_REQUIRES_OK(context, attrs_.Make(context, 6, &fake_quant));
       gate = fake_quant->gate();
     }
-    BackpropThroughBatchNorm(context, n, gate);
+    BackpropThroughBatchNorm<T>(context, n, gate);
   }
 
  private:
   FakeQuantAttrs attrs_;
 };
 
-REGISTER_KERNEL_BUILDER(Name("FusedBatchNormRelu6").Device(DEVICE_CPU),
-                        FusedBatchNormRelu6Op);
-REGISTER_KERNEL_BUILDER(Name("FusedBatchNormRelu6Grad").Device(DEVICE_CPU),
-                        BatchNormRelu6GradOp<false>);
+REGISTER_KERNEL_BUILDER(Name("FusedBatchNormRelu6")
+                            .Device(DEVICE_CPU)
+                            .TypeConstraint<float>("T"),
+                        FusedBatchNormRelu6Op<float>);
+REGISTER_KERNEL_BUILDER(Name("FusedBatchNormRelu6")
+                            .Device(DEVICE_CPU)
+                            .TypeConstraint<bfloat16>("T"),
+                        FusedBatchNormRelu6Op<bfloat16>);
+REGISTER_KERNEL_BUILDER(Name("FusedBatchNormRelu6Grad")
+                            .Device(DEVICE_CPU)
+                            .TypeConstraint<float>("T"),
+                        BatchNormRelu6GradOp<false, float>);
+REGISTER_KERNEL_BUILDER(Name("FusedBatchNormRelu6Grad")
+                            .Device(DEVICE_CPU)
+                            .TypeConstraint<bfloat16>("T"),
+                        BatchNormRelu6GradOp<false, bfloat16>);
 REGISTER_KERNEL_BUILDER(Name("BatchNormRelu6Moments").Device(DEVICE_CPU),
                         BatchNormRelu6MomentsOp);
 REGISTER_KERNEL_BUILDER(Name("BatchNormRelu6FakeQuant").Device(DEVICE_CPU),

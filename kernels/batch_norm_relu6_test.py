@@ -22,17 +22,29 @@ from quantization import quantize
 
 tf1 = tf.compat.v1
 EPSILON = 0.001
+# Unit roundoff of bfloat16's 8-bit significand (7 bits stored): rounding to
+# nearest moves a value by at most half a step, 2^-8 of the binade's lowest
+# value, so by at most this much of its own magnitude.
+BFLOAT16_ROUNDOFF = 2.0**-8
+# bfloat16 rounds z in [6 - 2^-6, 6) (6 - 2^-6 is halfway between 6 and the
+# next value below, and ties go to 6, the even one) to y = 6, where ReLU6's
+# gradient stops.
+BFLOAT16_MASK_TOP = 6 - 2.0**-6
 
 
-def reference(x, scale, offset, dy):
-  """Float64 batch norm (training) + ReLU6, forward and backward."""
+def reference(x, scale, offset, dy, mask_top=6.0):
+  """Float64 batch norm (training) + ReLU6, forward and backward.
+
+  The gradient passes where 0 < z < mask_top: 6, or BFLOAT16_MASK_TOP where
+  y is stored in bfloat16.
+  """
   channels = x.shape[-1]
   x = x.astype(np.float64).reshape(-1, channels)
   dy = dy.astype(np.float64).reshape(-1, channels)
   mean, variance = x.mean(0), x.var(0)
   x_hat = (x - mean) / np.sqrt(variance + EPSILON)
   z = scale * x_hat + offset
-  g = np.where((z > 0) & (z < 6), dy, 0)
+  g = np.where((z > 0) & (z < mask_top), dy, 0)
   dx = (scale / np.sqrt(variance + EPSILON) *
         (g - g.mean(0) - x_hat * (g * x_hat).mean(0)))
   unbiased = variance * len(x) / (len(x) - 1)
@@ -62,6 +74,43 @@ def random_inputs(shape, seed=0, mean=0.5, stddev=2.0):
   return x, scale, offset, dy
 
 
+def to_bfloat16(array):
+  """A float32 array's nearest bfloat16 values, as TensorFlow's Cast rounds."""
+  return tf.cast(array, tf.bfloat16)
+
+
+def bits(tensor):
+  """A float32 or bfloat16 tensor's bit patterns, to compare exactly."""
+  unsigned = tf.uint32 if tensor.dtype == tf.float32 else tf.uint16
+  return tf.bitcast(tensor, unsigned).numpy()
+
+
+def bfloat16_inputs(shape, seed=0):
+  """random_inputs with x and dy bfloat16, z off the edges bfloat16 has.
+
+  Returns:
+    x and dy as bfloat16 tensors, their exact values as float32 arrays, and
+    scale and offset. No normalized value is within 1e-3 of 0, 6 or
+    BFLOAT16_MASK_TOP, where float32 rounding could flip the mask.
+  """
+  x, scale, offset, dy = random_inputs(shape, seed)
+  channels = shape[-1]
+  flat = to_bfloat16(x).numpy().astype(np.float64).reshape(-1, channels)
+  while True:
+    z = scale * (flat - flat.mean(0)) / np.sqrt(flat.var(0) + EPSILON) + offset
+    near_edge = ((np.abs(z) < 1e-3) | (np.abs(z - 6) < 1e-3) |
+                 (np.abs(z - BFLOAT16_MASK_TOP) < 1e-3))
+    if not near_edge.any():
+      break
+    # The next bfloat16 value away from zero: one more in the upper half.
+    moved = flat[near_edge].astype(np.float32).view(np.uint32) + 0x10000
+    flat[near_edge] = moved.view(np.float32)
+  x = to_bfloat16(flat.astype(np.float32).reshape(shape))
+  dy = to_bfloat16(dy)
+  return (x, tf.cast(x, tf.float32).numpy(), dy,
+          tf.cast(dy, tf.float32).numpy(), scale, offset)
+
+
 class KernelTest(tf.test.TestCase):
 
   def test_matches_float64_reference(self):
@@ -84,6 +133,92 @@ class KernelTest(tf.test.TestCase):
                         '%s of %s' % (name, shape))
       self.assertTrue(np.any(np.asarray(y) == 0) and np.any(np.asarray(y) == 6),
                       'the data should reach both clipping edges')
+
+  def test_bfloat16_matches_float64_reference(self):
+    ops = batch_norm_relu6.load_ops()
+    for shape in [(4, 9, 7, 13), (8, 32, 32, 64), (2, 3, 3, 1024)]:
+      x, x_values, dy, dy_values, scale, offset = bfloat16_inputs(shape)
+      y, mean, variance, inverse_std = ops.fused_batch_norm_relu6(
+          x, scale, offset, epsilon=EPSILON)
+      dx, dscale, doffset = ops.fused_batch_norm_relu6_grad(
+          dy, x, scale, offset, mean, inverse_std)
+      self.assertEqual((y.dtype, dx.dtype, mean.dtype, dscale.dtype),
+                       (tf.bfloat16, tf.bfloat16, tf.float32, tf.float32))
+      expected = reference(x_values, scale, offset, dy_values,
+                           mask_top=BFLOAT16_MASK_TOP)
+      got = (y, mean, variance, dx, dscale, doffset)
+      names = ('y', 'mean', 'variance', 'dx', 'dscale', 'doffset')
+      for name, value, want in zip(names, got, expected):
+        value = tf.cast(value, tf.float64).numpy().reshape(want.shape)
+        scale_of = max(np.abs(want).max(), 1.0)
+        # The kernel computes in float as for float32 x (within 2e-5 of
+        # scale_of, the float test's bound) and rounds y and dx to bfloat16,
+        # which moves each by at most BFLOAT16_ROUNDOFF of itself:
+        # |got - want| <= u |v| + 2e-5 s <= u |want| + (1 + u) 2e-5 s, where
+        # v is the float result.
+        # The statistics and parameter gradients are float32, not rounded.
+        rounding = BFLOAT16_ROUNDOFF if name in ('y', 'dx') else 0.0
+        bound = rounding * np.abs(want) + (1 + rounding) * 2e-5 * scale_of
+        self.assertTrue(np.all(np.abs(value - want) <= bound),
+                        '%s of %s: %g over' % (
+                            name, shape, np.max(np.abs(value - want) - bound)))
+      y_values = tf.cast(y, tf.float32).numpy()
+      self.assertTrue(np.any(y_values == 0) and np.any(y_values == 6),
+                      'the data should reach both clipping edges')
+
+  def test_bfloat16_is_the_float_kernel_rounded(self):
+    # One loop body serves both types, so on the same values the bfloat16
+    # kernels do the float kernels' arithmetic: the same statistics and
+    # scale and offset gradients, bit for bit, and y and dx are the float
+    # ones rounded as TensorFlow's Cast rounds them. The float gradient is
+    # given y_backprop zeroed where the bfloat16 y is 6, the one place the
+    # masks differ (BFLOAT16_MASK_TOP).
+    ops = batch_norm_relu6.load_ops()
+    ties = 0
+    for shape in [(4, 9, 7, 13), (8, 32, 32, 64), (2, 3, 3, 1024)]:
+      x, scale, offset, dy = random_inputs(shape)  # Edges don't matter here.
+      x, dy = to_bfloat16(x), to_bfloat16(dy)
+      x_values, dy_values = tf.cast(x, tf.float32), tf.cast(dy, tf.float32)
+      forward = ops.fused_batch_norm_relu6(x, scale, offset, epsilon=EPSILON)
+      float_forward = ops.fused_batch_norm_relu6(x_values, scale, offset,
+                                                 epsilon=EPSILON)
+      for want, got in zip(float_forward[1:], forward[1:]):
+        self.assertAllEqual(bits(want), bits(got))
+      self.assertAllEqual(bits(to_bfloat16(float_forward[0])),
+                          bits(forward[0]))
+      stored_below_6 = tf.cast(forward[0], tf.float32) < 6
+      gradient = ops.fused_batch_norm_relu6_grad(dy, x, scale, offset,
+                                                 forward[1], forward[3])
+      float_gradient = ops.fused_batch_norm_relu6_grad(
+          tf.where(stored_below_6, dy_values, 0.0), x_values, scale, offset,
+          forward[1], forward[3])
+      self.assertAllEqual(bits(to_bfloat16(float_gradient[0])),
+                          bits(gradient[0]))
+      for want, got in zip(float_gradient[1:], gradient[1:]):
+        self.assertAllEqual(bits(want), bits(got))
+      for value in (float_forward[0], float_gradient[0]):
+        ties += np.sum(bits(value) & 0xffff == 0x8000)
+    # Values exactly halfway between two bfloat16s, which go to the even one.
+    self.assertGreater(ties, 0, 'the data should include rounding ties')
+
+  def test_bfloat16_nan_stays_nan(self):
+    # A NaN in y_backprop, where the gradient passes, makes its channel's
+    # sums and so its whole x_backprop NaN; stored as bfloat16 it must stay
+    # a (quiet) NaN, not become the infinity its truncated bits would be.
+    ops = batch_norm_relu6.load_ops()
+    for shape in [(4, 9, 7, 13), (8, 32, 32, 64)]:
+      x, _, dy, dy_values, scale, offset = bfloat16_inputs(shape)
+      y, mean, _, inverse_std = ops.fused_batch_norm_relu6(
+          x, scale, offset, epsilon=EPSILON)
+      passing = np.argwhere((tf.cast(y, tf.float32).numpy() > 0) &
+                            (tf.cast(y, tf.float32).numpy() < 6))[0]
+      dy_values[tuple(passing)] = np.nan
+      dx = ops.fused_batch_norm_relu6_grad(to_bfloat16(dy_values), x, scale,
+                                           offset, mean, inverse_std)[0]
+      channel = bits(dx)[..., passing[-1]]
+      self.assertTrue(np.all(channel & 0x7fff == 0x7fc0), shape)
+      others = np.delete(tf.cast(dx, tf.float32).numpy(), passing[-1], -1)
+      self.assertTrue(np.all(np.isfinite(others)), shape)
 
   def test_mean_far_from_zero(self):
     # A one-pass variance, E[x^2] - E[x]^2 in float, would lose every digit
@@ -166,6 +301,20 @@ class KernelTest(tf.test.TestCase):
           op(tf1.placeholder(tf.float32, []), vectors[0], vectors[1])
 
 
+def float32_variables(getter, name, *args, dtype=None, **kwargs):
+  """A custom getter for mixed precision: every variable is float32.
+
+  Layers that ask for bfloat16 weights get a bfloat16 copy; batch norm's
+  parameters and moving statistics stay float32, as FusedBatchNormV3 takes
+  them with bfloat16 x.
+  """
+  variable = getter(name, *args, dtype=tf.float32, **kwargs)
+  if dtype == tf.bfloat16 and not name.endswith(
+      ('gamma', 'beta', 'moving_mean', 'moving_variance')):
+    return tf.cast(variable, tf.bfloat16)
+  return variable
+
+
 def build_training_graph(fuse, quantize_weights=None, quant_delay=0,
                          fold_fake_quant=False):
   """A small MobileNet V1 training graph; returns (graph, tensors, fused).
@@ -236,6 +385,103 @@ class FuseGraphTest(tf.test.TestCase):
     for want, got in zip(tf.nest.flatten(results[False][:3]),
                          tf.nest.flatten(results[True][:3])):
       self.assertLess(np.abs(got - want).max(), 1e-5 * np.abs(want).max())
+
+  def test_bfloat16_layer_matches_tensorflow_ops(self):
+    # Mixed precision: slim conv2d, batch norm and ReLU6 on bfloat16
+    # activations with float32 variables. gamma = 2 and beta = 1 put some of
+    # z past 6, and a fixed readout makes y's gradient the same bfloat16
+    # values in both graphs.
+    rng = np.random.RandomState(1)
+    images = rng.uniform(-1, 1, [8, 32, 32, 3]).astype(np.float32)
+    weights_value = rng.normal(0, 0.3, [3, 3, 3, 32]).astype(np.float32)
+    readout = rng.normal(size=[8, 16, 16, 32]).astype(np.float32)
+    results = {}
+    for fuse in (False, True):
+      graph = tf.Graph()
+      with graph.as_default():
+        inputs = tf.cast(images, tf.bfloat16)
+        initializers = {'gamma': tf1.constant_initializer(2.0),
+                        'beta': tf1.constant_initializer(1.0)}
+        with tf1.variable_scope('', custom_getter=float32_variables):
+          x = slim.conv2d(
+              inputs, 32, [3, 3], stride=2, activation_fn=None,
+              weights_initializer=tf1.constant_initializer(weights_value),
+              biases_initializer=None)
+          y = tf.cast(tf.nn.relu6(slim.batch_norm(
+              x, decay=0.5, scale=True, is_training=True, fused=True,
+              param_initializers=initializers)), tf.float32)
+        fused = batch_norm_relu6.fuse_batch_norm_relu6(graph) if fuse else 0
+        loss = tf.reduce_sum(y * readout)
+        weights, gamma, beta = tf1.trainable_variables()
+        gradients = tf.gradients(loss, [x, weights, gamma, beta])
+        # TensorFlow's own bfloat16 filter gradient of this graph's dx.
+        filter_gradient = tf.cast(tf.raw_ops.Conv2DBackpropFilter(
+            input=inputs, filter_sizes=weights.shape, out_backprop=gradients[0],
+            strides=[1, 2, 2, 1], padding='SAME'), tf.float32)
+        updates = tf1.get_collection(tf1.GraphKeys.UPDATE_OPS)
+        moving = [v for v in tf1.global_variables() if 'moving_' in v.name]
+        with tf1.Session() as session:
+          session.run(tf1.global_variables_initializer())
+          values = session.run([x, y, gradients, filter_gradient])
+          session.run(updates)
+          results[fuse] = values + [session.run(moving), fused]
+        if fuse:
+          fused_types = {op.get_attr('T') for op in graph.get_operations()
+                         if op.type.startswith('FusedBatchNormRelu6')}
+          self.assertEqual(fused_types, {tf.bfloat16})
+    plain, fused = results[False], results[True]
+    self.assertEqual(fused[5], 1)
+    self.assertAllEqual(bits(tf.constant(plain[0])),
+                        bits(tf.constant(fused[0])))  # The same x.
+    # Both graphs compute z in float32, to within 1e-5 of each other (the
+    # float test's bound), so they agree on ReLU6's mask wherever z is
+    # further than that from its edges: 0 and, as y is bfloat16,
+    # BFLOAT16_MASK_TOP.
+    flat = plain[0].astype(np.float64).reshape(-1, 32)
+    z = 2 * (flat - flat.mean(0)) / np.sqrt(flat.var(0) + EPSILON) + 1
+    self.assertFalse(np.any((np.abs(z) < 1e-5) |
+                            (np.abs(z - BFLOAT16_MASK_TOP) < 1e-5)))
+    self.assertTrue(np.any(plain[1] == 0) and np.any(plain[1] == 6))
+    # y and dx (the gradient at x) are float32 values v within 1e-5 of
+    # their largest of each other, each rounded to bfloat16 by at most
+    # BFLOAT16_ROUNDOFF of itself: |got - want| <= u (|got| + |want|) +
+    # 1e-5 max |want|.
+    for name, want, got in (('y', plain[1], fused[1]),
+                            ('dx', plain[2][0], fused[2][0])):
+      want, got = want.astype(np.float64), got.astype(np.float64)
+      bound = (BFLOAT16_ROUNDOFF * (np.abs(got) + np.abs(want)) +
+               1e-5 * np.abs(want).max())
+      self.assertTrue(np.all(np.abs(got - want) <= bound), name)
+    # The parameters' gradients and the moving statistics are float32 sums
+    # of the same values in both, as in the float tests.
+    for want, got in zip(plain[2][2:], fused[2][2:]):
+      self.assertLess(np.abs(got - want).max(), 1e-5 * np.abs(want).max())
+    for want, got in zip(plain[4], fused[4]):
+      self.assertLess(np.abs(got - want).max(),
+                      2e-5 * max(np.abs(want).max(), 1e-3))
+    # The weights' gradient is TensorFlow's bfloat16 filter gradient of dx,
+    # in both graphs. That kernel rounds its partial sums to bfloat16
+    # (measured: 3% of its largest value from the float64 result), so no
+    # bound carries over from dx; what the fused op owns is that its dx
+    # reaches the weights through it unchanged.
+    for results_of in (plain, fused):
+      self.assertAllEqual(bits(tf.constant(results_of[2][1])),
+                          bits(tf.constant(results_of[3])))
+
+  def test_bfloat16_model_is_fused(self):
+    # Every pair of a mixed-precision MobileNet, in bfloat16.
+    graph = tf.Graph()
+    with graph.as_default():
+      images = tf.zeros([2, 64, 64, 3], tf.bfloat16)
+      with tf1.variable_scope('', custom_getter=float32_variables):
+        with slim.arg_scope(mobilenet_v1.mobilenet_v1_arg_scope(
+            is_training=True)):
+          mobilenet_v1.mobilenet_v1(images, num_classes=5,
+                                    depth_multiplier=0.25)
+    self.assertEqual(batch_norm_relu6.fuse_batch_norm_relu6(graph), 27)
+    self.assertEqual({op.get_attr('T') for op in graph.get_operations()
+                      if op.type == 'FusedBatchNormRelu6'},
+                     {tf.bfloat16})
 
   def test_whole_model_training_step(self):
     results = {}
