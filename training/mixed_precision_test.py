@@ -7,6 +7,7 @@ from runtime import slim_compat  # pylint: disable=unused-import
 from runtime.slim_compat import slim
 import tensorflow as tf
 
+from kernels import batch_norm_relu6
 from testing import test_data
 from training import config as config_lib
 from training import mixed_precision
@@ -26,7 +27,6 @@ _CONVOLUTION_TYPES = ('Conv2D', 'Conv2DBackpropInput', 'Conv2DBackpropFilter',
                       'DepthwiseConv2dNative',
                       'DepthwiseConv2dNativeBackpropInput',
                       'DepthwiseConv2dNativeBackpropFilter')
-_BATCH_NORM_TYPES = ('FusedBatchNormV3', 'FusedBatchNormRelu6')
 
 
 def _gamma(n, u=_FLOAT32_U):
@@ -156,11 +156,15 @@ class TrainingStepTest(tf.test.TestCase):
     self.assertEqual(len(convolutions), 28 * 3)
     for op in convolutions:
       self.assertEqual(op.outputs[0].dtype, tf.bfloat16, op.name)
-    batch_norms = [op for op in ops if op.type in _BATCH_NORM_TYPES and
-                   op.outputs[0].consumers()]
+    # Where the fused kernels run, the batch norm + ReLU6 pairs are fused in
+    # bfloat16 too (the replaced ops stay in the graph, unread).
+    fused = [op for op in ops if op.type == 'FusedBatchNormRelu6']
+    self.assertEqual(bool(fused), batch_norm_relu6.unavailable_reason() is None)
+    batch_norms = fused or [op for op in ops if op.type == 'FusedBatchNormV3']
     self.assertLen(batch_norms, 27)
     for op in batch_norms:
       self.assertEqual(op.inputs[0].dtype, tf.bfloat16, op.name)
+      self.assertEqual(op.outputs[0].dtype, tf.bfloat16, op.name)
       # Scale, offset and the batch statistics stay float32.
       self.assertEqual(op.inputs[1].dtype, tf.float32, op.name)
       self.assertEqual(op.outputs[1].dtype, tf.float32, op.name)
