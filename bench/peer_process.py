@@ -39,7 +39,8 @@ def run(script, child, flag_names, cwd, timeout, env_updates=None,
   Returns:
     (the child's result or None, '' or what went wrong in one line).
   """
-  argv = [python or sys.executable, os.path.abspath(script), '--child=%s' % child]
+  argv = [python or sys.executable, os.path.abspath(script),
+          '--child=%s' % child]
   argv += ['--%s=%s' % (name, getattr(flags.FLAGS, name))
            for name in flag_names]
   env = dict(os.environ)

@@ -14,10 +14,10 @@ clusters):
   tf_keras  `tf_keras.applications.MobileNet` compiled with SGD, `fit`.
   keras3    Keras 3 `keras.applications.MobileNet` compiled with SGD, `fit`.
   torch     (on request) PyTorch: timm's `mobilenetv1_100` (at other
-            widths, its builder with --depth_multiplier), channels_last, SGD, one
-            intra-op thread per visible core. Installed on first use into
-            a venv of its own (--torch_venv, pinned releases), not into
-            the project's; its child runs with that venv's python.
+            widths, its builder with --depth_multiplier), channels_last,
+            SGD, one intra-op thread per visible core. Installed on first
+            use into a venv of its own (--torch_venv, pinned releases), not
+            into the project's; its child runs with that venv's python.
   slim_xla  (on request) as `slim`, with XLA auto-clustering (global_jit_level
             ON_1 and TF_XLA_FLAGS=--tf_xla_cpu_global_jit, without which CPU
             ops are not clustered); float32 only.
@@ -490,7 +490,8 @@ def _run_child(name):
   if name == 'torch':
     return _run_torch(precision)
   # The TensorFlow peers: tf-slim's fixes before TensorFlow starts.
-  from runtime import slim_compat  # pylint: disable=g-import-not-at-top,unused-import
+  # pylint: disable-next=g-import-not-at-top,unused-import
+  from runtime import slim_compat
   if name == 'matmul':
     return _run_matmul()
   if name == 'ours':
@@ -707,7 +708,8 @@ def main(argv):
                            (flag, ','.join(sorted(unknown)) or 'none given',
                             ','.join(known)))
   # TensorFlow loads here, in the parent only.
-  from runtime import slim_compat  # pylint: disable=g-import-not-at-top,unused-import
+  # pylint: disable-next=g-import-not-at-top,unused-import
+  from runtime import slim_compat
   from kernels import batch_norm_relu6  # pylint: disable=g-import-not-at-top
 
   macs, gflop_per_image = _training_gflop_per_image()
