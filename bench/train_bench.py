@@ -631,8 +631,17 @@ def _ours_over_best_peer(best, peers):
   return reference[0]['images_per_sec'] / max(others)
 
 
-def _append_rows(path, tables, gflop_per_image, ceilings, cpu_model,
-                 emulated):
+def _vector_units():
+  """The CPU's widest x86 vector extension, as the CSV notes name it."""
+  _, features = peer_process.cpu()
+  if 'avx512f' in features:
+    return 'AVX-512'
+  if 'avx2' in features:
+    return 'AVX2, no AVX-512'
+  return 'no AVX2'
+
+
+def _append_rows(path, tables, gflop_per_image, ceilings, cpu_model, units):
   """Appends each table's peers as rows of train_speed.csv's columns."""
   import csv  # pylint: disable=g-import-not-at-top
   commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=_ROOT,
@@ -657,8 +666,11 @@ def _append_rows(path, tables, gflop_per_image, ceilings, cpu_model,
       ratio = _ours_over_best_peer(best, [FLAGS.peers[0]] + [
           n for n in peers if n != FLAGS.peers[0]])
       loads = [best[n][1] for n in peers]
-      notes = 'best of %d round(s) of %d steps' % (FLAGS.rounds, FLAGS.steps)
-      if precision == 'bfloat16' and emulated:
+      # lscpu's model name alone ("AMD EPYC") does not tell the generation.
+      notes = '%s; native bfloat16: %s; best of %d round(s) of %d steps' % (
+          _vector_units(), ', '.join(units) or 'none', FLAGS.rounds,
+          FLAGS.steps)
+      if precision == 'bfloat16' and not units:
         notes += '; bfloat16 emulated (no native bfloat16 arithmetic)'
       for name in peers:
         result, _, rates = best[name]
@@ -673,7 +685,7 @@ def _append_rows(path, tables, gflop_per_image, ceilings, cpu_model,
             'cpu_model': cpu_model,
             'cores': len(os.sched_getaffinity(0)),
             'task': 'float training',
-            'model': '%g@%d' % (FLAGS.depth_multiplier, FLAGS.image_size),
+            'model': '%s@%d' % (FLAGS.depth_multiplier, FLAGS.image_size),
             'batch_size': FLAGS.batch_size,
             'precision': ('float32' if precision == 'float32'
                           else 'mixed bfloat16'),
@@ -767,7 +779,7 @@ def main(argv):
           'noisier.' % (peer_process.load_average(), os.cpu_count()))
   if FLAGS.results_csv:
     _append_rows(FLAGS.results_csv, tables, gflop_per_image, ceilings, model,
-                 emulated=not units)
+                 units)
 
 
 if __name__ == '__main__':
