@@ -179,7 +179,7 @@ def train_speed_chart(results_dir, path):
     axes.set_title('%s, %s, batch %s%s — %s, %s cores, %s' %
                    (_TASK_LABELS.get(task, task), group[0]['model'], batch,
                     precision_text, _CPU_LABELS.get(cpu, cpu),
-                    group[0]['cores'], date), fontsize=9, loc='left')
+                    group[0]['cores'], date), fontsize=8.5, loc='left')
     axes.grid(True, axis='x', alpha=0.3)
   axes_list[-1].set_xlabel('training images/s (higher is better)')
   fig.tight_layout()
