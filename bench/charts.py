@@ -10,8 +10,10 @@ each file holds and the command that produced each row):
   qat_top1.png      top-1 of the released 1.0_224 on the real-image split:
                     float, post-training int8 and quantization-aware
                     (qat.csv, rows with status `current`).
-  train_speed.png   training images/s of ours against the peers, float
-                    training and the QAT fine-tune (train_speed.csv).
+  train_speed.png   training images/s of ours against the peers, one panel
+                    per table (task, CPU, precision, date): float32 and
+                    mixed bfloat16 training and the QAT fine-tune
+                    (train_speed.csv).
 
   .venv/bin/python bench/charts.py
   .venv/bin/python bench/charts.py --results_dir=bench/results \
@@ -124,6 +126,7 @@ _PEER_LABELS = {
     'slim': 'plain tf-slim graph',
     'tf_keras': 'tf_keras MobileNet fit',
     'keras3': 'Keras 3 MobileNet fit',
+    'torch': 'PyTorch timm mobilenetv1_100',
     'ours_int8': 'ours, per-channel int8 (default)',
     'ours_int8_distilled': 'ours, per-channel, distilled',
     'ours_uint8': 'ours, per-tensor uint8',
@@ -145,17 +148,17 @@ def train_speed_chart(results_dir, path):
           if r['images_per_s']]
   panels = []
   for r in rows:
-    key = (r['task'], r['cpu_model'], r['math_mode'], r['date'])
+    key = (r['task'], r['cpu_model'], r['precision'], r['date'])
     if key not in [p[0] for p in panels]:
       panels.append((key, [x for x in rows if
-                           (x['task'], x['cpu_model'], x['math_mode'],
+                           (x['task'], x['cpu_model'], x['precision'],
                             x['date']) == key]))
   fig, axes_list = plt.subplots(len(panels), 1,
                                 figsize=(8, 1.1 + 0.42 * len(rows)),
                                 gridspec_kw={'height_ratios':
                                              [len(p[1]) for p in panels]})
   top = max(float(r['images_per_s']) for r in rows)
-  for axes, ((task, cpu, mode, date), group) in zip(axes_list, panels):
+  for axes, ((task, cpu, precision, date), group) in zip(axes_list, panels):
     names = [_PEER_LABELS.get(r['peer'], r['peer']) for r in group]
     values = [float(r['images_per_s']) for r in group]
     colours = ['#08519c' if r['peer'].startswith('ours') else '#bdbdbd'
@@ -171,11 +174,12 @@ def train_speed_chart(results_dir, path):
     axes.invert_yaxis()
     axes.set_xlim(0, top * 1.35)
     batch = group[0]['batch_size']
-    mode_text = '' if mode == 'default' else ', ' + mode
+    # The QAT rows train at the trainer's default precision.
+    precision_text = '' if precision == 'default' else ', ' + precision
     axes.set_title('%s, %s, batch %s%s — %s, %s cores, %s' %
                    (_TASK_LABELS.get(task, task), group[0]['model'], batch,
-                    mode_text, _CPU_LABELS.get(cpu, cpu), group[0]['cores'],
-                    date), fontsize=9, loc='left')
+                    precision_text, _CPU_LABELS.get(cpu, cpu),
+                    group[0]['cores'], date), fontsize=8.5, loc='left')
     axes.grid(True, axis='x', alpha=0.3)
   axes_list[-1].set_xlabel('training images/s (higher is better)')
   fig.tight_layout()

@@ -21,7 +21,8 @@ def report(result):
   print(_RESULT_PREFIX + json.dumps(result), flush=True)
 
 
-def run(script, child, flag_names, cwd, timeout, env_updates=None):
+def run(script, child, flag_names, cwd, timeout, env_updates=None,
+        python=None):
   """In the parent: runs `script --child=<child>`, returns its result.
 
   Args:
@@ -32,11 +33,14 @@ def run(script, child, flag_names, cwd, timeout, env_updates=None):
     timeout: seconds before it is killed.
     env_updates: environment variables to set for the child; None as a
       value removes the variable.
+    python: the child's interpreter (a peer with packages of its own, in
+      its own venv); None: this one's.
 
   Returns:
     (the child's result or None, '' or what went wrong in one line).
   """
-  argv = [sys.executable, os.path.abspath(script), '--child=%s' % child]
+  argv = [python or sys.executable, os.path.abspath(script),
+          '--child=%s' % child]
   argv += ['--%s=%s' % (name, getattr(flags.FLAGS, name))
            for name in flag_names]
   env = dict(os.environ)

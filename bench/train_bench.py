@@ -13,24 +13,41 @@ clusters):
             ConfigProto.
   tf_keras  `tf_keras.applications.MobileNet` compiled with SGD, `fit`.
   keras3    Keras 3 `keras.applications.MobileNet` compiled with SGD, `fit`.
+  torch     (on request) PyTorch: timm's `mobilenetv1_100` (at other
+            widths, its builder with --depth_multiplier), channels_last,
+            SGD, one intra-op thread per visible core. Installed on first
+            use into a venv of its own (--torch_venv, pinned releases), not
+            into the project's; its child runs with that venv's python.
   slim_xla  (on request) as `slim`, with XLA auto-clustering (global_jit_level
             ON_1 and TF_XLA_FLAGS=--tf_xla_cpu_global_jit, without which CPU
-            ops are not clustered).
+            ops are not clustered); float32 only.
 
-Peers are compared at the same precision: one table with every peer in
-oneDNN's float32 math mode ($ONEDNN_DEFAULT_FPMATH_MODE=STRICT, what the
-trainer runs with --nobfloat16_convolutions), and, where that mode changes
-what oneDNN computes (CPUs with AMX; see
-training/math_mode.bfloat16_math_takes_effect), one with every peer in
-oneDNN's bfloat16 math mode (BF16, as with --bfloat16_convolutions).
-Matmuls measure what the cores can do at best in each precision; the tables
-show each peer's effective training GFLOP/s against the float32 one
-(training costs about three forward passes: 3 x 2 x forward MACs per
-image).
+Peers are compared at the same precision, each as its own users would set
+it up, one table per precision (--precisions):
+
+  float32   every peer in plain float32.
+  bfloat16  mixed bfloat16: bfloat16 activations and multiplies, float32
+            variables and loss. Ours trains with --precision=mixed_bfloat16;
+            slim builds the same model on `training.mixed_precision`'s
+            bfloat16 casts of float32 variables, logits cast to float32
+            for the loss; the Keras peers under the global policy
+            'mixed_bfloat16', their final softmax in float32 (as the Keras
+            mixed-precision guide says); torch under
+            `torch.autocast('cpu', dtype=torch.bfloat16)`.
+
+Without native bfloat16 arithmetic (AVX512-BF16, AMX or Arm's BF16; see
+training/precision.native_bfloat16_units) oneDNN emulates bfloat16 through
+float32, so the bfloat16 table runs there, slower than the float32 one, and
+says so. Square matmuls in explicit float32 and bfloat16 measure what the
+cores can do at best in each precision; each table shows its peers'
+effective training GFLOP/s against its own precision's ceiling (training
+costs about three forward passes: 3 x 2 x forward MACs per image).
 
   .venv/bin/python bench/train_bench.py
   .venv/bin/python bench/train_bench.py --depth_multiplier=0.25 \
       --image_size=128 --steps=60 --rounds=3
+  .venv/bin/python bench/train_bench.py --peers=ours,slim,tf_keras,torch \
+      --precisions=float32 --rounds=2
   .venv/bin/python bench/train_bench.py --peers=ours,slim --profile_steps=3
 
 With --profile_steps, ours and slim each trace a few steps after the timed
@@ -38,12 +55,16 @@ ones, and each table is followed by their time per op type side by side:
 where a step goes, and which kernels both spend alike.
 
 The machine is shared by whatever else runs on it: the tables print the load
-average seen around each peer and per-step medians next to means, because a
-busy neighbour shows up as a gap between the two; --rounds runs the peers
-round-robin several times and keeps each one's best round.
+average seen around each peer, per-step medians next to means, and the
+spread of each peer's rate over rounds, because a busy neighbour shows up as
+a gap between them; --rounds runs the peers round-robin several times and
+keeps each one's best round. --results_csv appends each table's rows to
+bench/results/train_speed.csv's format.
 """
 
+import datetime
 import os
+import subprocess
 import sys
 import time
 
@@ -54,23 +75,39 @@ from absl import flags
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _ROOT)
 
+# Nothing imported here may import TensorFlow: the torch peer's child runs
+# this file in a venv without it. The TensorFlow peers import what they need.
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import model_flags
 import peer_process
-from runtime import slim_compat  # pylint: disable=unused-import
-from model import costs
-from training import math_mode
+from training import precision as precision_lib
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
 
 # The flags that shape the benchmarked step, passed on to the peers; they
-# mean what mobilenet_v1_train's flags of the same names do (the math mode
-# of its --bfloat16_convolutions is set per table instead).
+# mean what mobilenet_v1_train's flags of the same names do.
 _STEP_FLAGS = ('depth_multiplier', 'image_size', 'batch_size',
                'num_classes', 'optimizer', 'fuse_batch_norm_relu6')
-# The oneDNN math modes a table can run its peers in.
+# The tables, by the precision of their peers, and the TrainConfig
+# precision ours runs at in each.
 _PRECISIONS = ('float32', 'bfloat16')
+_OUR_PRECISION = {'float32': precision_lib.FLOAT32,
+                  'bfloat16': precision_lib.MIXED_BFLOAT16}
+_PEERS = ('ours', 'slim', 'slim_xla', 'tf_keras', 'keras3', 'torch')
+# Peers without a bfloat16 set-up of their own.
+_FLOAT32_ONLY = ('slim_xla',)
+
+# The torch peer's venv: pinned releases, so that its rows compare across
+# runs. PyPI's torch for x86-64 Linux is the CUDA build (several GB with its
+# nvidia packages); this machine kind keeps the CPU build of 2.13.0 on disk,
+# where pip finds it first. torchvision (which timm imports) and timm go in
+# without their dependencies, so that they cannot pull in another torch.
+_TORCH_REQUIREMENTS = ('torch==2.13.0', 'pillow==13.0.0', 'PyYAML==6.0.4',
+                       'huggingface_hub==2.4.0', 'safetensors==0.8.0')
+_TORCH_NO_DEPS = ('torchvision==0.28.0', 'timm==1.0.31')
+# This file's own imports in the torch child, at the project's versions.
+_PROJECT_PACKAGES = ('absl-py', 'numpy')
 
 model_flags.define_architecture_flags()
 flags.adopt_module_key_flags(model_flags)
@@ -91,13 +128,12 @@ flags.DEFINE_integer('warmup', 5, 'Untimed steps first (graph optimization, '
                      lower_bound=1)
 flags.DEFINE_list('peers', ['ours', 'slim', 'tf_keras', 'keras3'],
                   'Peers to run, in order; the first is the reference of the '
-                  'ratio column. Known: ours, slim, slim_xla, tf_keras, '
-                  'keras3.')
+                  'ratio column. Known: %s (torch installs itself into '
+                  '--torch_venv on first use).' % ', '.join(_PEERS))
 flags.DEFINE_list('precisions', list(_PRECISIONS),
-                  'Tables to print: float32 (oneDNN math mode STRICT) and '
-                  'bfloat16 (math mode BF16; only on CPUs with AMX, where '
-                  'the mode changes what oneDNN computes; skipped with a '
-                  'note elsewhere).')
+                  'Tables to print: float32 (every peer in float32) and '
+                  'bfloat16 (every peer in its own mixed bfloat16; emulated, '
+                  'so slower, on CPUs without bfloat16 arithmetic).')
 flags.DEFINE_integer('rounds', 1, 'Times each table\'s peers run, '
                      'round-robin; each peer\'s best round is shown.',
                      lower_bound=1)
@@ -110,8 +146,19 @@ flags.DEFINE_integer('profile_steps', 0, 'Traced steps after the timed ones '
                      'in the session peers (ours, slim): each table is '
                      'followed by their time per op type side by side. 0: '
                      'no profile.', lower_bound=0)
+flags.DEFINE_string('torch_venv',
+                    os.path.join(os.path.expanduser('~'), '.cache',
+                                 'mobilenet_v1_bench', 'torch-venv'),
+                    'The torch peer\'s venv, made with this python and '
+                    'filled from PyPI on first use (pinned torch, '
+                    'torchvision, timm).')
+flags.DEFINE_string('results_csv', '', 'If set, each table\'s rows are '
+                    'appended to this CSV (bench/results/train_speed.csv\'s '
+                    'columns).')
 flags.DEFINE_string('child', '', 'Internal: run one peer (or "matmul") in '
                     'this process and print its result as JSON.')
+flags.DEFINE_enum('child_precision', 'float32', list(_PRECISIONS),
+                  'Internal: the table the child runs in.')
 
 
 def _synthetic_batch():
@@ -137,19 +184,25 @@ def _step_stats(step_seconds):
   }
 
 
-def _time_session(session, train_op):
+def _time_steps(run_step):
   """Runs warm-up steps, then times each of --steps steps."""
   start = time.perf_counter()
   for _ in range(FLAGS.warmup):
-    session.run(train_op)
+    run_step()
   warmup_seconds = time.perf_counter() - start
   step_seconds = []
   for _ in range(FLAGS.steps):
     start = time.perf_counter()
-    session.run(train_op)
+    run_step()
     step_seconds.append(time.perf_counter() - start)
   result = _step_stats(step_seconds)
   result['warmup_seconds'] = warmup_seconds
+  return result
+
+
+def _time_session(session, train_op):
+  """Times a session's steps; then traces --profile_steps more."""
+  result = _time_steps(lambda: session.run(train_op))
   if FLAGS.profile_steps:
     result['op_milliseconds'] = _op_milliseconds(session, train_op)
   return result
@@ -205,8 +258,8 @@ def _synthetic_input(tf):
   return tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
 
 
-def _run_ours():
-  """Our trainer's graph and session options."""
+def _run_ours(precision):
+  """Our trainer's graph and session options, at the table's precision."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   # pylint: disable=g-import-not-at-top
   from training import config as config_lib
@@ -215,14 +268,18 @@ def _run_ours():
   tf1 = tf.compat.v1
   # Training from scratch on ImageNet, open-ended, with the trainer's
   # defaults but for the flags above; nothing to count, nothing restored.
+  # The explicit precision overrides the CPU's rule, so cpu_features does
+  # not matter here.
   plan = config_lib.resolve(
       config_lib.TrainConfig(
           depth_multiplier=FLAGS.depth_multiplier,
           image_size=FLAGS.image_size, batch_size=FLAGS.batch_size,
           num_classes=FLAGS.num_classes, optimizer=FLAGS.optimizer,
           fuse_batch_norm_relu6=FLAGS.fuse_batch_norm_relu6,
+          precision=_OUR_PRECISION[precision],
           num_train_examples=config_lib.IMAGENET_TRAIN_EXAMPLES),
-      count_train_examples=None, batch_norms_restored=True)
+      count_train_examples=None, batch_norms_restored=True,
+      cpu_features=set())
   graph = tf.Graph()
   with graph.as_default():
     global_step = tf1.train.get_or_create_global_step()
@@ -233,20 +290,31 @@ def _run_ours():
       return _time_session(session, step.train_op)
 
 
-def _run_slim(xla):
-  """The slim model with a plain optimizer and a default session."""
+def _run_slim(precision, xla):
+  """The slim model with a plain optimizer and a default session.
+
+  In bfloat16, the model takes the mixed-precision casts ours takes (float32
+  variables read as bfloat16, bfloat16 images), and the loss float32 logits:
+  the same model either way, so that the table compares the training steps.
+  """
   from runtime.slim_compat import slim  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import mobilenet_v1  # pylint: disable=g-import-not-at-top
+  from training import mixed_precision  # pylint: disable=g-import-not-at-top
   tf1 = tf.compat.v1
+  model_precision = _OUR_PRECISION[precision]
   graph = tf.Graph()
   with graph.as_default():
     global_step = tf1.train.get_or_create_global_step()
     images, labels = _synthetic_input(tf)
-    with slim.arg_scope(mobilenet_v1.mobilenet_v1_arg_scope(is_training=True)):
-      logits, _ = mobilenet_v1.mobilenet_v1(
-          images, num_classes=FLAGS.num_classes,
-          depth_multiplier=FLAGS.depth_multiplier)
+    with mixed_precision.float32_variables(model_precision):
+      with slim.arg_scope(
+          mobilenet_v1.mobilenet_v1_arg_scope(is_training=True)):
+        logits, _ = mobilenet_v1.mobilenet_v1(
+            mixed_precision.cast_images(images, model_precision),
+            num_classes=FLAGS.num_classes,
+            depth_multiplier=FLAGS.depth_multiplier)
+    logits = tf.cast(logits, tf.float32)
     tf1.losses.softmax_cross_entropy(tf.one_hot(labels, FLAGS.num_classes),
                                      logits)
     loss = tf1.losses.get_total_loss()
@@ -263,16 +331,26 @@ def _run_slim(xla):
       return _time_session(session, train_op)
 
 
-def _run_keras(keras):
+def _run_keras(keras, precision):
   """keras.applications.MobileNet trained with fit on the synthetic batch."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   images, labels = _synthetic_batch()
   one_hot = np.eye(FLAGS.num_classes, dtype=np.float32)[labels]
   size = FLAGS.image_size
+  bfloat16 = precision == 'bfloat16'
+  if bfloat16:
+    keras.mixed_precision.set_global_policy('mixed_bfloat16')
   model = keras.applications.MobileNet(
       input_shape=(size, size, 3), alpha=FLAGS.depth_multiplier,
-      weights=None, classes=FLAGS.num_classes)
+      weights=None, classes=FLAGS.num_classes,
+      classifier_activation=None if bfloat16 else 'softmax')
+  if bfloat16:
+    # The guide's set-up: the last layer's softmax in float32, so that the
+    # loss reads float32 probabilities.
+    outputs = keras.layers.Activation('softmax', dtype='float32')(
+        model.output)
+    model = keras.Model(model.inputs, outputs)
   model.compile(optimizer=keras.optimizers.SGD(0.045),
                 loss='categorical_crossentropy')
   dataset = tf.data.Dataset.from_tensors((images, one_hot)).repeat()
@@ -287,8 +365,98 @@ def _run_keras(keras):
   return result
 
 
+def _import_timm(torch):
+  """Imports timm beside the CPU build of torch.
+
+  timm imports torchvision, whose PyPI wheels are built against the CUDA
+  build of torch: beside the CPU build its compiled ops do not load, and its
+  import then stops registering fake kernels for two of them. Declaring
+  their schemas first lets it through; nothing here calls them.
+  """
+  if torch.version.cuda is None:
+    for op in ('nms', 'qnms'):
+      torch.library.define(
+          'torchvision::' + op,
+          '(Tensor dets, Tensor scores, float iou_threshold) -> Tensor')
+  import timm  # pylint: disable=g-import-not-at-top
+  return timm
+
+
+def _run_torch(precision):
+  """timm's MobileNet V1 trained with SGD in eager PyTorch, channels_last."""
+  import torch  # pylint: disable=g-import-not-at-top
+  timm = _import_timm(torch)
+  torch.set_num_threads(len(os.sched_getaffinity(0)))
+  images, labels = _synthetic_batch()
+  # The same batch, NCHW as torch's convolutions take it, in the
+  # channels_last memory layout oneDNN runs fastest.
+  inputs = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(
+      memory_format=torch.channels_last)
+  targets = torch.from_numpy(labels)
+  if FLAGS.depth_multiplier == 1:
+    model = timm.create_model('mobilenetv1_100',
+                              num_classes=FLAGS.num_classes)
+  else:
+    # mobilenetv1_100 fixes its width at 1.0; the function that builds it
+    # takes any (timm registers only a few widths under names of their own).
+    from timm.models import efficientnet  # pylint: disable=g-import-not-at-top
+    model = efficientnet._gen_mobilenet_v1(  # pylint: disable=protected-access
+        'mobilenetv1_100', FLAGS.depth_multiplier,
+        num_classes=FLAGS.num_classes)
+  model = model.to(memory_format=torch.channels_last).train()
+  optimizer = torch.optim.SGD(model.parameters(), lr=0.045)
+  bfloat16 = precision == 'bfloat16'
+
+  def step():
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=bfloat16):
+      logits = model(inputs)
+    loss = torch.nn.functional.cross_entropy(logits.float(), targets)
+    loss.backward()
+    optimizer.step()
+
+  result = _time_steps(step)
+  result['versions'] = 'torch %s, timm %s' % (torch.__version__,
+                                               timm.__version__)
+  return result
+
+
+def _torch_python():
+  """The torch peer's python, its venv made and filled first if needed.
+
+  Returns:
+    (path of the venv's python or None, what went wrong in one line).
+  """
+  import importlib.metadata  # pylint: disable=g-import-not-at-top
+  venv = FLAGS.torch_venv
+  python = os.path.join(venv, 'bin', 'python')
+  pins = list(_TORCH_REQUIREMENTS) + [
+      '%s==%s' % (name, importlib.metadata.version(name))
+      for name in _PROJECT_PACKAGES]
+  wanted = '\n'.join(pins + ['--no-deps'] + list(_TORCH_NO_DEPS)) + '\n'
+  stamp = os.path.join(venv, 'bench-requirements.txt')
+  if os.path.exists(stamp):
+    with open(stamp) as f:
+      if f.read() == wanted:
+        return python, ''
+  print('Installing the torch peer into %s (%s; once)...' % (
+      venv, ', '.join(pins + list(_TORCH_NO_DEPS))), flush=True)
+  for argv in ([sys.executable, '-m', 'venv', venv],
+               [python, '-m', 'pip', 'install', '-q'] + pins,
+               [python, '-m', 'pip', 'install', '-q', '--no-deps'] +
+               list(_TORCH_NO_DEPS)):
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode:
+      errors = [line for line in done.stderr.splitlines()
+                if 'ERROR' in line] or done.stderr.splitlines() or ['?']
+      return None, '%s failed: %s' % (' '.join(argv[:4]), errors[-1][:200])
+  with open(stamp, 'w') as f:
+    f.write(wanted)
+  return python, ''
+
+
 def _run_matmul():
-  """Best float32 and bfloat16 square matmul GFLOP/s in this math mode."""
+  """Best explicit float32 and bfloat16 square matmul GFLOP/s."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   n = FLAGS.matmul_size
   result = {}
@@ -312,23 +480,30 @@ _DESCRIPTIONS = {
     'slim_xla': 'plain tf-slim graph, XLA auto-clustering',
     'tf_keras': 'tf_keras.applications.MobileNet fit',
     'keras3': 'Keras 3 keras.applications.MobileNet fit',
+    'torch': 'PyTorch, timm mobilenetv1_100, channels_last',
 }
 
 
 def _run_child(name):
   """Runs one peer in this process; returns its result dict."""
+  precision = FLAGS.child_precision
+  if name == 'torch':
+    return _run_torch(precision)
+  # The TensorFlow peers: tf-slim's fixes before TensorFlow starts.
+  # pylint: disable-next=g-import-not-at-top,unused-import
+  from runtime import slim_compat
   if name == 'matmul':
     return _run_matmul()
   if name == 'ours':
-    return _run_ours()
+    return _run_ours(precision)
   if name in ('slim', 'slim_xla'):
-    return _run_slim(xla=name == 'slim_xla')
+    return _run_slim(precision, xla=name == 'slim_xla')
   if name == 'tf_keras':
     import tf_keras  # pylint: disable=g-import-not-at-top
-    return _run_keras(tf_keras)
+    return _run_keras(tf_keras, precision)
   if name == 'keras3':
     import keras  # pylint: disable=g-import-not-at-top
-    return _run_keras(keras)
+    return _run_keras(keras, precision)
   raise ValueError('unknown peer %r' % name)
 
 
@@ -337,49 +512,62 @@ def _spawn(name, precision):
 
   Args:
     name: the peer, or 'matmul'.
-    precision: 'float32' or 'bfloat16': oneDNN's math mode for the child,
-      in its environment before TensorFlow loads, exactly as
-      mobilenet_v1_train sets it for --[no]bfloat16_convolutions.
+    precision: the table, 'float32' or 'bfloat16'.
   """
-  bfloat16 = precision == 'bfloat16'
   env_updates = {
-      math_mode.ONEDNN_MATH_MODE_ENV: math_mode.onednn_math_mode(bfloat16),
+      # A leftover oneDNN math mode would turn float32 convolutions into
+      # bfloat16 ones (on CPUs with AMX) behind the table's back.
+      'ONEDNN_DEFAULT_FPMATH_MODE': None,
       # Keras 3 must not be swapped for tf_keras by a leftover setting.
       'TF_USE_LEGACY_KERAS': None,
       'KERAS_BACKEND': os.environ.get('KERAS_BACKEND', 'tensorflow'),
   }
+  python = None
   if name == 'slim_xla':
     # On CPU, global_jit_level clusters nothing unless this flag is set
     # before TensorFlow starts (the XLA CPU device only auto-clusters with
     # it); without it the peer would be plain slim.
     env_updates['TF_XLA_FLAGS'] = (os.environ.get('TF_XLA_FLAGS', '') +
                                    ' --tf_xla_cpu_global_jit').strip()
-  return peer_process.run(
-      __file__, name,
-      _STEP_FLAGS + ('steps', 'warmup', 'matmul_size', 'profile_steps'),
-      _ROOT, FLAGS.peer_timeout, env_updates)
+  if name == 'torch':
+    python, error = _torch_python()
+    if not python:
+      return None, error
+  flag_names = _STEP_FLAGS + ('steps', 'warmup', 'matmul_size',
+                              'profile_steps', 'child_precision')
+  FLAGS.child_precision = precision
+  return peer_process.run(__file__, name, flag_names, _ROOT,
+                          FLAGS.peer_timeout, env_updates, python=python)
 
 
 def _training_gflop_per_image():
   """3 x 2 x forward MACs per image (forward, input and weight gradients)."""
+  from model import costs  # pylint: disable=g-import-not-at-top
   macs = sum(cost.macs for cost in costs.layer_costs(
       FLAGS.depth_multiplier, FLAGS.image_size, FLAGS.num_classes))
   return macs, 3 * 2 * macs / 1e9
 
 
+_TABLE_TITLES = {
+    'float32': 'float32: every peer in float32.',
+    'bfloat16': ('bfloat16: every peer in its mixed bfloat16 (bfloat16 '
+                 'activations, float32 variables and loss).'),
+}
+
+
 def _run_table(precision, gflop_per_image, ceiling):
-  """Runs the peers in one math mode; prints their table and ratio.
+  """Runs the peers at one precision; prints their table and ratio.
 
   Returns:
-    ours / best peer images/s, or None if a side failed.
+    {peer: (best round's result, load, [images/s of every round])}.
   """
-  print('\n%s: every peer in oneDNN math mode %s.' % (
-      precision, math_mode.onednn_math_mode(precision == 'bfloat16')),
-        flush=True)
-  best = {}  # name -> (result, wall, load) of its fastest round
+  print('\n' + _TABLE_TITLES[precision], flush=True)
+  peers = [n for n in FLAGS.peers
+           if precision == 'float32' or n not in _FLOAT32_ONLY]
+  best = {}  # name -> (result, load, rates) of its fastest round
   errors = {}
   for round_index in range(FLAGS.rounds):
-    for name in FLAGS.peers:
+    for name in peers:
       load_before = peer_process.load_average()
       start = time.perf_counter()
       result, error = _spawn(name, precision)
@@ -389,43 +577,133 @@ def _run_table(precision, gflop_per_image, ceiling):
         print('  round %d  %-10s %7.1f images/s  (%.0fs, load %.1f)' %
               (round_index + 1, name, result['images_per_sec'], wall, load),
               flush=True)
+        rates = best.get(name, (None, None, []))[2] + [
+            result['images_per_sec']]
         if (name not in best or result['images_per_sec'] >
             best[name][0]['images_per_sec']):
-          best[name] = (result, wall, load)
+          best[name] = (result, load, rates)
+        else:
+          best[name] = best[name][:2] + (rates,)
       else:
         print('  round %d  %-10s failed: %s' % (round_index + 1, name, error),
               flush=True)
         errors[name] = error
 
-  reference_name = FLAGS.peers[0]
+  reference_name = peers[0]
   reference = best.get(reference_name, (None,))[0]
-  header = ('%-10s %-46s %9s %9s %8s %8s %7s %6s' %
-            ('peer', 'what', 'images/s', 'median/s', 'vs ' + reference_name,
-             'GFLOP/s', '%ceil', 'load'))
+  header = ('%-10s %-46s %9s %9s %13s %8s %8s %6s %6s' %
+            ('peer', 'what', 'images/s', 'median/s', 'spread',
+             'vs ' + reference_name, 'GFLOP/s', '%ceil', 'load'))
   print()
   print(header)
   print('-' * len(header))
-  for name in FLAGS.peers:
+  for name in peers:
     if name not in best:
       print('%-10s %-46s failed: %s' % (name, _DESCRIPTIONS.get(name, ''),
                                         errors.get(name)))
       continue
-    result, _, load = best[name]
+    result, load, rates = best[name]
     rate = result['images_per_sec']
     gflops = rate * gflop_per_image
     ratio = '%.2fx' % (rate / reference['images_per_sec']) if reference else '-'
     share = '%.0f%%' % (100 * gflops / ceiling) if ceiling else '-'
-    print('%-10s %-46s %9.1f %9.1f %8s %8.0f %7s %6.1f' %
+    print('%-10s %-46s %9.1f %9.1f %13s %8s %8.0f %6s %6.1f' %
           (name, _DESCRIPTIONS.get(name, ''), rate,
-           result['median_images_per_sec'], ratio, gflops, share, load))
+           result['median_images_per_sec'],
+           '%.1f-%.1f' % (min(rates), max(rates)), ratio, gflops, share,
+           load))
+  if 'torch' in best:
+    print('(torch: %s.)' % best['torch'][0]['versions'])
   _print_profiles({n: best[n][0] for n in best})
-  peers = [best[n][0]['images_per_sec'] for n in FLAGS.peers[1:] if n in best]
-  if not (reference and peers):
+  ratio = _ours_over_best_peer(best, peers)
+  if ratio:
+    print('%s: %s / best peer %.2fx (goal 1.30x).' % (precision,
+                                                      reference_name, ratio))
+  return best
+
+
+def _ours_over_best_peer(best, peers):
+  """The reference's images/s over the fastest other peer's, or None."""
+  reference = best.get(peers[0])
+  others = [best[n][0]['images_per_sec'] for n in peers[1:] if n in best]
+  if not (reference and others):
     return None
-  ratio = reference['images_per_sec'] / max(peers)
-  print('%s: %s / best peer %.2fx (goal 1.30x).' % (precision, reference_name,
-                                                    ratio))
-  return ratio
+  return reference[0]['images_per_sec'] / max(others)
+
+
+def _vector_units():
+  """The CPU's widest x86 vector extension, as the CSV notes name it."""
+  _, features = peer_process.cpu()
+  if 'avx512f' in features:
+    return 'AVX-512'
+  if 'avx2' in features:
+    return 'AVX2, no AVX-512'
+  return 'no AVX2'
+
+
+def _append_rows(path, tables, gflop_per_image, ceilings, cpu_model, units):
+  """Appends each table's peers as rows of train_speed.csv's columns."""
+  import csv  # pylint: disable=g-import-not-at-top
+  commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=_ROOT,
+                          capture_output=True, text=True,
+                          check=False).stdout.strip()
+  command = ' '.join(['.venv/bin/python bench/train_bench.py'] + [
+      arg for arg in sys.argv[1:] if not arg.startswith('--results_csv')])
+  columns = ('date', 'commit', 'cpu_model', 'cores', 'task', 'model',
+             'batch_size', 'precision', 'peer', 'images_per_s', 'vs_ours',
+             'ours_over_best_peer', 'ours_over_peer', 'seconds', 'gflops',
+             'matmul_ceiling_gflops', 'load_avg', 'command', 'notes')
+  new_file = not os.path.exists(path)
+  with open(path, 'a', newline='') as f:
+    writer = csv.DictWriter(f, columns)
+    if new_file:
+      writer.writeheader()
+    for precision, best in tables.items():
+      peers = [n for n in FLAGS.peers if n in best]
+      if not peers:
+        continue
+      reference = best[FLAGS.peers[0]][0] if FLAGS.peers[0] in best else None
+      ratio = _ours_over_best_peer(best, [FLAGS.peers[0]] + [
+          n for n in peers if n != FLAGS.peers[0]])
+      loads = [best[n][1] for n in peers]
+      # lscpu's model name alone ("AMD EPYC") does not tell the generation.
+      notes = '%s; native bfloat16: %s; best of %d round(s) of %d steps' % (
+          _vector_units(), ', '.join(units) or 'none', FLAGS.rounds,
+          FLAGS.steps)
+      if precision == 'bfloat16' and not units:
+        notes += '; bfloat16 emulated (no native bfloat16 arithmetic)'
+      for name in peers:
+        result, _, rates = best[name]
+        rate = result['images_per_sec']
+        row_notes = notes + '; median %.1f; spread %.1f-%.1f' % (
+            result['median_images_per_sec'], min(rates), max(rates))
+        if name == 'torch':
+          row_notes += '; ' + result['versions']
+        writer.writerow({
+            'date': datetime.date.today().isoformat(),
+            'commit': commit,
+            'cpu_model': cpu_model,
+            'cores': len(os.sched_getaffinity(0)),
+            'task': 'float training',
+            'model': '%s@%d' % (FLAGS.depth_multiplier, FLAGS.image_size),
+            'batch_size': FLAGS.batch_size,
+            'precision': ('float32' if precision == 'float32'
+                          else 'mixed bfloat16'),
+            'peer': name,
+            'images_per_s': '%.1f' % rate,
+            'vs_ours': ('%.2f' % (rate / reference['images_per_sec'])
+                        if reference else ''),
+            'ours_over_best_peer': ('%.2f' % ratio
+                                    if ratio and name == FLAGS.peers[0]
+                                    else ''),
+            'gflops': '%.0f' % (rate * gflop_per_image),
+            'matmul_ceiling_gflops': ('%.0f' % ceilings[precision]
+                                      if ceilings.get(precision) else ''),
+            'load_avg': '%.1f-%.1f' % (min(loads), max(loads)),
+            'command': command,
+            'notes': row_notes,
+        })
+  print('Appended the rows to %s.' % path)
 
 
 def main(argv):
@@ -434,52 +712,74 @@ def main(argv):
     result = _run_child(FLAGS.child)
     peer_process.report(result)
     return
-  unknown = set(FLAGS.precisions) - set(_PRECISIONS)
-  if unknown:
-    raise app.UsageError('--precisions: unknown %s (known: %s)' %
-                         (','.join(sorted(unknown)), ','.join(_PRECISIONS)))
+  for flag, values, known in (('precisions', FLAGS.precisions, _PRECISIONS),
+                              ('peers', FLAGS.peers, _PEERS)):
+    unknown = set(values) - set(known)
+    if unknown or not values:
+      raise app.UsageError('--%s: unknown %s (known: %s)' %
+                           (flag, ','.join(sorted(unknown)) or 'none given',
+                            ','.join(known)))
+  # TensorFlow loads here, in the parent only.
+  # pylint: disable-next=g-import-not-at-top,unused-import
+  from runtime import slim_compat
+  from kernels import batch_norm_relu6  # pylint: disable=g-import-not-at-top
 
   macs, gflop_per_image = _training_gflop_per_image()
-  model, features = peer_process.cpu()
-  bfloat16_units = sorted(features & {'avx512_bf16', 'amx_bf16'})
+  model, _ = peer_process.cpu()
+  units = precision_lib.native_bfloat16_units(batch_norm_relu6.cpu_features())
   print('MobileNet V1 %g@%d, %d classes, batch %d: %.1fM forward MACs, '
         '%.2f GFLOP per trained image; %d warm-up + %d timed steps per peer.' %
         (FLAGS.depth_multiplier, FLAGS.image_size, FLAGS.num_classes,
          FLAGS.batch_size, macs / 1e6, gflop_per_image, FLAGS.warmup,
          FLAGS.steps))
-  print('CPU: %s, %d cores visible, bfloat16 instructions: %s; load average '
-        '%.2f at start.' % (model, os.cpu_count(),
-                            ', '.join(bfloat16_units) or 'none',
+  print('CPU: %s, %d cores visible, native bfloat16 units: %s; load average '
+        '%.2f at start.' % (model, len(os.sched_getaffinity(0)),
+                            ', '.join(units) or 'none',
                             peer_process.load_average()), flush=True)
 
   precisions = [p for p in _PRECISIONS if p in FLAGS.precisions]
-  if ('bfloat16' in precisions and
-      not math_mode.bfloat16_math_takes_effect(features)):
-    print('No bfloat16 table: oneDNN\'s bfloat16 math mode computes exactly '
-          'as float32 on this CPU (it runs bfloat16 kernels for it only with '
-          'AMX and oneDNN on).')
-    precisions.remove('bfloat16')
+  if 'bfloat16' in precisions and not units:
+    print('bfloat16 is emulated on this CPU (no AVX512-BF16, AMX or Arm '
+          'BF16: oneDNN converts to float32 and back), so the bfloat16 '
+          'table runs slower than the float32 one.')
 
-  ceiling = None
+  ceilings = {}
   if FLAGS.matmul_size:
     matmul, error = _spawn('matmul', 'float32')
     if matmul:
-      ceiling = matmul['float32']
+      ceilings = {'float32': matmul['float32'],
+                  'bfloat16': matmul['bfloat16']}
       print('Ceilings: %d^3 matmul %.0f GFLOP/s float32, %.0f GFLOP/s '
             'bfloat16.' % (FLAGS.matmul_size, matmul['float32'],
                            matmul['bfloat16']), flush=True)
     else:
       print('Ceilings: matmul failed: %s' % error)
 
-  ratios = {p: _run_table(p, gflop_per_image, ceiling) for p in precisions}
+  tables = {p: _run_table(p, gflop_per_image, ceilings.get(p))
+            for p in precisions}
+  reference_name = FLAGS.peers[0]
   print()
-  for precision, ratio in ratios.items():
+  for precision, best in tables.items():
+    peers = [n for n in FLAGS.peers
+             if precision == 'float32' or n not in _FLOAT32_ONLY]
+    if len(peers) < 2:
+      continue  # no peer to compare with
+    ratio = _ours_over_best_peer(best, peers)
     print('%-8s %s / best peer: %s' % (
-        precision, FLAGS.peers[0], '%.2fx' % ratio if ratio else 'failed'))
+        precision, reference_name, '%.2fx' % ratio if ratio else 'failed'))
+  rates = {p: best[reference_name][0]['images_per_sec']
+           for p, best in tables.items() if reference_name in best}
+  if len(rates) == 2:
+    print('%s bfloat16 / %s float32: %.2fx%s.' % (
+        reference_name, reference_name, rates['bfloat16'] / rates['float32'],
+        ' (bfloat16 emulated on this CPU)' if not units else ''))
   if peer_process.load_average() > 0.5 + os.cpu_count() / 2:
     print('Note: other processes were running (load average %.1f on %d '
           'cores); rates are lower than on an idle machine and their ratios '
           'noisier.' % (peer_process.load_average(), os.cpu_count()))
+  if FLAGS.results_csv:
+    _append_rows(FLAGS.results_csv, tables, gflop_per_image, ceilings, model,
+                 units)
 
 
 if __name__ == '__main__':
