@@ -145,14 +145,19 @@ _CPU_LABELS = {'Intel(R) Xeon(R) Processor': 'Intel Xeon with AMX'}
 def train_speed_chart(results_dir, path):
   """Images/s of ours and the peers, one panel per table of the bench."""
   rows = [r for r in read_rows(results_dir, 'train_speed.csv')
-          if r['images_per_s']]
+          if r['images_per_s'] and not r['notes'].startswith('superseded')]
+
+  def table(row):
+    return row['task'], row['cpu_model'], row['precision'], row['date']
+
+  # A table measured again the same day is drawn from its last run only.
+  last_commit = {table(r): r['commit'] for r in rows}
+  rows = [r for r in rows if r['commit'] == last_commit[table(r)]]
   panels = []
   for r in rows:
-    key = (r['task'], r['cpu_model'], r['precision'], r['date'])
+    key = table(r)
     if key not in [p[0] for p in panels]:
-      panels.append((key, [x for x in rows if
-                           (x['task'], x['cpu_model'], x['precision'],
-                            x['date']) == key]))
+      panels.append((key, [x for x in rows if table(x) == key]))
   fig, axes_list = plt.subplots(len(panels), 1,
                                 figsize=(8, 1.1 + 0.42 * len(rows)),
                                 gridspec_kw={'height_ratios':
