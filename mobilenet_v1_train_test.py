@@ -394,17 +394,23 @@ class TrainTest(tf.test.TestCase):
     self.assertIn('Already trained to step %d' % (killed_at + 5), again.stdout)
     self.assertEqual(checkpoint_step(checkpoint_dir), killed_at + 5)
 
-  def test_without_avx2_trains_with_tensorflows_ops(self):
-    checkpoint_dir = os.path.join(self.get_temp_dir(), 'no_avx2')
-    # An x86 CPU from before AVX2 (Sandy Bridge): AVX, no AVX2 or FMA.
+  def _train_three_steps_as(self, checkpoint_dir, cpu_features):
+    """Trains 3 steps as if on a CPU with `cpu_features`, --precision unset."""
     env = dict(os.environ)
-    env[batch_norm_relu6.CPU_FEATURES_ENV] = 'fpu sse sse2 ssse3 sse4_2 avx'
+    env[batch_norm_relu6.CPU_FEATURES_ENV] = cpu_features
     result = subprocess.run(
         without_precision(train_command(
             self.dataset_dir, checkpoint_dir, '--number_of_steps=3',
             '--log_every_n_steps=1')),
         capture_output=True, text=True, env=env, timeout=600, check=False)
     self.assertEqual(result.returncode, 0, result.stderr)
+    return result
+
+  def test_without_avx2_trains_with_tensorflows_ops(self):
+    checkpoint_dir = os.path.join(self.get_temp_dir(), 'no_avx2')
+    # An x86 CPU from before AVX2 (Sandy Bridge): AVX, no AVX2 or FMA.
+    result = self._train_three_steps_as(checkpoint_dir,
+                                        'fpu sse sse2 ssse3 sse4_2 avx')
     notes = [line for line in result.stdout.splitlines()
              if 'not fused' in line or line.startswith('Precision')]
     self.assertEqual(notes, [
@@ -420,18 +426,11 @@ class TrainTest(tf.test.TestCase):
     self.assertEqual(op_types.count('FusedBatchNormV3'), 27)
     self.assertEqual(op_types.count('FusedBatchNormGradV3'), 27)
 
-
   def test_bfloat16_cpu_trains_mixed_into_float32_checkpoints(self):
     checkpoint_dir = os.path.join(self.get_temp_dir(), 'bfloat16_cpu')
     # A CPU with AVX512-BF16 (Zen 4, Cooper Lake): mixed bfloat16 by default.
-    env = dict(os.environ)
-    env[batch_norm_relu6.CPU_FEATURES_ENV] = 'avx avx2 fma avx512f avx512_bf16'
-    result = subprocess.run(
-        without_precision(train_command(
-            self.dataset_dir, checkpoint_dir, '--number_of_steps=3',
-            '--log_every_n_steps=1')),
-        capture_output=True, text=True, env=env, timeout=600, check=False)
-    self.assertEqual(result.returncode, 0, result.stderr)
+    result = self._train_three_steps_as(checkpoint_dir,
+                                        'avx avx2 fma avx512f avx512_bf16')
     self.assertIn(
         'Precision: mixed bfloat16 (convolutions and activations in '
         'bfloat16; variables, batch norm statistics and the loss in '
