@@ -631,9 +631,8 @@ def _ours_over_best_peer(best, peers):
   return reference[0]['images_per_sec'] / max(others)
 
 
-def _vector_units():
+def _vector_units(features):
   """The CPU's widest x86 vector extension, as the CSV notes name it."""
-  _, features = peer_process.cpu()
   if 'avx512f' in features:
     return 'AVX-512'
   if 'avx2' in features:
@@ -641,8 +640,10 @@ def _vector_units():
   return 'no AVX2'
 
 
-def _append_rows(path, tables, gflop_per_image, ceilings, cpu_model, units):
+def _append_rows(path, tables, gflop_per_image, ceilings, cpu_model,
+                 cpu_features):
   """Appends each table's peers as rows of train_speed.csv's columns."""
+  units = precision_lib.native_bfloat16_units(cpu_features)
   import csv  # pylint: disable=g-import-not-at-top
   commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=_ROOT,
                           capture_output=True, text=True,
@@ -655,7 +656,7 @@ def _append_rows(path, tables, gflop_per_image, ceilings, cpu_model, units):
              'matmul_ceiling_gflops', 'load_avg', 'command', 'notes')
   new_file = not os.path.exists(path)
   with open(path, 'a', newline='') as f:
-    writer = csv.DictWriter(f, columns)
+    writer = csv.DictWriter(f, columns, lineterminator='\n')
     if new_file:
       writer.writeheader()
     for precision, best in tables.items():
@@ -668,8 +669,8 @@ def _append_rows(path, tables, gflop_per_image, ceilings, cpu_model, units):
       loads = [best[n][1] for n in peers]
       # lscpu's model name alone ("AMD EPYC") does not tell the generation.
       notes = '%s; native bfloat16: %s; best of %d round(s) of %d steps' % (
-          _vector_units(), ', '.join(units) or 'none', FLAGS.rounds,
-          FLAGS.steps)
+          _vector_units(cpu_features), ', '.join(units) or 'none',
+          FLAGS.rounds, FLAGS.steps)
       if precision == 'bfloat16' and not units:
         notes += '; bfloat16 emulated (no native bfloat16 arithmetic)'
       for name in peers:
@@ -722,11 +723,10 @@ def main(argv):
   # TensorFlow loads here, in the parent only.
   # pylint: disable-next=g-import-not-at-top,unused-import
   from runtime import slim_compat
-  from kernels import batch_norm_relu6  # pylint: disable=g-import-not-at-top
 
   macs, gflop_per_image = _training_gflop_per_image()
-  model, _ = peer_process.cpu()
-  units = precision_lib.native_bfloat16_units(batch_norm_relu6.cpu_features())
+  model, cpu_features = peer_process.cpu()
+  units = precision_lib.native_bfloat16_units(cpu_features)
   print('MobileNet V1 %g@%d, %d classes, batch %d: %.1fM forward MACs, '
         '%.2f GFLOP per trained image; %d warm-up + %d timed steps per peer.' %
         (FLAGS.depth_multiplier, FLAGS.image_size, FLAGS.num_classes,
@@ -779,7 +779,7 @@ def main(argv):
           'noisier.' % (peer_process.load_average(), os.cpu_count()))
   if FLAGS.results_csv:
     _append_rows(FLAGS.results_csv, tables, gflop_per_image, ceilings, model,
-                 units)
+                 cpu_features)
 
 
 if __name__ == '__main__':
