@@ -24,7 +24,7 @@ user could ship and training images/s of both QAT runs:
                  background class), quantized by tfmot with its defaults
                  except the logits layer, whose output range is that of
                  all values seen (AllValuesQuantizer, tfmot's per-layer
-                 QuantizeConfig route; see _peer_quantized),
+                 QuantizeConfig route; see bench/tfmot_peer.py),
                  fit with SGD at the same learning rate, batch and steps on
                  the same images and preprocessing, converted to int8.
 
@@ -68,6 +68,7 @@ sys.path.insert(0, _ROOT)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import peer_process
+import tfmot_peer
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
@@ -326,56 +327,6 @@ def _run_peer_float(held_out):
                         labels - 1)}
 
 
-def _peer_quantized(tfmot, tf_keras, model):
-  """tfmot QAT of `model` as a knowledgeable user sets it up.
-
-  quantize_model's defaults collapse the fine-tune: its moving-average
-  activation ranges start at [-6, 6] and average with decay 0.999 without
-  correcting the start, so after 300 steps the logits' range is about
-  [-7, 10] while the float model's top logits are ~12-28; they saturate and
-  tie. tfmot's per-layer route fixes it: the logits layer (conv_preds) gets
-  a QuantizeConfig whose output range is that of all values seen
-  (AllValuesQuantizer); every other layer keeps the defaults.
-  """
-  keras_quant = tfmot.quantization.keras
-  quantizers = keras_quant.quantizers
-
-  class LogitsQuantizeConfig(keras_quant.QuantizeConfig):
-    """Per-tensor symmetric 8-bit kernel; output range from all values."""
-
-    def get_weights_and_quantizers(self, layer):
-      return [(layer.kernel, quantizers.LastValueQuantizer(
-          num_bits=8, per_axis=False, symmetric=True, narrow_range=True))]
-
-    def get_activations_and_quantizers(self, layer):
-      return []
-
-    def set_quantize_weights(self, layer, quantize_weights):
-      layer.kernel = quantize_weights[0]
-
-    def set_quantize_activations(self, layer, quantize_activations):
-      pass
-
-    def get_output_quantizers(self, layer):
-      return [quantizers.AllValuesQuantizer(
-          num_bits=8, per_axis=False, symmetric=False, narrow_range=False)]
-
-    def get_config(self):
-      return {}
-
-  def annotate_logits(layer):
-    if layer.name == 'conv_preds':
-      return keras_quant.quantize_annotate_layer(
-          layer, quantize_config=LogitsQuantizeConfig())
-    return layer
-
-  annotated = keras_quant.quantize_annotate_model(
-      tf_keras.models.clone_model(model, clone_function=annotate_logits))
-  with keras_quant.quantize_scope(
-      {'LogitsQuantizeConfig': LogitsQuantizeConfig}):
-    return keras_quant.quantize_apply(annotated)
-
-
 def _run_peer_qat(held_out):
   """tfmot QAT of the released weights in tf_keras: images/s, .tflite."""
   from runtime import slim_compat  # pylint: disable=g-import-not-at-top,unused-import
@@ -384,7 +335,7 @@ def _run_peer_qat(held_out):
   import tf_keras  # pylint: disable=g-import-not-at-top
   from data import records  # pylint: disable=g-import-not-at-top
   tf_keras.utils.set_random_seed(FLAGS.seed)
-  model = _peer_quantized(tfmot, tf_keras, _keras_mobilenet(
+  model = tfmot_peer.quantize(tfmot, tf_keras, _keras_mobilenet(
       tf_keras, _path('released', 'mobilenet_v1_1.0_224.ckpt')))
   model.compile(optimizer=tf_keras.optimizers.SGD(FLAGS.learning_rate),
                 loss='sparse_categorical_crossentropy')

@@ -49,10 +49,20 @@ costs about three forward passes: 3 x 2 x forward MACs per image).
   .venv/bin/python bench/train_bench.py --peers=ours,slim,tf_keras,torch \
       --precisions=float32 --rounds=2
   .venv/bin/python bench/train_bench.py --peers=ours,slim --profile_steps=3
+  .venv/bin/python bench/train_bench.py --quantize --profile_steps=3
 
-With --profile_steps, ours and slim each trace a few steps after the timed
-ones, and each table is followed by their time per op type side by side:
-where a step goes, and which kernels both spend alike.
+--quantize times quantization-aware training steps instead, in float32:
+ours as a quantization-aware fine-tune of mobilenet_v1_train runs it
+(--quantize, quantized from the first step, per-channel weights, batch
+norms kept and fused) against tf_keras's MobileNet quantized by tfmot as
+bench/qat_bench.py's peer is (bench/tfmot_peer.py, whose accuracy that
+bench checks).
+
+With --profile_steps, every peer traces a few steps after the timed ones,
+and each table is followed by their time per op type side by side: where a
+step goes, and which kernels the peers spend alike. TensorFlow peers count
+kernel time from TensorFlow's profiler (bench/op_profile.py); torch counts
+each aten op's own CPU time, so its op names are aten's.
 
 The machine is shared by whatever else runs on it: the tables print the load
 average seen around each peer, per-step medians next to means, and the
@@ -88,7 +98,8 @@ FLAGS = flags.FLAGS
 # The flags that shape the benchmarked step, passed on to the peers; they
 # mean what mobilenet_v1_train's flags of the same names do.
 _STEP_FLAGS = ('depth_multiplier', 'image_size', 'batch_size',
-               'num_classes', 'optimizer', 'fuse_batch_norm_relu6')
+               'num_classes', 'optimizer', 'fuse_batch_norm_relu6',
+               'quantize')
 # The tables, by the precision of their peers, and the TrainConfig
 # precision ours runs at in each.
 _PRECISIONS = ('float32', 'bfloat16')
@@ -97,6 +108,8 @@ _OUR_PRECISION = {'float32': precision_lib.FLOAT32,
 _PEERS = ('ours', 'slim', 'slim_xla', 'tf_keras', 'keras3', 'torch')
 # Peers without a bfloat16 set-up of their own.
 _FLOAT32_ONLY = ('slim_xla',)
+# Peers with a quantization-aware set-up (--quantize): tf_keras's is tfmot.
+_QUANTIZED = ('ours', 'tf_keras')
 
 # The torch peer's venv: pinned releases, so that its rows compare across
 # runs. PyPI's torch for x86-64 Linux is the CUDA build (several GB with its
@@ -143,9 +156,14 @@ flags.DEFINE_integer('peer_timeout', 600, 'Seconds before a peer\'s '
                      'subprocess is killed and reported as failed.',
                      lower_bound=10)
 flags.DEFINE_integer('profile_steps', 0, 'Traced steps after the timed ones '
-                     'in the session peers (ours, slim): each table is '
-                     'followed by their time per op type side by side. 0: '
-                     'no profile.', lower_bound=0)
+                     'in every peer: each table is followed by their time '
+                     'per op type side by side. 0: no profile.',
+                     lower_bound=0)
+flags.DEFINE_bool('quantize', False, 'Time quantization-aware training '
+                  'steps instead: ours with --quantize as a fine-tune runs '
+                  'it (quantized from the first step, per-channel weights, '
+                  'batch norms kept) against tf_keras quantized by tfmot as '
+                  'bench/qat_bench.py sets it up; float32 only.')
 flags.DEFINE_string('torch_venv',
                     os.path.join(os.path.expanduser('~'), '.cache',
                                  'mobilenet_v1_bench', 'torch-venv'),
@@ -204,31 +222,11 @@ def _time_session(session, train_op):
   """Times a session's steps; then traces --profile_steps more."""
   result = _time_steps(lambda: session.run(train_op))
   if FLAGS.profile_steps:
-    result['op_milliseconds'] = _op_milliseconds(session, train_op)
+    import op_profile  # pylint: disable=g-import-not-at-top
+    result['op_milliseconds'] = op_profile.op_milliseconds(
+        lambda: [session.run(train_op) for _ in range(FLAGS.profile_steps)],
+        FLAGS.profile_steps)
   return result
-
-
-def _op_milliseconds(session, train_op):
-  """Milliseconds per step of each op type, over --profile_steps traced steps.
-
-  Each kernel counts its own wall time; ops that run at the same time on
-  different cores each count in full, so the sum can exceed a step.
-  """
-  import collections  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf1 = tf.compat.v1
-  micros = collections.Counter()
-  for _ in range(FLAGS.profile_steps):
-    metadata = tf1.RunMetadata()
-    session.run(train_op, options=tf1.RunOptions(
-        trace_level=tf1.RunOptions.FULL_TRACE), run_metadata=metadata)
-    for device in metadata.step_stats.dev_stats:
-      for node in device.node_stats:
-        # The label reads "name = Type(inputs)".
-        op_type = node.timeline_label.partition(' = ')[2].partition('(')[0]
-        micros[op_type or node.node_name] += node.all_end_rel_micros
-  return {op_type: total / 1000 / FLAGS.profile_steps
-          for op_type, total in micros.items()}
 
 
 def _print_profiles(results, rows=16):
@@ -277,7 +275,10 @@ def _run_ours(precision):
           num_classes=FLAGS.num_classes, optimizer=FLAGS.optimizer,
           fuse_batch_norm_relu6=FLAGS.fuse_batch_norm_relu6,
           precision=_OUR_PRECISION[precision],
-          num_train_examples=config_lib.IMAGENET_TRAIN_EXAMPLES),
+          num_train_examples=config_lib.IMAGENET_TRAIN_EXAMPLES,
+          # A quantization-aware fine-tune's step: quantized from the
+          # first step (its default quant delay there).
+          quantize=FLAGS.quantize, quant_delay=0 if FLAGS.quantize else None),
       count_train_examples=None, batch_norms_restored=True,
       cpu_features=set())
   graph = tf.Graph()
@@ -332,7 +333,11 @@ def _run_slim(precision, xla):
 
 
 def _run_keras(keras, precision):
-  """keras.applications.MobileNet trained with fit on the synthetic batch."""
+  """keras.applications.MobileNet trained with fit on the synthetic batch.
+
+  With --quantize (tf_keras only), quantized by tfmot first, as
+  bench/qat_bench.py's peer is.
+  """
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   images, labels = _synthetic_batch()
@@ -345,6 +350,10 @@ def _run_keras(keras, precision):
       input_shape=(size, size, 3), alpha=FLAGS.depth_multiplier,
       weights=None, classes=FLAGS.num_classes,
       classifier_activation=None if bfloat16 else 'softmax')
+  if FLAGS.quantize:
+    import tensorflow_model_optimization as tfmot  # pylint: disable=g-import-not-at-top
+    import tfmot_peer  # pylint: disable=g-import-not-at-top
+    model = tfmot_peer.quantize(tfmot, keras, model)
   if bfloat16:
     # The guide's set-up: the last layer's softmax in float32, so that the
     # loss reads float32 probabilities.
@@ -362,6 +371,12 @@ def _run_keras(keras, precision):
   marks = timer.times[FLAGS.warmup - 1:]
   result = _step_stats([b - a for a, b in zip(marks, marks[1:])])
   result['warmup_seconds'] = marks[0] - start
+  if FLAGS.profile_steps:
+    import op_profile  # pylint: disable=g-import-not-at-top
+    result['op_milliseconds'] = op_profile.op_milliseconds(
+        lambda: model.fit(dataset, epochs=1,
+                          steps_per_epoch=FLAGS.profile_steps, verbose=0),
+        FLAGS.profile_steps)
   return result
 
 
@@ -418,7 +433,24 @@ def _run_torch(precision):
   result = _time_steps(step)
   result['versions'] = 'torch %s, timm %s' % (torch.__version__,
                                                timm.__version__)
+  if FLAGS.profile_steps:
+    result['op_milliseconds'] = _torch_op_milliseconds(torch, step)
   return result
+
+
+def _torch_op_milliseconds(torch, step):
+  """Milliseconds per step of each aten op, over --profile_steps steps.
+
+  An op's own time, without the ops it calls (aten::conv2d's is mostly that
+  of the oneDNN convolution below it), so that nothing counts twice.
+  """
+  with torch.profiler.profile(
+      activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+    for _ in range(FLAGS.profile_steps):
+      step()
+  return {event.key: event.self_cpu_time_total / 1000 / FLAGS.profile_steps
+          for event in profile.key_averages()
+          if event.self_cpu_time_total > 0}
 
 
 def _torch_python():
@@ -553,6 +585,8 @@ _TABLE_TITLES = {
     'bfloat16': ('bfloat16: every peer in its mixed bfloat16 (bfloat16 '
                  'activations, float32 variables and loss).'),
 }
+_QUANTIZED_TITLE = ('float32, quantization-aware: ours with --quantize, '
+                    'tf_keras quantized by tfmot.')
 
 
 def _run_table(precision, gflop_per_image, ceiling):
@@ -561,9 +595,9 @@ def _run_table(precision, gflop_per_image, ceiling):
   Returns:
     {peer: (best round's result, load, [images/s of every round])}.
   """
-  print('\n' + _TABLE_TITLES[precision], flush=True)
-  peers = [n for n in FLAGS.peers
-           if precision == 'float32' or n not in _FLOAT32_ONLY]
+  print('\n' + (_QUANTIZED_TITLE if FLAGS.quantize
+                 else _TABLE_TITLES[precision]), flush=True)
+  peers = _table_peers(precision)
   best = {}  # name -> (result, load, rates) of its fastest round
   errors = {}
   for round_index in range(FLAGS.rounds):
@@ -614,12 +648,22 @@ def _run_table(precision, gflop_per_image, ceiling):
            load))
   if 'torch' in best:
     print('(torch: %s.)' % best['torch'][0]['versions'])
+  if FLAGS.quantize and 'tf_keras' in best:
+    print('(tf_keras: quantized by tfmot, bench/tfmot_peer.py.)')
   _print_profiles({n: best[n][0] for n in best})
   ratio = _ours_over_best_peer(best, peers)
   if ratio:
     print('%s: %s / best peer %.2fx (goal 1.30x).' % (precision,
                                                       reference_name, ratio))
   return best
+
+
+def _table_peers(precision):
+  """The peers of --peers that run in a table, in their order."""
+  if FLAGS.quantize:
+    return [n for n in FLAGS.peers if n in _QUANTIZED]
+  return [n for n in FLAGS.peers
+          if precision == 'float32' or n not in _FLOAT32_ONLY]
 
 
 def _ours_over_best_peer(best, peers):
@@ -685,7 +729,8 @@ def _append_rows(path, tables, gflop_per_image, ceilings, cpu_model,
             'commit': commit,
             'cpu_model': cpu_model,
             'cores': len(os.sched_getaffinity(0)),
-            'task': 'float training',
+            'task': ('quantization-aware training' if FLAGS.quantize
+                     else 'float training'),
             'model': '%s@%d' % (FLAGS.depth_multiplier, FLAGS.image_size),
             'batch_size': FLAGS.batch_size,
             'precision': ('float32' if precision == 'float32'
@@ -720,6 +765,10 @@ def main(argv):
       raise app.UsageError('--%s: unknown %s (known: %s)' %
                            (flag, ','.join(sorted(unknown)) or 'none given',
                             ','.join(known)))
+  if FLAGS.quantize and (FLAGS.precisions != ['float32'] and
+                         FLAGS['precisions'].present):
+    raise app.UsageError('--quantize times float32 steps alone: drop '
+                         '--precisions or make it float32')
   # TensorFlow loads here, in the parent only.
   # pylint: disable-next=g-import-not-at-top,unused-import
   from runtime import slim_compat
@@ -737,7 +786,8 @@ def main(argv):
                             ', '.join(units) or 'none',
                             peer_process.load_average()), flush=True)
 
-  precisions = [p for p in _PRECISIONS if p in FLAGS.precisions]
+  precisions = ['float32'] if FLAGS.quantize else [
+      p for p in _PRECISIONS if p in FLAGS.precisions]
   if 'bfloat16' in precisions and not units:
     print('bfloat16 is emulated on this CPU (no AVX512-BF16, AMX or Arm '
           'BF16: oneDNN converts to float32 and back), so the bfloat16 '
@@ -760,8 +810,7 @@ def main(argv):
   reference_name = FLAGS.peers[0]
   print()
   for precision, best in tables.items():
-    peers = [n for n in FLAGS.peers
-             if precision == 'float32' or n not in _FLOAT32_ONLY]
+    peers = _table_peers(precision)
     if len(peers) < 2:
       continue  # no peer to compare with
     ratio = _ours_over_best_peer(best, peers)
