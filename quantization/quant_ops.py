@@ -221,17 +221,19 @@ def per_channel_weight_fake_quant(layer_op, scope, is_training,
         low, high = tf.negative(bound), tf.identity(bound)
     else:
       low, high = min_var.value(), max_var.value()
-    quantized = tf.quantization.fake_quant_with_min_max_vars_per_channel(
-        channels_last, low, high, num_bits=NUM_BITS, narrow_range=True)
+    def fake_quant_per_channel(values):
+      return tf.quantization.fake_quant_with_min_max_vars_per_channel(
+          values, low, high, num_bits=NUM_BITS, narrow_range=True)
+
     if is_training:
       # Every weight lies inside its channel's range [-max|W|, max|W|],
       # where the fake quant's straight-through gradient is the identity:
-      # this says so without its gradient kernel. The forward value is the
-      # fake quant's exactly (w and its rounding are within a factor of two,
-      # or the rounding is 0, so both float32 operations are exact).
-      quantized = tf.add(channels_last,
-                         tf.stop_gradient(quantized - channels_last),
-                         name='straight_through')
+      # pass the gradient through as such, without the fake quant's
+      # gradient kernel or a subtraction and addition of the weights
+      # (w + stop_gradient(q - w)) that would stream them twice more.
+      quantized = tf.grad_pass_through(fake_quant_per_channel)(channels_last)
+    else:
+      quantized = fake_quant_per_channel(channels_last)
     if layer_op.type == 'DepthwiseConv2dNative':
       quantized = tf.reshape(quantized, weights.shape, name='quantized')
     elif transpose:

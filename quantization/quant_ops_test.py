@@ -157,5 +157,29 @@ class FakeQuantTest(tf.test.TestCase):
     self.assertEqual((outputs[0], outputs[-1]), (0.0, 6.0))
 
 
+  def test_per_channel_weights_pass_their_gradient_straight_through(self):
+    rng = np.random.RandomState(2)
+    values = (rng.normal(size=[5, 3]) * [0.01, 1.0, 30.0]).astype(np.float32)
+    upstream = rng.normal(size=[5, 3]).astype(np.float32)
+    with tf.Graph().as_default() as graph:
+      weights = tf1.get_variable('fc/weights', initializer=values)
+      layer = tf.matmul(tf.ones([2, 5]), weights)
+      quantized = quant_ops.per_channel_weight_fake_quant(
+          layer.op, 'fc/weights_quant', is_training=True)
+      gradient, = tf.gradients(tf.reduce_sum(quantized * upstream), weights)
+      with self.session(graph=graph) as sess:
+        sess.run(tf1.global_variables_initializer())
+        outputs, gradient = sess.run([quantized, gradient])
+    # Symmetric narrow range: 254 steps of 2 max|w| / 254 per channel, zero
+    # on the grid, max|w| itself quantized to max|w|.
+    bound = np.abs(values).max(axis=0)
+    step = bound / 127
+    self.assertAllClose(outputs, np.round(values / step) * step,
+                        rtol=1e-6, atol=0)
+    self.assertAllEqual(np.abs(outputs).max(axis=0), bound)
+    # Every weight is inside its channel's range: the gradient is the
+    # upstream one, unchanged.
+    self.assertAllEqual(gradient, upstream)
+
 if __name__ == '__main__':
   tf.test.main()
