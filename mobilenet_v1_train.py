@@ -43,7 +43,7 @@ flags.DEFINE_enum('precision', None, list(precision.PRECISIONS),
                   'always. float32: everything in float32. Unset: '
                   'mixed_bfloat16 where the CPU multiplies bfloat16 '
                   'natively (AVX512-BF16, AMX or Arm BF16) and float32 '
-                  'elsewhere; --quantize trains in float32.')
+                  'elsewhere, and float32 with --quantize.')
 
 # The original script's flags.
 flags.DEFINE_string('master', '',

@@ -9,9 +9,10 @@ moving-average updates and checkpoints are untouched, so a model trained this
 way evaluates, exports and fine-tunes exactly as one trained without.
 Activations may be float32 or, in mixed-precision training, bfloat16 (scale,
 offset and the statistics stay float32 either way, as in FusedBatchNormV3).
-Quantization-aware training, float32 only, also quantizes each fused op's
-output, with a range that follows the batch's maximum; `fuse_fake_quant`
-folds that fake quant and maximum into the kernels too, bit for bit.
+Quantization-aware training also quantizes each fused op's output, with a
+range that follows the batch's maximum; `fuse_fake_quant` folds that fake
+quant and maximum into the kernels too, bit for bit, in float32 layers (in
+mixed bfloat16 the fake quant stays a float32 op on a cast of the output).
 
   logits = build_model(images, is_training=True)
   if batch_norm_relu6.unavailable_reason() is None:
@@ -235,8 +236,10 @@ def fuse_fake_quant(graph):
   quant and whole-tensor maxima, the pair becomes BatchNormRelu6Moments
   (the statistics, and y's maximum from each channel's extremes) and
   BatchNormRelu6FakeQuant (the quantized y, straight from x): the same
-  values, bit for bit, without storing y or reading it back. Call it after
-  the quantization rewrite and before taking gradients.
+  values, bit for bit, without storing y or reading it back. The kernels
+  are float32: bfloat16 layers (mixed precision), whose fake quant reads a
+  float32 cast of y, are left as they are. Call it after the quantization
+  rewrite and before taking gradients.
 
   Args:
     graph: a tf.Graph after fuse_batch_norm_relu6 and the quantization
@@ -253,6 +256,10 @@ def fuse_fake_quant(graph):
   fused = 0
   for batch_norm in [op for op in graph.get_operations()
                      if op.type == graph_editing.BATCH_NORM_RELU6_TYPE]:
+    # The fake quant kernels are float32; in mixed bfloat16 the fake quant
+    # reads a float32 cast of the bfloat16 y, and stays as it is.
+    if batch_norm.inputs[0].dtype != tf.float32:
+      continue
     y = batch_norm.outputs[0]
     fake_quants = [op for op in y.consumers()
                    if op.type == 'FakeQuantWithMinMaxVars' and

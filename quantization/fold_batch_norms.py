@@ -26,6 +26,12 @@ Each batch norm is folded according to its own mode:
   inference will use, while y (without quantization) equals the batch norm's
   training output, gradients through the batch statistics included.
 
+In mixed bfloat16 training (bfloat16 layers on float32 variables) folding
+computes in float32, as the batch norm does: the folded weights are the
+float32 weights times m, cast to bfloat16 for the layer, and the output
+scale and offset apply to the layer's output in float32, cast back to
+bfloat16 (graph_editing.in_float32).
+
 Optionally, a channel whose moving variance is below the noise that rounding
 the layer's (quantized) input adds to it is folded as the constant it
 outputs (`_signal_mask`).
@@ -157,7 +163,8 @@ def fold_batch_norm(layer_op, context, input_scale=None, freeze=None):
                           input_scale)
       multiplier = multiplier * tf.reshape(mask, multiplier.shape)
       offset = tf.where(mask > 0, offset, batch_norm.beta, name='offset_fold')
-    folded_weights = tf.multiply(weights, multiplier, name='mul_fold')
+    folded_weights = graph_editing.in_float32(
+        weights, lambda w: tf.multiply(w, multiplier, name='mul_fold'))
     new_layer_op = graph_editing.clone_op(
         layer_op, [layer_op.inputs[0], folded_weights])
     output = new_layer_op.outputs[0]
@@ -168,14 +175,20 @@ def fold_batch_norm(layer_op, context, input_scale=None, freeze=None):
           batch_to_space,
           [output] + list(batch_to_space.inputs[1:])).outputs[0]
     data_format = graph_editing.data_format(layer_op)
-    if output_scale is not None:
-      output = tf.multiply(
-          output,
-          graph_editing.per_channel(output_scale, data_format,
-                                    output.shape.rank),
-          name='post_conv_mul')
-    output = tf.nn.bias_add(output, offset, data_format=data_format,
+
+    def scale_and_offset(output):
+      if output_scale is not None:
+        output = tf.multiply(
+            output,
+            graph_editing.per_channel(output_scale, data_format,
+                                      output.shape.rank),
+            name='post_conv_mul')
+      return tf.nn.bias_add(output, offset, data_format=data_format,
                             name='add_fold')
+
+    # Like the batch norm it replaces, it reads and writes the layer's dtype
+    # and computes in float32.
+    output = graph_editing.in_float32(output, scale_and_offset)
   graph_editing.reroute(batch_norm.output, output,
                         batch_norm.output.consumers())
   graph.add_to_collection(FOLDED_LAYERS, new_layer_op)
@@ -289,7 +302,7 @@ def _signal_mask(layer_op, inference_variance, input_scale):
   Returns:
     A float32 vector of 0s and 1s, one per output channel.
   """
-  weights = layer_op.inputs[1]
+  weights = graph_editing.float32_value(layer_op.inputs[1])
   if layer_op.type == 'MatMul' and layer_op.get_attr('transpose_b'):
     weights = tf.transpose(weights)
   # Depthwise [h, w, in, k] has in * k output channels, in that order.
@@ -340,7 +353,9 @@ def _match_fused_batch_norm(bn_op):
     rank = bn_op.inputs[0].shape.rank
     axes = [0] + list(range(2, rank)) if data_format.startswith(
         'NC') else list(range(rank - 1))
-    mean, variance = tf.nn.moments(bn_op.inputs[0], axes, name='batch_moments')
+    # In float32 whatever the layer's dtype, as the batch norm computes them.
+    mean, variance = tf.nn.moments(graph_editing.float32_value(bn_op.inputs[0]),
+                                   axes, name='batch_moments')
     moving_variance = _moving_statistic(bn_op.outputs[2], 'moving_variance')
     moving_mean = _moving_statistic(bn_op.outputs[1], 'moving_mean')
     inference_variance = moving_variance

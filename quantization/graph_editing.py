@@ -69,9 +69,67 @@ def clone_op(op, inputs):
         name=op.name.rpartition('/')[2] + '_Fold', attrs=attrs)
 
 
-def variable_of(tensor):
-  """The variable op whose value `tensor` is (through Identity ops), or None."""
+def bfloat16_copy_source(tensor):
+  """The float32 tensor that `tensor` is a bfloat16 cast of, or None.
+
+  Mixed bfloat16 training (training/mixed_precision) hands each layer a
+  bfloat16 cast of its float32 variable; the rewrites quantize and fold the
+  float32 values behind such a copy.
+  """
   op = tensor.op
+  if (op.type == 'Cast' and tensor.dtype == tf.bfloat16 and
+      op.inputs[0].dtype == tf.float32):
+    return op.inputs[0]
+  return None
+
+
+def float32_value(tensor):
+  """`tensor` in float32, for the float32 arithmetic of the rewrites.
+
+  Args:
+    tensor: a float32 or bfloat16 tensor.
+
+  Returns:
+    `tensor` itself if float32; the float32 tensor a bfloat16 copy was cast
+    from (bfloat16_copy_source), so that nothing is lost to its rounding;
+    else `tensor` cast to float32 (exact: float32 holds every bfloat16).
+  """
+  if tensor.dtype == tf.float32:
+    return tensor
+  source = bfloat16_copy_source(tensor)
+  return tf.cast(tensor, tf.float32) if source is None else source
+
+
+def in_float32(tensor, function):
+  """Computes `function` of `tensor` in float32, in `tensor`'s dtype.
+
+  The one path by which the rewrites treat a bfloat16 tensor (mixed
+  bfloat16 training): fake quants, their ranges and batch norm folding's
+  arithmetic run in float32 on `float32_value(tensor)`, and their result
+  is cast back for the layers, which compute in bfloat16. The gradient
+  passes back through the casts, to the float32 variable for a copy of
+  one. A float32 tensor goes to `function` as it is.
+
+  Args:
+    tensor: a float32 or bfloat16 tensor.
+    function: float32 tensor -> float32 tensor.
+
+  Returns:
+    function(float32_value(tensor)), cast to `tensor`'s dtype.
+  """
+  result = function(float32_value(tensor))
+  if tensor.dtype == tf.float32:
+    return result
+  return tf.cast(result, tensor.dtype)
+
+
+def variable_of(tensor):
+  """The variable op whose value `tensor` is, or None.
+
+  Looks through Identity ops and mixed precision's bfloat16 copy.
+  """
+  source = bfloat16_copy_source(tensor)
+  op = (tensor if source is None else source).op
   while op.type == 'Identity':
     op = op.inputs[0].op
   if op.type == 'ReadVariableOp':
@@ -116,10 +174,17 @@ def fake_quant_of(tensor):
 
   Looks back through ops that keep values on their grid (Identity, e.g.
   inference-mode dropout; the Reshape or Transpose around per-channel weight
-  quantization) and through the quant_delay switch to its quantized branch.
+  quantization), through the bfloat16 cast of a float32 fake quant's output
+  (in_float32) and through the quant_delay switch to its quantized branch.
   """
-  while tensor.op.type in ('Identity', 'Reshape', 'Transpose'):
-    tensor = tensor.op.inputs[0]
+  while True:
+    source = bfloat16_copy_source(tensor)
+    if source is None and tensor.op.type in ('Identity', 'Reshape',
+                                             'Transpose'):
+      source = tensor.op.inputs[0]
+    if source is None:
+      break
+    tensor = source
   op = tensor.op
   if op.type == 'SelectV2':  # the quant_delay switch
     op = op.inputs[1].op
@@ -177,10 +242,10 @@ def find_layers(graph):
   """Returns [(op, context)] for each quantizable layer, in graph order.
 
   A layer is a Conv2D, DepthwiseConv2dNative or MatMul whose second input
-  reads a variable. The context is the layer's name scope
-  (`MobilenetV1/Conv2d_0` for `MobilenetV1/Conv2d_0/Conv2D`), which names the
-  range variables. A layer whose scope is empty or taken by an earlier layer
-  uses its own op name.
+  reads a variable (or mixed precision's bfloat16 copy of one). The context
+  is the layer's name scope (`MobilenetV1/Conv2d_0` for
+  `MobilenetV1/Conv2d_0/Conv2D`), which names the range variables. A layer
+  whose scope is empty or taken by an earlier layer uses its own op name.
 
   Args:
     graph: the tf.Graph to search.

@@ -59,6 +59,32 @@ class GraphEditingTest(tf.test.TestCase):
           tf1.get_variable('v', [1]))))
       self.assertFalse(graph_editing.reads_variable(value))
 
+  def test_bfloat16_copies_are_seen_through(self):
+    with tf.Graph().as_default():
+      variable = tf1.get_variable('v', [4])
+      copy = tf.cast(variable, tf.bfloat16)
+      self.assertIs(graph_editing.variable_of(copy),
+                    graph_editing.variable_of(tf.identity(variable)))
+      quantized = tf.quantization.fake_quant_with_min_max_args(
+          tf1.placeholder(tf.float32, [4]), min=-1.0, max=1.0)
+      self.assertIs(graph_editing.fake_quant_of(
+          tf.cast(quantized, tf.bfloat16)), quantized.op)
+      # in_float32 hands its function the float32 value a copy rounded, a
+      # float32 cast of any other bfloat16 tensor, a float32 tensor itself.
+      def argument(tensor):
+        seen = []
+        result = graph_editing.in_float32(
+            tensor, lambda value: seen.append(value) or value * 2.0)
+        self.assertEqual(result.dtype, tensor.dtype)
+        return seen[0]
+
+      self.assertIs(argument(copy), copy.op.inputs[0])
+      activation = tf.nn.relu(copy)
+      cast = argument(activation)
+      self.assertEqual((cast.op.type, cast.dtype), ('Cast', tf.float32))
+      self.assertIs(cast.op.inputs[0], activation)
+      value = variable.value()
+      self.assertIs(argument(value), value)
 
 if __name__ == '__main__':
   tf.test.main()

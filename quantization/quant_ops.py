@@ -98,8 +98,13 @@ def fake_quant(tensor, scope, updates, narrow_range, init_range, is_training,
 
   Eval graphs only read the ranges.
 
+  A bfloat16 tensor (mixed bfloat16 training) is quantized in float32, its
+  ranges updated in float32, and the result cast back to bfloat16
+  (graph_editing.in_float32); a bfloat16 copy of float32 weights is
+  quantized from the float32 weights themselves.
+
   Args:
-    tensor: the float tensor to quantize.
+    tensor: the float32 or bfloat16 tensor to quantize.
     scope: the absolute name scope of the new ops and range variables.
     updates: how training updates the range: MOVING_AVERAGE, LAST_VALUE or
       EXTREMES.
@@ -111,19 +116,24 @@ def fake_quant(tensor, scope, updates, narrow_range, init_range, is_training,
       unquantized (the quantization delay).
 
   Returns:
-    The quantized tensor.
+    The quantized tensor, in `tensor`'s dtype.
   """
+  # Its minimum is at least 0, so the range's lower end is 0. Read from
+  # `tensor`: what `quantize` gets may be a float32 cast of it.
+  nonnegative = tensor.op.type in _NONNEGATIVE_TYPES
   min_var, max_var = range_variables(scope, init_range)
-  with tensor.graph.name_scope(scope + '/'):
+
+  def quantize(float_tensor):
     if not is_training:
       low, high = min_var.value(), max_var.value()
     else:
-      if tensor.op.type in _NONNEGATIVE_TYPES:
-        # Its minimum is at least 0, so the range's lower end is 0.
+      if nonnegative:
         batch_min = tf.constant(0.0, name='BatchMin')
       else:
-        batch_min = tf.minimum(tf.reduce_min(tensor), 0.0, name='BatchMin')
-      batch_max = tf.maximum(tf.reduce_max(tensor), 0.0, name='BatchMax')
+        batch_min = tf.minimum(tf.reduce_min(float_tensor), 0.0,
+                               name='BatchMin')
+      batch_max = tf.maximum(tf.reduce_max(float_tensor), 0.0,
+                             name='BatchMax')
       if updates == MOVING_AVERAGE:
         with tf1.variable_scope(tf1.VariableScope(reuse=False, name=scope),
                                 auxiliary_name_scope=False):
@@ -154,11 +164,14 @@ def fake_quant(tensor, scope, updates, narrow_range, init_range, is_training,
         high = tf1.assign(max_var, tf.stop_gradient(batch_max),
                           name='AssignMaxLast')
     quantized = tf.quantization.fake_quant_with_min_max_vars(
-        tensor, low, high, num_bits=NUM_BITS, narrow_range=narrow_range)
+        float_tensor, low, high, num_bits=NUM_BITS, narrow_range=narrow_range)
     if use_quant is not None:
-      quantized = tf.where(use_quant, quantized, tensor,
+      quantized = tf.where(use_quant, quantized, float_tensor,
                            name='delayed_quant')
-  return quantized
+    return quantized
+
+  with tensor.graph.name_scope(scope + '/'):
+    return graph_editing.in_float32(tensor, quantize)
 
 
 def per_channel_weight_fake_quant(layer_op, scope, is_training,
@@ -184,24 +197,32 @@ def per_channel_weight_fake_quant(layer_op, scope, is_training,
       unquantized (the quantization delay).
 
   Returns:
-    The quantized weights, in the weights' shape.
+    The quantized weights, in the weights' shape and dtype: a bfloat16 copy
+    of float32 weights (mixed bfloat16 training) is quantized from the
+    float32 weights, ranges and all, and the result cast to bfloat16
+    (graph_editing.in_float32).
   """
   weights = layer_op.inputs[1]
   graph = layer_op.graph
-  with graph.name_scope(scope + '/'):
-    transpose = (layer_op.type == 'MatMul' and
-                 layer_op.get_attr('transpose_b'))
-    channels_last = weights
+  transpose = layer_op.type == 'MatMul' and layer_op.get_attr('transpose_b')
+  shape = weights.shape.as_list()
+  if layer_op.type == 'DepthwiseConv2dNative':
+    height, width, inputs, multiplier = shape
+    channels_last_shape = [height, width, 1, inputs * multiplier]
+  elif transpose:
+    channels_last_shape = shape[::-1]
+  else:
+    channels_last_shape = shape
+  min_var, max_var = range_variables(scope, INIT_RANGE,
+                                     shape=channels_last_shape[-1:])
+
+  def quantize(float_weights):
+    channels_last = float_weights
     if layer_op.type == 'DepthwiseConv2dNative':
-      height, width, inputs, multiplier = weights.shape.as_list()
-      channels_last = tf.reshape(
-          weights, [height, width, 1, inputs * multiplier],
-          name='channels_last')
+      channels_last = tf.reshape(float_weights, channels_last_shape,
+                                 name='channels_last')
     elif transpose:
-      channels_last = tf.transpose(weights, name='channels_last')
-    channels = channels_last.shape[-1]
-  min_var, max_var = range_variables(scope, INIT_RANGE, shape=[channels])
-  with graph.name_scope(scope + '/'):
+      channels_last = tf.transpose(float_weights, name='channels_last')
     if is_training:
       # The range is a statistic of the weights, not a path for their
       # gradients: the straight-through estimator passes gradients to the
@@ -235,10 +256,13 @@ def per_channel_weight_fake_quant(layer_op, scope, is_training,
     else:
       quantized = fake_quant_per_channel(channels_last)
     if layer_op.type == 'DepthwiseConv2dNative':
-      quantized = tf.reshape(quantized, weights.shape, name='quantized')
+      quantized = tf.reshape(quantized, shape, name='quantized')
     elif transpose:
       quantized = tf.transpose(quantized, name='quantized')
     if use_quant is not None:
-      quantized = tf.where(use_quant, quantized, weights,
+      quantized = tf.where(use_quant, quantized, float_weights,
                            name='delayed_quant')
-  return quantized
+    return quantized
+
+  with graph.name_scope(scope + '/'):
+    return graph_editing.in_float32(weights, quantize)

@@ -156,6 +156,51 @@ class FakeQuantTest(tf.test.TestCase):
     self.assertAllClose(outputs, np.clip(inputs, 0.0, 6.0), atol=step / 2)
     self.assertEqual((outputs[0], outputs[-1]), (0.0, 6.0))
 
+  def test_bfloat16_tensor_is_quantized_in_float32(self):
+    # Mixed bfloat16 training quantizes its bfloat16 activations: the result
+    # must be float32's fake quant of the same values, rounded to bfloat16,
+    # with float32's range updates and straight-through gradient.
+    rng = np.random.RandomState(5)
+    # bfloat16 numbers, so that the float32 fake quant sees the same values.
+    values, backprop = (
+        tf.cast(tf.cast(rng.normal(size=[4, 6, 6, 3]) * scale, tf.bfloat16),
+                tf.float32).numpy() for scale in (3, 1))
+    for updates in (quant_ops.MOVING_AVERAGE, quant_ops.LAST_VALUE,
+                    quant_ops.EXTREMES):
+      with self.subTest(updates), tf.Graph().as_default() as graph:
+        results, gradients = {}, {}
+        for dtype in (tf.bfloat16, tf.float32):
+          tensor = tf.constant(values, dtype)
+          results[dtype] = quant_ops.fake_quant(
+              tensor, '%s/act_quant' % dtype.name, updates,
+              narrow_range=False, init_range=quant_ops.INIT_RANGE,
+              is_training=True)
+          gradients[dtype], = tf.gradients(
+              results[dtype], tensor,
+              grad_ys=tf.constant(backprop, dtype))
+        self.assertEqual(results[tf.bfloat16].dtype, tf.bfloat16)
+        fake_quants = [op for op in graph.get_operations()
+                       if op.type == 'FakeQuantWithMinMaxVars']
+        self.assertLen(fake_quants, 2)
+        for op in fake_quants:
+          self.assertEqual([t.dtype for t in op.inputs], [tf.float32] * 3)
+        ranges = graph.get_collection(tf1.GraphKeys.MODEL_VARIABLES)
+        self.assertEqual([v.dtype.base_dtype for v in ranges],
+                         [tf.float32] * 4)
+        with self.session(graph=graph) as sess:
+          sess.run(tf1.global_variables_initializer())
+          got = sess.run([results, gradients])
+          low16, high16, low32, high32 = sess.run(ranges)
+      # Each range was updated from the same values, in float32.
+      self.assertEqual((low16, high16), (low32, high32))
+      self.assertLess(low32, 0)
+      # Really quantized: few bfloat16 numbers are on the 8-bit grid.
+      self.assertTrue(np.any(got[0][tf.float32] != values))
+      for values_by_dtype in got:
+        self.assertAllEqual(
+            values_by_dtype[tf.bfloat16],
+            tf.cast(values_by_dtype[tf.float32], tf.bfloat16).numpy())
+
 
   def test_per_channel_weights_pass_their_gradient_straight_through(self):
     rng = np.random.RandomState(2)

@@ -86,6 +86,14 @@ optionally by a residual `Add` of a same-shaped tensor, then optionally by a
    their int32 grid, average pools rounded to their input's grid, so that
    the frozen eval graph computes what the integer model does.
 
+Mixed bfloat16 training graphs (training/mixed_precision: bfloat16 layers
+reading bfloat16 casts of float32 variables) are rewritten the same way,
+the rewrite's own arithmetic in float32 (graph_editing.in_float32): each
+layer's weights are folded and quantized from the float32 variable, and the
+result cast to bfloat16 for the layer; bfloat16 activations are cast to
+float32, fake-quantized over float32 ranges and cast back. The variables,
+range variables included, are those of a float32 training graph.
+
 The modules, as contrib.quantize split them: this one is the public API
 (the rewrites and what callers ask of a rewritten graph or its checkpoint);
 `quantizer` puts the fake quants in place, layer by layer; `quant_ops`

@@ -192,23 +192,32 @@ class Quantizer(object):
     The straight-through gradient reaches W unscaled; a channel whose
     multiplier is 0 (masked) gets zero weights.
 
+    A bfloat16 copy of float32 weights (mixed bfloat16 training) is folded,
+    quantized and unfolded in float32, from the float32 weights and the
+    float32 multiplier, then cast to bfloat16 (graph_editing.in_float32).
+
     Args:
       layer_op: the layer op; its second input is the weights.
       scope: the name scope of the new ops and range variables.
       multiplier: the per-output-channel multiplier m.
     """
-    weights = layer_op.inputs[1]
     with self._graph.name_scope(scope + '/'):
       multiplier = fold_batch_norms.shaped_for_weights(
           layer_op, tf.stop_gradient(multiplier))
-      folded = tf.multiply(weights, multiplier, name='mul_fold')
-    self._insert(folded, scope, quant_ops.LAST_VALUE, narrow_range=True,
-                 init_range=quant_ops.INIT_RANGE, consumers=[])
-    with self._graph.name_scope(scope + '/'):
-      unfolded = tf.math.divide_no_nan(self._quantized[folded.name],
-                                       multiplier, name='unfold')
-    self._record(weights, unfolded, [layer_op])
 
+    def quantize(weights):
+      with self._graph.name_scope(scope + '/'):
+        folded = tf.multiply(weights, multiplier, name='mul_fold')
+      quantized = quant_ops.fake_quant(
+          folded, scope, quant_ops.LAST_VALUE, narrow_range=True,
+          init_range=quant_ops.INIT_RANGE, is_training=self._is_training,
+          symmetric=self._symmetric_weights, use_quant=self._use_quant)
+      with self._graph.name_scope(scope + '/'):
+        return tf.math.divide_no_nan(quantized, multiplier, name='unfold')
+
+    weights = layer_op.inputs[1]
+    self._record(weights, graph_editing.in_float32(weights, quantize),
+                 [layer_op])
 
   def _insert(self, tensor, scope, updates, narrow_range, init_range,
               consumers=None):

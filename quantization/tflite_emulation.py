@@ -13,6 +13,8 @@ frozen eval graph agree with the integer model it converts to, op for op:
   (`without_pool_tie_breaks`).
 """
 
+import functools
+
 import numpy as np
 import tensorflow as tf
 
@@ -137,26 +139,44 @@ def quantize_average_pools(graph, quantized_names, use_quant=None,
       continue
     output = op.outputs[0]
     consumers = output.consumers()
-    window = np.prod(op.get_attr('ksize'))
     with graph.name_scope(op.name + '/' + quant_ops.ACT_QUANT + '/'):
-      scale = graph_editing.fake_quant_scale(fake_quant)
-      tie_break = scale / (4 * window)
-      if int8:
-        # The int8 code of the mean: x / s plus the uint8 zero point (the
-        # fake quant's, nudged onto the grid) minus 128.
-        code = output / scale + tf.round(-fake_quant.inputs[1] / scale) - 128
-        tie_break = tf.where(code > 0, tie_break, -tie_break,
-                             name='tie_break')
-      half_up = tf.add(output, tie_break, name=_HALF_UP)
-      quantized = tf.quantization.fake_quant_with_min_max_vars(
-          half_up, fake_quant.inputs[1], fake_quant.inputs[2],
-          num_bits=quant_ops.NUM_BITS, narrow_range=False)
-      if use_quant is not None:
-        quantized = tf.where(use_quant, quantized, output,
-                             name='delayed_quant')
+      # A bfloat16 pool (mixed bfloat16 training) is rounded in float32.
+      quantized = graph_editing.in_float32(output, functools.partial(
+          _rounded_mean, fake_quant=fake_quant,
+          window=np.prod(op.get_attr('ksize')), use_quant=use_quant,
+          int8=int8))
     graph_editing.reroute(output, quantized, consumers)
     replacements[output.name] = quantized
   return replacements
+
+
+def _rounded_mean(mean, fake_quant, window, use_quant, int8):
+  """An average pool's float32 mean rounded to its input's grid.
+
+  Args:
+    mean: the pool's output, float32.
+    fake_quant: the fake quant op of the pool's input.
+    window: how many values each mean averages.
+    use_quant: as for quantize_average_pools.
+    int8: as for quantize_average_pools.
+
+  Returns:
+    `mean` rounded as TFLite's integer pool rounds it.
+  """
+  scale = graph_editing.fake_quant_scale(fake_quant)
+  tie_break = scale / (4 * window)
+  if int8:
+    # The int8 code of the mean: x / s plus the uint8 zero point (the fake
+    # quant's, nudged onto the grid) minus 128.
+    code = mean / scale + tf.round(-fake_quant.inputs[1] / scale) - 128
+    tie_break = tf.where(code > 0, tie_break, -tie_break, name='tie_break')
+  half_up = tf.add(mean, tie_break, name=_HALF_UP)
+  quantized = tf.quantization.fake_quant_with_min_max_vars(
+      half_up, fake_quant.inputs[1], fake_quant.inputs[2],
+      num_bits=quant_ops.NUM_BITS, narrow_range=False)
+  if use_quant is not None:
+    quantized = tf.where(use_quant, quantized, mean, name='delayed_quant')
+  return quantized
 
 
 def without_pool_tie_breaks(graph_def):

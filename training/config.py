@@ -36,9 +36,9 @@ overrides them:
   (g) mixed_bfloat16 where the CPU multiplies bfloat16 natively
       (precision.native_bfloat16_units: AVX512-BF16, AMX or Arm's BF16),
       float32 elsewhere, where emulated bfloat16 is slower than float32.
-      Quantization-aware training's rewrite quantizes float32 tensors: it
-      trains in float32, and --precision=mixed_bfloat16 with --quantize is
-      refused.
+      Quantization-aware training defaults to float32;
+      --precision=mixed_bfloat16 trains it in bfloat16 (its fake quants
+      and their ranges stay float32).
 
   --quantize --freeze_bn_delay=0 builds the model in inference mode: its
   batch norms use the checkpoint's moving statistics from the first step.
@@ -180,10 +180,6 @@ def check(config):
   if config.precision not in (None,) + precision_lib.PRECISIONS:
     raise errors.UserError('--precision=%s is not one of %s' % (
         config.precision, ', '.join(precision_lib.PRECISIONS)))
-  if config.quantize and config.precision == precision_lib.MIXED_BFLOAT16:
-    raise errors.UserError('--precision=mixed_bfloat16 does not train '
-                           'quantized models (their fake quantization is '
-                           'float32); drop it or use --precision=float32')
   if config.distillation_weight and not config.fine_tuning:
     raise errors.UserError('--distillation_weight needs a teacher: give the '
                            'float model as --fine_tune_checkpoint')
@@ -233,8 +229,9 @@ def _precision(config, cpu_features):
   if config.precision is not None:
     return config.precision, '--precision=%s' % config.precision
   if config.quantize:
-    return precision_lib.FLOAT32, ('quantization-aware training runs in '
-                                   'float32')
+    return precision_lib.FLOAT32, (
+        'quantization-aware training defaults to float32; '
+        '--precision=mixed_bfloat16 trains it in bfloat16')
   units = precision_lib.native_bfloat16_units(cpu_features)
   if units:
     return precision_lib.MIXED_BFLOAT16, (

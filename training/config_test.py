@@ -238,9 +238,7 @@ class CheckTest(unittest.TestCase):
         (config(distillation_weight=0.5),
          '--distillation_weight needs a teacher'),
         (config(precision='bfloat16'),
-         '--precision=bfloat16 is not one of float32, mixed_bfloat16'),
-        (qat_fine_tune(precision=precision.MIXED_BFLOAT16),
-         '--precision=mixed_bfloat16 does not train quantized models')):
+         '--precision=bfloat16 is not one of float32, mixed_bfloat16')):
       with self.subTest(message):
         with self.assertRaisesRegex(errors.UserError, message) as raised:
           config_lib.check(train_config)
@@ -273,13 +271,28 @@ class PrecisionTest(unittest.TestCase):
         self.assertEqual(plan.precision, precision.FLOAT32)
         self.assertIn('no bfloat16 arithmetic', plan.precision_reason)
 
-  def test_quantization_aware_training_stays_float32(self):
+  def test_quantization_aware_training_defaults_to_float32(self):
     bfloat16_cpu = AVX2_CPU + ('avx512_bf16',)
     for train_config in (config(quantize=True), qat_fine_tune(),
                          qat_fine_tune(weight_quantization=quantize.PER_CHANNEL)):
       plan = resolve(train_config, cpu_features=bfloat16_cpu)
       self.assertEqual(plan.precision, precision.FLOAT32)
-      self.assertIn('quantization-aware', plan.precision_reason)
+      self.assertEqual(
+          plan.precision_reason,
+          'quantization-aware training defaults to float32; '
+          '--precision=mixed_bfloat16 trains it in bfloat16')
+
+  def test_quantization_aware_training_takes_mixed_bfloat16(self):
+    for train_config in (
+        config(quantize=True, precision=precision.MIXED_BFLOAT16),
+        qat_fine_tune(precision=precision.MIXED_BFLOAT16),
+        qat_fine_tune(precision=precision.MIXED_BFLOAT16, freeze_bn_delay=5),
+        qat_fine_tune(precision=precision.MIXED_BFLOAT16,
+                      weight_quantization=quantize.PER_CHANNEL)):
+      config_lib.check(train_config)
+      plan = resolve(train_config, cpu_features=AVX2_CPU)
+      self.assertEqual(plan.precision, precision.MIXED_BFLOAT16)
+      self.assertEqual(plan.precision_reason, '--precision=mixed_bfloat16')
 
   def test_flag_overrides_the_cpu(self):
     self.assertEqual(resolve(config(precision=precision.MIXED_BFLOAT16),

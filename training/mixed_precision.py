@@ -8,7 +8,9 @@ stays float32: the variables (each layer reads a bfloat16 copy), the
 optimizer's slots, batch norm's statistics and moving averages, weight
 decay (mobilenet_v1_arg_scope takes it from the float32 weights), the
 logits' softmax and the loss. Checkpoints are therefore the float32
-checkpoints a float32 run writes.
+checkpoints a float32 run writes. Quantization-aware training's rewrite
+sees through the bfloat16 copies: it quantizes the float32 variables, and
+the bfloat16 activations, in float32 (quantization/graph_editing.in_float32).
 
   with mixed_precision.float32_variables(plan.precision):
     logits = build_model(mixed_precision.cast_images(images, plan.precision))

@@ -79,6 +79,8 @@ def build_train_op(images, labels, global_step, plan):
     labels = tf.identity(labels)
   float_images = images
   if config.quantize:
+    # Before mixed precision's cast: the input grid's values k / 128
+    # (|k| <= 128) are bfloat16 numbers, so the model sees them exactly.
     images = tflite_emulation.quantize_input(images)
   build_model = functools.partial(
       inference_model.build_logits, num_classes=config.num_classes,
