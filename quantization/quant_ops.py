@@ -242,6 +242,7 @@ def per_channel_weight_fake_quant(layer_op, scope, is_training,
         low, high = tf.negative(bound), tf.identity(bound)
     else:
       low, high = min_var.value(), max_var.value()
+
     def fake_quant_per_channel(values):
       return tf.quantization.fake_quant_with_min_max_vars_per_channel(
           values, low, high, num_bits=NUM_BITS, narrow_range=True)
