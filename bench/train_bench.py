@@ -69,7 +69,8 @@ average seen around each peer, per-step medians next to means, and the
 spread of each peer's rate over rounds, because a busy neighbour shows up as
 a gap between them; --rounds runs the peers round-robin several times and
 keeps each one's best round. --results_csv appends each table's rows to
-bench/results/train_speed.csv's format.
+bench/results/train_speed.csv's format, --profile_csv the profiles to
+bench/results/train_profile.csv's.
 """
 
 import datetime
@@ -173,6 +174,9 @@ flags.DEFINE_string('torch_venv',
 flags.DEFINE_string('results_csv', '', 'If set, each table\'s rows are '
                     'appended to this CSV (bench/results/train_speed.csv\'s '
                     'columns).')
+flags.DEFINE_string('profile_csv', '', 'If set (with --profile_steps), each '
+                    'profiled peer\'s time per op type is appended to this '
+                    'CSV (bench/results/train_profile.csv\'s columns).')
 flags.DEFINE_string('child', '', 'Internal: run one peer (or "matmul") in '
                     'this process and print its result as JSON.')
 flags.DEFINE_enum('child_precision', 'float32', list(_PRECISIONS),
@@ -684,25 +688,82 @@ def _vector_units(features):
   return 'no AVX2'
 
 
-def _append_rows(path, tables, gflop_per_image, ceilings, cpu_model,
-                 cpu_features):
-  """Appends each table's peers as rows of train_speed.csv's columns."""
-  units = precision_lib.native_bfloat16_units(cpu_features)
-  import csv  # pylint: disable=g-import-not-at-top
+def _row_context(cpu_model):
+  """The columns every results row of this run shares, but its precision."""
   commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=_ROOT,
                           capture_output=True, text=True,
                           check=False).stdout.strip()
   command = ' '.join(['.venv/bin/python bench/train_bench.py'] + [
-      arg for arg in sys.argv[1:] if not arg.startswith('--results_csv')])
+      arg for arg in sys.argv[1:]
+      if not arg.startswith(('--results_csv', '--profile_csv'))])
+  return {
+      'date': datetime.date.today().isoformat(),
+      'commit': commit,
+      'cpu_model': cpu_model,
+      'cores': len(os.sched_getaffinity(0)),
+      'task': ('QAT step (synthetic batch)' if FLAGS.quantize
+               else 'float training'),
+      'model': '%s@%d' % (FLAGS.depth_multiplier, FLAGS.image_size),
+      'batch_size': FLAGS.batch_size,
+      'command': command,
+  }
+
+
+def _csv_precision(precision):
+  """A table's precision as the CSVs name it."""
+  return 'float32' if precision == 'float32' else 'mixed bfloat16'
+
+
+def _csv_writer(f, columns, new_file):
+  """A DictWriter of LF rows, the header first in a new file."""
+  import csv  # pylint: disable=g-import-not-at-top
+  writer = csv.DictWriter(f, columns, lineterminator='\n')
+  if new_file:
+    writer.writeheader()
+  return writer
+
+
+def _append_profile_rows(path, tables, cpu_model, rows=16):
+  """Appends each profiled peer's top op types as train_profile.csv rows."""
+  columns = ('date', 'commit', 'cpu_model', 'cores', 'task', 'model',
+             'batch_size', 'precision', 'peer', 'op_type', 'ms_per_step',
+             'share', 'command', 'notes')
+  context = _row_context(cpu_model)
+  new_file = not os.path.exists(path)
+  with open(path, 'a', newline='') as f:
+    writer = _csv_writer(f, columns, new_file)
+    for precision, best in tables.items():
+      for name in FLAGS.peers:
+        profile = best.get(name, ({},))[0].get('op_milliseconds')
+        if not profile:
+          continue
+        total = sum(profile.values())
+        top = sorted(profile, key=lambda t: -profile[t])[:rows]
+        for op_type in top + ['all']:
+          ms = total if op_type == 'all' else profile[op_type]
+          writer.writerow(dict(
+              context, precision=_csv_precision(precision), peer=name,
+              op_type=op_type, ms_per_step='%.1f' % ms,
+              share='%.1f' % (100 * ms / total),
+              notes=('aten self CPU time per op' if name == 'torch' else
+                     'kernel time per step summed over both cores') +
+              '; %d traced steps; same run as train_speed.csv' %
+              FLAGS.profile_steps))
+  print('Appended the profile rows to %s.' % path)
+
+
+def _append_rows(path, tables, gflop_per_image, ceilings, cpu_model,
+                 cpu_features):
+  """Appends each table's peers as rows of train_speed.csv's columns."""
+  units = precision_lib.native_bfloat16_units(cpu_features)
   columns = ('date', 'commit', 'cpu_model', 'cores', 'task', 'model',
              'batch_size', 'precision', 'peer', 'images_per_s', 'vs_ours',
              'ours_over_best_peer', 'ours_over_peer', 'seconds', 'gflops',
              'matmul_ceiling_gflops', 'load_avg', 'command', 'notes')
+  context = _row_context(cpu_model)
   new_file = not os.path.exists(path)
   with open(path, 'a', newline='') as f:
-    writer = csv.DictWriter(f, columns, lineterminator='\n')
-    if new_file:
-      writer.writeheader()
+    writer = _csv_writer(f, columns, new_file)
     for precision, best in tables.items():
       peers = [n for n in FLAGS.peers if n in best]
       if not peers:
@@ -724,17 +785,8 @@ def _append_rows(path, tables, gflop_per_image, ceilings, cpu_model,
             result['median_images_per_sec'], min(rates), max(rates))
         if name == 'torch':
           row_notes += '; ' + result['versions']
-        writer.writerow({
-            'date': datetime.date.today().isoformat(),
-            'commit': commit,
-            'cpu_model': cpu_model,
-            'cores': len(os.sched_getaffinity(0)),
-            'task': ('quantization-aware training' if FLAGS.quantize
-                     else 'float training'),
-            'model': '%s@%d' % (FLAGS.depth_multiplier, FLAGS.image_size),
-            'batch_size': FLAGS.batch_size,
-            'precision': ('float32' if precision == 'float32'
-                          else 'mixed bfloat16'),
+        writer.writerow(dict(context, **{
+            'precision': _csv_precision(precision),
             'peer': name,
             'images_per_s': '%.1f' % rate,
             'vs_ours': ('%.2f' % (rate / reference['images_per_sec'])
@@ -746,9 +798,8 @@ def _append_rows(path, tables, gflop_per_image, ceilings, cpu_model,
             'matmul_ceiling_gflops': ('%.0f' % ceilings[precision]
                                       if ceilings.get(precision) else ''),
             'load_avg': '%.1f-%.1f' % (min(loads), max(loads)),
-            'command': command,
             'notes': row_notes,
-        })
+        }))
   print('Appended the rows to %s.' % path)
 
 
@@ -826,6 +877,8 @@ def main(argv):
     print('Note: other processes were running (load average %.1f on %d '
           'cores); rates are lower than on an idle machine and their ratios '
           'noisier.' % (peer_process.load_average(), os.cpu_count()))
+  if FLAGS.profile_csv:
+    _append_profile_rows(FLAGS.profile_csv, tables, model)
   if FLAGS.results_csv:
     _append_rows(FLAGS.results_csv, tables, gflop_per_image, ceilings, model,
                  cpu_features)
