@@ -93,7 +93,7 @@ def qat_chart(results_dir, path):
     match = [r for r in rows if r['run'] == run and
              (not commit or r['commit'] == commit)]
     picked.append((label, match[0]))
-  peer = [r for r in rows if r['run'] == 'peer_int8'][-1]
+  peer = [r for r in rows if r['run'] == 'peer_int8' and r['top1_odd']][-1]
   fig, axes = plt.subplots(figsize=(8, 4.8))
   halves = (('top1_odd', 'odd classes held out', '#9ecae1'),
             ('top1_even', 'even classes held out', '#4292c6'),
@@ -142,6 +142,17 @@ _TASK_LABELS = {
 _CPU_LABELS = {'Intel(R) Xeon(R) Processor': 'Intel Xeon with AMX'}
 
 
+def _peer_label(row):
+  """A train_speed.csv row's bar label: the peer, and the QAT half."""
+  label = _PEER_LABELS.get(row['peer'], row['peer'])
+  if row['task'].startswith('QAT step') and row['peer'] == 'tf_keras':
+    label = _PEER_LABELS['peer_int8']
+  for half in ('odd half', 'even half'):
+    if half in row['notes']:
+      label += ', ' + half
+  return label
+
+
 def train_speed_chart(results_dir, path):
   """Images/s of ours and the peers, one panel per table of the bench."""
   rows = [r for r in read_rows(results_dir, 'train_speed.csv')
@@ -164,13 +175,17 @@ def train_speed_chart(results_dir, path):
                                              [len(p[1]) for p in panels]})
   top = max(float(r['images_per_s']) for r in rows)
   for axes, ((task, cpu, precision, date), group) in zip(axes_list, panels):
-    names = [_PEER_LABELS.get(r['peer'], r['peer']) for r in group]
+    names = [_peer_label(r) for r in group]
     values = [float(r['images_per_s']) for r in group]
     colours = ['#08519c' if r['peer'].startswith('ours') else '#bdbdbd'
                for r in group]
     axes.barh(range(len(group)), values, color=colours)
     ours = values[0]
     for y, (r, v) in enumerate(zip(group, values)):
+      # Each peer against the ours row above it (a panel may hold one pair
+      # per QAT half).
+      if r['peer'].startswith('ours'):
+        ours = v
       ratio = v / ours if not r['peer'].startswith('ours') else None
       text = '%.1f' % v + ('  (%.2fx ours)' % ratio if ratio else '')
       axes.text(v + top * 0.01, y, text, va='center', fontsize=8)
