@@ -24,12 +24,11 @@ tf1 = tf.compat.v1
 # bfloat16 8.
 _FLOAT32_U = 2.0**-24
 _BFLOAT16_U = 2.0**-8
-# The ops whose arithmetic mixed precision moves to bfloat16 (pointwise
-# convolutions' gradients are MatMuls: training.pointwise_gradients).
+# The ops whose arithmetic mixed precision moves to bfloat16.
 _CONVOLUTION_TYPES = ('Conv2D', 'Conv2DBackpropInput', 'Conv2DBackpropFilter',
                       'DepthwiseConv2dNative',
                       'DepthwiseConv2dNativeBackpropInput',
-                      'DepthwiseConv2dNativeBackpropFilter', 'MatMul')
+                      'DepthwiseConv2dNativeBackpropFilter')
 
 
 def _gamma(n, u=_FLOAT32_U):
@@ -328,8 +327,7 @@ class TrainingStepTest(tf.test.TestCase):
     convolutions = [op for op in ops if op.type in _CONVOLUTION_TYPES]
     # 15 convolutions (the first, 13 pointwise, the logits) and 13
     # depthwise ones, forward, and their two gradients (the graph holds the
-    # first layer's input gradient too; nothing runs it), the pointwise
-    # ones' as MatMuls.
+    # first layer's input gradient too; nothing runs it).
     self.assertEqual(len(convolutions), 28 * 3)
     for op in convolutions:
       self.assertEqual(op.outputs[0].dtype, tf.bfloat16, op.name)
