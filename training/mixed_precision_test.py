@@ -171,6 +171,20 @@ def _checkpoint_entries(path):
           for name, dtype in reader.get_variable_to_dtype_map().items()}
 
 
+def _bfloat16_1x1_layer(images, w):
+  """A 1x1 convolution of float32 `images` in mixed bfloat16, weights `w`.
+
+  Returns:
+    Its bfloat16 output; its float32 variable `Conv/weights` is in the graph.
+  """
+  with mixed_precision.float32_variables(precision.MIXED_BFLOAT16):
+    return slim.conv2d(
+        mixed_precision.cast_images(images, precision.MIXED_BFLOAT16),
+        w.shape[-1], [1, 1], activation_fn=None, normalizer_fn=None,
+        biases_initializer=None, scope='Conv',
+        weights_initializer=tf1.constant_initializer(w))
+
+
 class ConvolutionTest(tf.test.TestCase):
   """One layer as mixed precision builds it, against float64 NumPy."""
 
@@ -181,12 +195,7 @@ class ConvolutionTest(tf.test.TestCase):
     dy = rng.normal(size=[2, 4, 4, 48]).astype(np.float32)
     with tf.Graph().as_default():
       images = tf1.placeholder(tf.float32, x.shape)
-      with mixed_precision.float32_variables(precision.MIXED_BFLOAT16):
-        y = slim.conv2d(
-            mixed_precision.cast_images(images, precision.MIXED_BFLOAT16),
-            48, [1, 1], activation_fn=None, normalizer_fn=None,
-            biases_initializer=None, scope='Conv',
-            weights_initializer=tf1.constant_initializer(w))
+      y = _bfloat16_1x1_layer(images, w)
       self.assertEqual(y.dtype, tf.bfloat16)
       weights, = tf1.global_variables()
       self.assertEqual(weights.dtype.base_dtype, tf.float32)
@@ -254,12 +263,7 @@ class QuantizedLayerTest(tf.test.TestCase):
     """Checks a 1x1 convolution of x, weights w quantized by `scheme`."""
     with tf.Graph().as_default():
       images = tf1.placeholder(tf.float32, x.shape)
-      with mixed_precision.float32_variables(precision.MIXED_BFLOAT16):
-        y = slim.conv2d(
-            mixed_precision.cast_images(images, precision.MIXED_BFLOAT16),
-            48, [1, 1], activation_fn=None, normalizer_fn=None,
-            biases_initializer=None, scope='Conv',
-            weights_initializer=tf1.constant_initializer(w))
+      y = _bfloat16_1x1_layer(images, w)
       # The model's output, as build_train_op casts its logits.
       tf.cast(y, tf.float32)
       quantize.create_training_graph(weights=scheme)
