@@ -208,12 +208,11 @@ class Quantizer(object):
     def quantize(weights):
       with self._graph.name_scope(scope + '/'):
         folded = tf.multiply(weights, multiplier, name='mul_fold')
-      quantized = quant_ops.fake_quant(
-          folded, scope, quant_ops.LAST_VALUE, narrow_range=True,
-          init_range=quant_ops.INIT_RANGE, is_training=self._is_training,
-          symmetric=self._symmetric_weights, use_quant=self._use_quant)
+      self._insert(folded, scope, quant_ops.LAST_VALUE, narrow_range=True,
+                   init_range=quant_ops.INIT_RANGE, consumers=[])
       with self._graph.name_scope(scope + '/'):
-        return tf.math.divide_no_nan(quantized, multiplier, name='unfold')
+        return tf.math.divide_no_nan(self._quantized[folded.name],
+                                     multiplier, name='unfold')
 
     weights = layer_op.inputs[1]
     self._record(weights, graph_editing.in_float32(weights, quantize),
