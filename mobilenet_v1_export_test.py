@@ -137,8 +137,12 @@ def run_checkpoint(checkpoint, images, quantized):
       _, end_points = mobilenet_v1.mobilenet_v1(
           model_input, num_classes=NUM_CLASSES, depth_multiplier=0.25,
           is_training=False)
-    if quantized:  # trained with per-tensor symmetric weights
-      quantize.create_eval_graph(weights=quantize.ASYMMETRIC)
+    if quantized:
+      # Trained with per-tensor symmetric weights, so with the channels their
+      # input's rounding drowns folded to constants, as every per-tensor
+      # training graph folds them.
+      quantize.create_eval_graph(weights=quantize.ASYMMETRIC,
+                                 mask_drowned_channels=True)
     predictions = end_points['Predictions']
     with tf1.Session(graph=graph) as session:
       tf1.train.Saver().restore(session, checkpoint)
