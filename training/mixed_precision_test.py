@@ -24,11 +24,12 @@ tf1 = tf.compat.v1
 # bfloat16 8.
 _FLOAT32_U = 2.0**-24
 _BFLOAT16_U = 2.0**-8
-# The ops whose arithmetic mixed precision moves to bfloat16.
+# The ops whose arithmetic mixed precision moves to bfloat16 (pointwise
+# convolutions' gradients are MatMuls: training.pointwise_gradients).
 _CONVOLUTION_TYPES = ('Conv2D', 'Conv2DBackpropInput', 'Conv2DBackpropFilter',
                       'DepthwiseConv2dNative',
                       'DepthwiseConv2dNativeBackpropInput',
-                      'DepthwiseConv2dNativeBackpropFilter')
+                      'DepthwiseConv2dNativeBackpropFilter', 'MatMul')
 
 
 def _gamma(n, u=_FLOAT32_U):
@@ -331,7 +332,8 @@ class TrainingStepTest(tf.test.TestCase):
     convolutions = [op for op in ops if op.type in _CONVOLUTION_TYPES]
     # 15 convolutions (the first, 13 pointwise, the logits) and 13
     # depthwise ones, forward, and their two gradients (the graph holds the
-    # first layer's input gradient too; nothing runs it).
+    # first layer's input gradient too; nothing runs it), the pointwise
+    # ones' as MatMuls.
     self.assertEqual(len(convolutions), 28 * 3)
     for op in convolutions:
       self.assertEqual(op.outputs[0].dtype, tf.bfloat16, op.name)

@@ -3,8 +3,8 @@
 `build_train_op` builds what a Plan describes into the default graph: the
 model in training mode (or inference mode, batch norms frozen from the
 start) in the plan's precision, fused batch norm + ReLU6 kernels where they
-run, the quantization rewrite, the distillation teacher, the loss and one
-optimizer step.
+run, the quantization rewrite, pointwise convolutions differentiated by
+matrix products, the distillation teacher, the loss and one optimizer step.
 """
 
 import collections
@@ -23,6 +23,7 @@ from runtime import errors
 from training import distillation
 from training import fine_tune
 from training import mixed_precision
+from training import pointwise_gradients
 
 tf1 = tf.compat.v1
 
@@ -102,6 +103,7 @@ def build_train_op(images, labels, global_step, plan):
         mask_drowned_channels=config.per_tensor_weights)
     if fused:
       batch_norm_relu6.fuse_fake_quant(logits.graph)
+  pointwise_gradients.use_matmul_gradients(logits.graph)
   targets = tf.one_hot(labels, config.num_classes)
   hooks = []
   if plan.distillation_weight:
