@@ -10,6 +10,7 @@ import tensorflow as tf
 from kernels import batch_norm_relu6
 from quantization import graph_editing
 from quantization import quantize
+from testing import rounding_bounds
 from testing import test_data
 from training import config as config_lib
 from training import mixed_precision
@@ -22,7 +23,7 @@ tf1 = tf.compat.v1
 
 # Unit roundoffs (round to nearest): float32 keeps 24 significant bits,
 # bfloat16 8.
-_FLOAT32_U = 2.0**-24
+_FLOAT32_U = rounding_bounds.FLOAT32_U
 _BFLOAT16_U = 2.0**-8
 # The ops whose arithmetic mixed precision moves to bfloat16 (pointwise
 # convolutions' gradients are MatMuls: training.pointwise_gradients).
@@ -30,16 +31,6 @@ _CONVOLUTION_TYPES = ('Conv2D', 'Conv2DBackpropInput', 'Conv2DBackpropFilter',
                       'DepthwiseConv2dNative',
                       'DepthwiseConv2dNativeBackpropInput',
                       'DepthwiseConv2dNativeBackpropFilter', 'MatMul')
-
-
-def _gamma(n, u=_FLOAT32_U):
-  """Higham's gamma_n: |error| of an n-term sum / sum of |terms|.
-
-  Args:
-    n: the additions, each rounded with unit roundoff u.
-    u: float32's by default.
-  """
-  return n * u / (1 - n * u)
 
 
 def _bfloat16_values(array):
@@ -70,7 +61,7 @@ def _bfloat16_layer_bound(xb, wb):
     [pixels, channels].
   """
   exact = xb @ wb
-  summed = _gamma(xb.shape[1] - 1) * (np.abs(xb) @ np.abs(wb))
+  summed = rounding_bounds.gamma(xb.shape[1] - 1) * (np.abs(xb) @ np.abs(wb))
   return exact, summed * (1 + _BFLOAT16_U) + _BFLOAT16_U * np.abs(exact)
 
 
@@ -232,13 +223,15 @@ class ConvolutionTest(tf.test.TestCase):
       # (1 + u)^2 times the exact terms'. The sum is then rounded to
       # bfloat16: u of its size.
       summed = ((2 * _BFLOAT16_U + _BFLOAT16_U**2) +
-                _gamma(terms - 1, sum_u) * (1 + _BFLOAT16_U)**2) * magnitude
+                rounding_bounds.gamma(terms - 1, sum_u) *
+                (1 + _BFLOAT16_U)**2) * magnitude
       bound = summed + _BFLOAT16_U * (np.abs(exact) + summed)
       self.assertTrue(np.all(np.abs(value - exact) <= bound), name)
       # Really bfloat16: float32 arithmetic on the inputs as given would be
       # within gamma_{K-1} of the magnitude everywhere.
       self.assertTrue(
-          np.any(np.abs(value - exact) > _gamma(terms - 1) * magnitude), name)
+          np.any(np.abs(value - exact) >
+                 rounding_bounds.gamma(terms - 1) * magnitude), name)
     # The rounded inputs explain the forward result to float32 accuracy, bar
     # the output's rounding: the layer multiplied the bfloat16 values.
     y_exact, y_bound = _bfloat16_layer_bound(xb, wb)
@@ -380,8 +373,9 @@ class TrainingStepTest(tf.test.TestCase):
                          for v in values)
     terms = sum(v.size for v in values)
     # Each float32 square is off by u, the sums by gamma_n of the total.
-    self.assertLessEqual(abs(got - want), (_gamma(terms) + 2 * _FLOAT32_U) *
-                         want)
+    self.assertLessEqual(
+        abs(got - want),
+        (rounding_bounds.gamma(terms) + 2 * _FLOAT32_U) * want)
 
   def test_step_trains_and_saves_float32_checkpoints(self):
     path = os.path.join(self.get_temp_dir(), 'model.ckpt')

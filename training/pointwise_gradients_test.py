@@ -4,6 +4,7 @@ import numpy as np
 from runtime import slim_compat  # pylint: disable=unused-import
 import tensorflow as tf
 
+from testing import rounding_bounds
 from testing import test_data
 from training import config as config_lib
 from training import pointwise_gradients
@@ -12,14 +13,6 @@ from training import train_graph
 test_data.use_float32_math()
 
 tf1 = tf.compat.v1
-
-_FLOAT32_U = 2.0**-24
-
-
-def _gamma(n):
-  """Higham's gamma_n for float32: |error| of an n-term dot product over
-  the sum of its terms' magnitudes (each product and addition rounded)."""
-  return n * _FLOAT32_U / (1 - n * _FLOAT32_U)
 
 
 class GradientTest(tf.test.TestCase):
@@ -49,8 +42,8 @@ class GradientTest(tf.test.TestCase):
     for got, exact, magnitude, terms in (
         (dx.reshape(-1, 24), dy64 @ w64.T, np.abs(dy64) @ np.abs(w64.T), 40),
         (dw[0, 0], x64.T @ dy64, np.abs(x64.T) @ np.abs(dy64), 60)):
-      self.assertAllLessEqual(np.abs(got - exact) - _gamma(terms) * magnitude,
-                              0.0)
+      self.assertAllLessEqual(
+          np.abs(got - exact) - rounding_bounds.gamma(terms) * magnitude, 0.0)
     self.assertEqual(dx.shape, x.shape)
     self.assertEqual(dw.shape, w.shape)
 
