@@ -148,7 +148,8 @@ def _run_peer(name):
   if name in ('ours', 'ours_quant'):
     return _run_ours(quantized=name == 'ours_quant')
   return peer_process.run(__file__, name, _CHILD_FLAGS, _ROOT,
-                          FLAGS.peer_timeout, _FLOAT32_ENV)
+                          FLAGS.peer_timeout,
+                          dict(_FLOAT32_ENV, **peer_process.TENSORFLOW_DEFAULTS))
 
 
 _DESCRIPTIONS = {

@@ -15,6 +15,10 @@ from absl import flags
 
 _RESULT_PREFIX = 'BENCH_RESULT '
 
+# TensorFlow's own defaults where our processes change them
+# (runtime/tf_environment.py), for peers that run as their users run them.
+TENSORFLOW_DEFAULTS = {'TF_CPU_ALLOCATOR_USE_BFC': 'false'}
+
 
 def report(result):
   """In the child: hands `result` (JSON-serializable) to the parent."""

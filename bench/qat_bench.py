@@ -381,9 +381,10 @@ def _peer_int8(held_out):
 
 
 def _spawn(peer, held_out):
-  return peer_process.run(__file__, peer + ':' + held_out, ('work_dir', 'steps', 'batch_size',
-                                            'learning_rate', 'seed'), _ROOT,
-                           6 * 3600)
+  return peer_process.run(
+      __file__, peer + ':' + held_out,
+      ('work_dir', 'steps', 'batch_size', 'learning_rate', 'seed'), _ROOT,
+      6 * 3600, peer_process.TENSORFLOW_DEFAULTS)
 
 
 _DESCRIPTIONS = {

@@ -558,6 +558,8 @@ def _spawn(name, precision):
       'TF_USE_LEGACY_KERAS': None,
       'KERAS_BACKEND': os.environ.get('KERAS_BACKEND', 'tensorflow'),
   }
+  if name not in ('ours', 'matmul'):
+    env_updates.update(peer_process.TENSORFLOW_DEFAULTS)
   python = None
   if name == 'slim_xla':
     # On CPU, global_jit_level clusters nothing unless this flag is set

@@ -121,8 +121,8 @@ class RunTest(tf.test.TestCase):
     self.assertNotIn(': error: ', result.stderr)
 
   def test_does_not_load_tensorflow(self):
-    # The trainer sets oneDNN's math mode and takes its directory lock
-    # before TensorFlow loads, inside cli.run.
+    # The trainer takes its directory lock before TensorFlow loads, inside
+    # cli.run.
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     result = subprocess.run(
         [sys.executable, '-c', 'import sys\nfrom runtime import cli\n'

@@ -24,10 +24,7 @@ import sys
 import warnings
 
 from runtime import debug
-
-# Must be set before TensorFlow loads its C++ runtime.
-if not debug.ENABLED:
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+from runtime import tf_environment  # pylint: disable=unused-import
 
 # A native crash (segfault, abort, illegal instruction) prints the Python
 # stack it happened in instead of dying without a word.
