@@ -123,6 +123,7 @@ def qat_chart(results_dir, path):
 
 _PEER_LABELS = {
     'ours': 'ours (mobilenet_v1_train)',
+    'ours_default_allocator': "ours on TensorFlow's default CPU allocator",
     'slim': 'plain tf-slim graph',
     'tf_keras': 'tf_keras MobileNet fit',
     'keras3': 'Keras 3 MobileNet fit',
