@@ -1,11 +1,11 @@
 """TensorFlow's process-wide settings that it reads from the environment.
 
 TensorFlow reads these once: the log level when its C++ runtime loads, the
-CPU allocator at the process's first CPU allocation. Importing this module
-sets each one the user has not set, so it must come before both;
-runtime.slim_compat, which our modules import before TensorFlow, imports it
-first. A user's own setting (for example TF_CPU_ALLOCATOR_USE_BFC=false)
-always wins.
+CPU allocator and its memory limit at the process's first CPU allocation.
+Importing this module sets each one the user has not set, so it must come
+before both; runtime.slim_compat, which our modules import before
+TensorFlow, imports it first. A user's own setting (for example
+TF_CPU_ALLOCATOR_USE_BFC=false, or TF_CPU_BFC_MEM_LIMIT_IN_MB) always wins.
 """
 
 import os
@@ -22,3 +22,39 @@ if not debug.ENABLED:
 # the kernels would wait on the page-zeroing. The BFC allocator keeps the
 # memory it grows to and reuses it from step to step.
 os.environ.setdefault('TF_CPU_ALLOCATOR_USE_BFC', 'true')
+
+# The fraction of the memory available at start-up that the BFC allocator
+# may hold; the rest is for what TensorFlow and Python allocate outside it.
+BFC_SHARE_OF_AVAILABLE_MEMORY = 0.9
+
+
+def available_memory_mb(meminfo_path='/proc/meminfo'):
+  """The memory Linux says can be given to a new process, in MiB, or None.
+
+  Args:
+    meminfo_path: where to read MemAvailable from.
+
+  Returns:
+    MemAvailable in MiB, or None where the file or the line is missing.
+  """
+  try:
+    with open(meminfo_path) as meminfo:
+      for line in meminfo:
+        name, _, value = line.partition(':')
+        if name == 'MemAvailable':
+          return int(value.split()[0]) // 1024
+  except OSError:
+    pass
+  return None
+
+
+# Without a limit the BFC allocator grows to 64 GiB, past this machine's
+# memory, and a batch too large for it ends in the kernel's OOM killer: the
+# process dies without a word. Under a limit it fails with TensorFlow's own
+# error instead, naming the tensor it could not allocate.
+if os.environ.get('TF_CPU_ALLOCATOR_USE_BFC', '').lower() in ('true', '1'):
+  _available = available_memory_mb()
+  if _available:
+    os.environ.setdefault(
+        'TF_CPU_BFC_MEM_LIMIT_IN_MB',
+        str(int(_available * BFC_SHARE_OF_AVAILABLE_MEMORY)))
