@@ -48,9 +48,9 @@ def available_memory_mb(meminfo_path='/proc/meminfo'):
   return None
 
 
-# Without a limit the BFC allocator grows to 64 GiB, past this machine's
-# memory, and a batch too large for it ends in the kernel's OOM killer: the
-# process dies without a word. Under a limit it fails with TensorFlow's own
+# TensorFlow's own limit for the BFC allocator is 64 GiB, more memory than
+# most machines have: a batch too large for the machine then ends in the
+# kernel's OOM killer, and the process dies without a word. Under a limit it fails with TensorFlow's own
 # error instead, naming the tensor it could not allocate.
 if os.environ.get('TF_CPU_ALLOCATOR_USE_BFC', '').lower() in ('true', '1'):
   _available = available_memory_mb()
