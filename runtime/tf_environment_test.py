@@ -63,19 +63,14 @@ def _run_child(code, **settings):
   return result.stdout.split()[-1]
 
 
-def _allocator_in_child(setting=None):
-  if setting is None:
-    return _run_child(_CHILD)
-  return _run_child(_CHILD, TF_CPU_ALLOCATOR_USE_BFC=setting)
-
-
 class CpuAllocatorTest(tf.test.TestCase):
 
   def test_our_processes_use_the_bfc_allocator(self):
-    self.assertEqual(_allocator_in_child(None), 'bfc')
+    self.assertEqual(_run_child(_CHILD), 'bfc')
 
   def test_the_users_setting_wins(self):
-    self.assertEqual(_allocator_in_child('false'), 'default')
+    self.assertEqual(
+        _run_child(_CHILD, TF_CPU_ALLOCATOR_USE_BFC='false'), 'default')
 
 
 class MemoryLimitTest(tf.test.TestCase):

@@ -1,7 +1,9 @@
 """Rounding error bounds that tests compare computed values against."""
 
-# Unit roundoff of float32 (round to nearest, 24-bit significand).
+# Unit roundoffs (round to nearest): float32 keeps 24 significant bits,
+# bfloat16 8.
 FLOAT32_U = 2.0**-24
+BFLOAT16_U = 2.0**-8
 
 
 def gamma(n, u=FLOAT32_U):

@@ -21,10 +21,8 @@ test_data.use_float32_math()
 
 tf1 = tf.compat.v1
 
-# Unit roundoffs (round to nearest): float32 keeps 24 significant bits,
-# bfloat16 8.
 _FLOAT32_U = rounding_bounds.FLOAT32_U
-_BFLOAT16_U = 2.0**-8
+_BFLOAT16_U = rounding_bounds.BFLOAT16_U
 # The ops whose arithmetic mixed precision moves to bfloat16 (pointwise
 # convolutions' gradients are MatMuls: training.pointwise_gradients).
 _CONVOLUTION_TYPES = ('Conv2D', 'Conv2DBackpropInput', 'Conv2DBackpropFilter',
