@@ -140,7 +140,24 @@ _TASK_LABELS = {
         'QAT fine-tune of the released model',
     'float training': 'Float training',
 }
-_CPU_LABELS = {'Intel(R) Xeon(R) Processor': 'Intel Xeon with AMX'}
+_CPU_LABELS = {'Intel(R) Xeon(R) Processor': 'Intel Xeon'}
+
+
+def _cpu_kind(row):
+  """The CPU and its widest matrix arithmetic, from a row's model and notes.
+
+  lscpu names AMD's Zen 3 and Zen 4 alike ('AMD EPYC'); the bench's notes
+  say which vector extensions the machine had.
+  """
+  cpu = _CPU_LABELS.get(row['cpu_model'], row['cpu_model'])
+  notes = row['notes']
+  if 'AMX' in notes and 'no AMX' not in notes:
+    return cpu + ' with AMX'
+  if 'AVX512-BF16' in notes:
+    return cpu + ' (AVX512-BF16)'
+  if 'AVX2' in notes:
+    return cpu + ' (AVX2)'
+  return cpu
 
 
 def _peer_label(row):
@@ -155,27 +172,30 @@ def _peer_label(row):
 
 
 def train_speed_chart(results_dir, path):
-  """Images/s of ours and the peers, one panel per table of the bench."""
+  """Images/s of ours and the peers, one panel per table of the bench.
+
+  Each table (task, CPU kind, precision) is drawn from its latest run only:
+  the rows are in the order they were measured.
+  """
   rows = [r for r in read_rows(results_dir, 'train_speed.csv')
           if r['images_per_s'] and not r['notes'].startswith('superseded')]
 
   def table(row):
-    return row['task'], row['cpu_model'], row['precision'], row['date']
+    return row['task'], _cpu_kind(row), row['precision']
 
-  # A table measured again the same day is drawn from its last run only.
-  last_commit = {table(r): r['commit'] for r in rows}
-  rows = [r for r in rows if r['commit'] == last_commit[table(r)]]
+  latest_run = {table(r): (r['date'], r['commit']) for r in rows}
+  rows = [r for r in rows if (r['date'], r['commit']) == latest_run[table(r)]]
   panels = []
   for r in rows:
     key = table(r)
     if key not in [p[0] for p in panels]:
       panels.append((key, [x for x in rows if table(x) == key]))
   fig, axes_list = plt.subplots(len(panels), 1,
-                                figsize=(8, 1.1 + 0.42 * len(rows)),
+                                figsize=(9, 1.1 + 0.42 * len(rows)),
                                 gridspec_kw={'height_ratios':
                                              [len(p[1]) for p in panels]})
   top = max(float(r['images_per_s']) for r in rows)
-  for axes, ((task, cpu, precision, date), group) in zip(axes_list, panels):
+  for axes, ((task, cpu, precision), group) in zip(axes_list, panels):
     names = [_peer_label(r) for r in group]
     values = [float(r['images_per_s']) for r in group]
     colours = ['#08519c' if r['peer'].startswith('ours') else '#bdbdbd'
@@ -199,8 +219,8 @@ def train_speed_chart(results_dir, path):
     precision_text = '' if precision == 'default' else ', ' + precision
     axes.set_title('%s, %s, batch %s%s — %s, %s cores, %s' %
                    (_TASK_LABELS.get(task, task), group[0]['model'], batch,
-                    precision_text, _CPU_LABELS.get(cpu, cpu),
-                    group[0]['cores'], date), fontsize=8.5, loc='left')
+                    precision_text, cpu, group[0]['cores'], group[0]['date']),
+                   fontsize=8.5, loc='left')
     axes.grid(True, axis='x', alpha=0.3)
   axes_list[-1].set_xlabel('training images/s (higher is better)')
   fig.tight_layout()
