@@ -25,8 +25,9 @@
 // BatchNormRelu6FakeQuant writes FakeQuantWithMinMaxVars(y) directly, so y
 // itself is never stored, reduced or read back. Its gradient is the one
 // above with the fake quant's straight-through mask (its nudged range) on
-// g: four more passes saved forward and backward. Quantization-aware
-// training is float32 only, so these two take float32 activations.
+// g: four more passes saved forward and backward. These two take float32
+// activations only: under mixed bfloat16, quantization-aware training keeps
+// TensorFlow's fake quant on a float32 cast of the bfloat16 y.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
