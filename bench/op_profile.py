@@ -14,8 +14,10 @@ import shutil
 import tempfile
 
 # A kernel's trace event is named "<op name>:<op type>"; the runtime's own
-# events ("ExecutorState::Process", "EagerLocalExecute: f") are not.
-_KERNEL_EVENT = re.compile(r'^[^:\s]+:([A-Z][A-Za-z0-9_]*)$')
+# events ("ExecutorState::Process", "EagerLocalExecute: f") are not. Op
+# types the oneDNN rewrite gives begin with an underscore
+# ("_MklNativeConv2D").
+_KERNEL_EVENT = re.compile(r'^[^:\s]+:(_?[A-Z][A-Za-z0-9_]*)$')
 
 
 def op_milliseconds(run_steps, steps):

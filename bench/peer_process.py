@@ -16,8 +16,11 @@ from absl import flags
 _RESULT_PREFIX = 'BENCH_RESULT '
 
 # TensorFlow's own defaults where our processes change them
-# (runtime/tf_environment.py), for peers that run as their users run them.
-TENSORFLOW_DEFAULTS = {'TF_CPU_ALLOCATOR_USE_BFC': 'false'}
+# (runtime/tf_environment.py), for peers that run as their users run them:
+# its default allocator, and oneDNN's kernels where TensorFlow itself turns
+# them on (None: the variable is removed).
+TENSORFLOW_DEFAULTS = {'TF_CPU_ALLOCATOR_USE_BFC': 'false',
+                       'TF_ENABLE_ONEDNN_OPTS': None}
 
 
 def report(result):

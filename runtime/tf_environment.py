@@ -1,14 +1,16 @@
 """TensorFlow's process-wide settings that it reads from the environment.
 
-TensorFlow reads these once: the log level when its C++ runtime loads, the
-CPU allocator and its memory limit at the process's first CPU allocation.
-Importing this module sets each one the user has not set, so it must come
-before both; runtime.slim_compat, which our modules import before
-TensorFlow, imports it first. A user's own setting (for example
-TF_CPU_ALLOCATOR_USE_BFC=false, or TF_CPU_BFC_MEM_LIMIT_IN_MB) always wins.
+TensorFlow reads these once: the log level and the oneDNN switch when its
+C++ runtime loads, the CPU allocator and its memory limit at the process's
+first CPU allocation. Importing this module sets each one the user has not
+set, so it must come before both; runtime.slim_compat, which our modules
+import before TensorFlow, imports it first. A user's own setting (for
+example TF_CPU_ALLOCATOR_USE_BFC=false, TF_CPU_BFC_MEM_LIMIT_IN_MB or
+TF_ENABLE_ONEDNN_OPTS=0) always wins.
 """
 
 import os
+import platform
 
 from runtime import debug
 
@@ -22,6 +24,13 @@ if not debug.ENABLED:
 # the kernels would wait on the page-zeroing. The BFC allocator keeps the
 # memory it grows to and reuses it from step to step.
 os.environ.setdefault('TF_CPU_ALLOCATOR_USE_BFC', 'true')
+
+# TensorFlow turns its oneDNN kernels on by default only on x86 CPUs with
+# AVX512-VNNI, AVX512-BF16 or AMX. Elsewhere on x86 (AVX2 CPUs such as AMD's
+# Zen 2 and Zen 3) it runs its own kernels, whose depthwise convolutions and
+# their gradients are the slower ones on MobileNet's layers (docs/speed.md).
+if platform.machine().lower() in ('x86_64', 'amd64'):
+  os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')
 
 # The fraction of the memory available at start-up that the BFC allocator
 # may hold; the rest is for what TensorFlow and Python allocate outside it.

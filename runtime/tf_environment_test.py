@@ -1,10 +1,13 @@
-"""Shows which CPU allocator a process of ours gets, and that the user decides.
+"""Shows which CPU allocator and kernels a process of ours gets, and that the
+user decides.
 
 Each case runs in a fresh interpreter: TensorFlow picks its CPU allocator
-and its limit once, at the process's first CPU allocation.
+and its limit once, at the process's first CPU allocation, and whether to
+run oneDNN's kernels once, when it loads.
 """
 
 import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -47,7 +50,16 @@ _LIMIT_CHILD = textwrap.dedent("""
     print(os.environ.get('TF_CPU_BFC_MEM_LIMIT_IN_MB', 'unset'))
     """)
 
-_VARIABLES = ('TF_CPU_ALLOCATOR_USE_BFC', 'TF_CPU_BFC_MEM_LIMIT_IN_MB')
+# Prints whether TensorFlow's graph rewrite puts oneDNN's kernels in.
+_ONEDNN_CHILD = textwrap.dedent("""
+    from runtime import slim_compat  # pylint: disable=unused-import
+    from tensorflow.python.framework import test_util
+
+    print('onednn' if test_util.IsMklEnabled() else 'tensorflow')
+    """)
+
+_VARIABLES = ('TF_CPU_ALLOCATOR_USE_BFC', 'TF_CPU_BFC_MEM_LIMIT_IN_MB',
+              'TF_ENABLE_ONEDNN_OPTS')
 
 
 def _run_child(code, **settings):
@@ -69,8 +81,28 @@ class CpuAllocatorTest(tf.test.TestCase):
     self.assertEqual(_run_child(_CHILD), 'bfc')
 
   def test_the_users_setting_wins(self):
+    # TensorFlow's own choice then, as on a CPU where it leaves oneDNN off:
+    # with oneDNN on, it would pick oneDNN's allocator, which pools too.
     self.assertEqual(
-        _run_child(_CHILD, TF_CPU_ALLOCATOR_USE_BFC='false'), 'default')
+        _run_child(_CHILD, TF_CPU_ALLOCATOR_USE_BFC='false',
+                   TF_ENABLE_ONEDNN_OPTS='0'), 'default')
+
+
+class OneDnnTest(tf.test.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    if platform.machine().lower() not in ('x86_64', 'amd64'):
+      self.skipTest('the oneDNN default is set on x86-64 only')
+
+  def test_our_processes_run_onednn_kernels_on_every_x86_cpu(self):
+    # Without the setting, TensorFlow would choose by CPU: its own kernels
+    # on AVX2 CPUs, oneDNN's on CPUs with AVX512-VNNI, AVX512-BF16 or AMX.
+    self.assertEqual(_run_child(_ONEDNN_CHILD), 'onednn')
+
+  def test_the_users_setting_wins(self):
+    self.assertEqual(_run_child(_ONEDNN_CHILD, TF_ENABLE_ONEDNN_OPTS='0'),
+                     'tensorflow')
 
 
 class MemoryLimitTest(tf.test.TestCase):
