@@ -258,6 +258,11 @@ def _ours(name, held_out, checkpoint, extra_flags):
       f.write(log)
   with open(log_path) as f:
     log = f.read()
+  # The trainer's own line when its fused kernels could not run (not built,
+  # or not for this CPU): the speed is then not the trainer's usual one.
+  for line in log.splitlines():
+    if 'not fused' in line:
+      print('  %s: %s' % (name, line), flush=True)
   tflite = os.path.join(run_dir, 'bundle', 'mobilenet_v1_1.0_224_quant.tflite')
   return {'top1': _tflite_top1(tflite, data),
           'images_per_second': _train_speed(log), 'cached': cached}

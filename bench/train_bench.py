@@ -292,7 +292,23 @@ def _run_ours(precision):
     step = train_graph.build_train_op(images, labels, global_step, plan)
     with tf1.Session(config=train_graph.session_config()) as session:
       session.run(tf1.global_variables_initializer())
-      return _time_session(session, step.train_op)
+      result = _time_session(session, step.train_op)
+  if FLAGS.fuse_batch_norm_relu6:
+    result['unfused_because'] = _unfused_because(graph)
+  return result
+
+
+def _unfused_because(graph):
+  """Why ours runs batch norm + ReLU6 as TensorFlow's ops, or None."""
+  # pylint: disable=g-import-not-at-top
+  from kernels import batch_norm_relu6
+  from quantization import graph_editing
+  # pylint: enable=g-import-not-at-top
+  if any(op.type == graph_editing.BATCH_NORM_RELU6_TYPE
+         for op in graph.get_operations()):
+    return None
+  return (batch_norm_relu6.unavailable_reason() or
+          'the trainer does not fuse this configuration')
 
 
 def _run_slim(precision, xla):
@@ -652,6 +668,10 @@ def _run_table(precision, gflop_per_image, ceiling):
            result['median_images_per_sec'],
            '%.1f-%.1f' % (min(rates), max(rates)), ratio, gflops, share,
            load))
+  if best.get('ours', ({},))[0].get('unfused_because'):
+    print('(ours: batch norm + ReLU6 ran as TensorFlow\'s ops, not fused: '
+          '%s; its figures are not the trainer\'s.)' %
+          best['ours'][0]['unfused_because'])
   if 'torch' in best:
     print('(torch: %s.)' % best['torch'][0]['versions'])
   if FLAGS.quantize and 'tf_keras' in best:
@@ -787,6 +807,9 @@ def _append_rows(path, tables, gflop_per_image, ceilings, cpu_model,
             result['median_images_per_sec'], min(rates), max(rates))
         if name == 'torch':
           row_notes += '; ' + result['versions']
+        if result.get('unfused_because'):
+          row_notes += ('; batch norm + ReLU6 not fused: ' +
+                        result['unfused_because'])
         writer.writerow(dict(context, **{
             'precision': _csv_precision(precision),
             'peer': name,
