@@ -147,9 +147,9 @@ def _run_ours(quantized):
 def _run_peer(name):
   if name in ('ours', 'ours_quant'):
     return _run_ours(quantized=name == 'ours_quant')
-  return peer_process.run(__file__, name, _CHILD_FLAGS, _ROOT,
-                          FLAGS.peer_timeout,
-                          dict(_FLOAT32_ENV, **peer_process.TENSORFLOW_DEFAULTS))
+  return peer_process.run(
+      __file__, name, _CHILD_FLAGS, _ROOT, FLAGS.peer_timeout,
+      dict(_FLOAT32_ENV, **peer_process.tensorflow_defaults()))
 
 
 _DESCRIPTIONS = {

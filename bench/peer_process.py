@@ -15,12 +15,36 @@ from absl import flags
 
 _RESULT_PREFIX = 'BENCH_RESULT '
 
-# TensorFlow's own defaults where our processes change them
-# (runtime/tf_environment.py), for peers that run as their users run them:
-# its default allocator, and oneDNN's kernels where TensorFlow itself turns
-# them on (None: the variable is removed).
-TENSORFLOW_DEFAULTS = {'TF_CPU_ALLOCATOR_USE_BFC': 'false',
-                       'TF_ENABLE_ONEDNN_OPTS': None}
+_ONEDNN_DEFAULT_CHILD = ('from tensorflow.python.framework import test_util; '
+                         'print(int(test_util.IsMklEnabled()))')
+_tensorflow_defaults = None
+
+
+def tensorflow_defaults():
+  """TensorFlow's own settings where our processes change them.
+
+  runtime/tf_environment.py sets them in our processes; a peer runs as its
+  users run it, with TensorFlow's choices. Each is given explicitly, because
+  the slim peer imports runtime.slim_compat (tf_slim needs it on TF 2.21),
+  which would otherwise set ours.
+
+  Returns:
+    {variable: value}: TensorFlow's default CPU allocator, and oneDNN's
+    kernels on or off as TensorFlow itself decides on this CPU (asked of a
+    fresh interpreter without the variable).
+  """
+  global _tensorflow_defaults
+  if _tensorflow_defaults is None:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+    env.pop('TF_ENABLE_ONEDNN_OPTS', None)
+    done = subprocess.run([sys.executable, '-c', _ONEDNN_DEFAULT_CHILD],
+                          env=env, capture_output=True, text=True,
+                          check=True)
+    _tensorflow_defaults = {
+        'TF_CPU_ALLOCATOR_USE_BFC': 'false',
+        'TF_ENABLE_ONEDNN_OPTS': done.stdout.split()[-1],
+    }
+  return _tensorflow_defaults
 
 
 def report(result):

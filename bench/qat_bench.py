@@ -389,7 +389,7 @@ def _spawn(peer, held_out):
   return peer_process.run(
       __file__, peer + ':' + held_out,
       ('work_dir', 'steps', 'batch_size', 'learning_rate', 'seed'), _ROOT,
-      6 * 3600, peer_process.TENSORFLOW_DEFAULTS)
+      6 * 3600, peer_process.tensorflow_defaults())
 
 
 _DESCRIPTIONS = {

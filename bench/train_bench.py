@@ -575,7 +575,7 @@ def _spawn(name, precision):
       'KERAS_BACKEND': os.environ.get('KERAS_BACKEND', 'tensorflow'),
   }
   if name not in ('ours', 'matmul'):
-    env_updates.update(peer_process.TENSORFLOW_DEFAULTS)
+    env_updates.update(peer_process.tensorflow_defaults())
   python = None
   if name == 'slim_xla':
     # On CPU, global_jit_level clusters nothing unless this flag is set
