@@ -34,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from quantization import graph_editing
+from runtime import tf_environment
 
 _LIBRARY = 'batch_norm_relu6_ops.so'
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -92,9 +93,9 @@ def _library_path():
 
 def _cpu_problem():
   """What keeps this CPU from running the kernels, or None."""
-  machine = platform.machine().lower()
-  if machine not in ('x86_64', 'amd64'):
-    return 'they are x86-64 code and this CPU is %s' % machine
+  if not tf_environment.is_x86_64():
+    return ('they are x86-64 code and this CPU is %s' %
+            platform.machine().lower())
   missing = [f for f in REQUIRED_CPU_FEATURES if f not in cpu_features()]
   if missing:
     return 'this CPU lacks %s' % ' and '.join(f.upper() for f in missing)

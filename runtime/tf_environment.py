@@ -25,11 +25,17 @@ if not debug.ENABLED:
 # memory it grows to and reuses it from step to step.
 os.environ.setdefault('TF_CPU_ALLOCATOR_USE_BFC', 'true')
 
+
+def is_x86_64():
+  """Whether this machine is x86-64 (Linux's x86_64, Windows' AMD64)."""
+  return platform.machine().lower() in ('x86_64', 'amd64')
+
+
 # TensorFlow turns its oneDNN kernels on by default only on x86 CPUs with
 # AVX512-VNNI, AVX512-BF16 or AMX. Elsewhere on x86 (AVX2 CPUs such as AMD's
 # Zen 2 and Zen 3) it runs its own kernels, whose depthwise convolutions and
 # their gradients are the slower ones on MobileNet's layers (docs/speed.md).
-if platform.machine().lower() in ('x86_64', 'amd64'):
+if is_x86_64():
   os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')
 
 # The fraction of the memory available at start-up that the BFC allocator

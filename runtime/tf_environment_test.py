@@ -7,7 +7,6 @@ run oneDNN's kernels once, when it loads.
 """
 
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -92,7 +91,7 @@ class OneDnnTest(tf.test.TestCase):
 
   def setUp(self):
     super().setUp()
-    if platform.machine().lower() not in ('x86_64', 'amd64'):
+    if not tf_environment.is_x86_64():
       self.skipTest('the oneDNN default is set on x86-64 only')
 
   def test_our_processes_run_onednn_kernels_on_every_x86_cpu(self):
